@@ -176,13 +176,10 @@ pub fn hard_swish(x: &Tensor) -> Result<Tensor> {
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: Padding) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let (t, b, l, r) = padding.pads(h, w, k, k, stride);
-    let x = if t + b + l + r > 0 {
-        // Pad with a very negative value so padding never wins the max.
-        let padded = pad2d(&(x + 1e30)?, t, b, l, r)?;
-        (padded - 1e30)?
-    } else {
-        x.clone()
-    };
+    // Edge replication is exact for max pooling: every window that overlaps the padding also
+    // contains the replicated edge pixel itself, so padding never changes a maximum.
+    let x = if t + b > 0 { x.pad_with_same(2, t, b)? } else { x.clone() };
+    let x = if l + r > 0 { x.pad_with_same(3, l, r)? } else { x };
     x.max_pool2d_with_stride(k, stride)
 }
 
