@@ -12,7 +12,7 @@
 //! logit and 16 regressors (box centre offset, size, 6 keypoint offsets, in input pixels).
 //! Decoding the anchors is the detector's job (`crate::faces`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{max_pool2d, Conv2d, Padding};
@@ -119,19 +119,85 @@ impl BlazeBlock {
 impl Module for BlazeBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.pw.forward(&self.dw.forward(x)?)?;
-        if !self.cfg.residual {
-            return y.relu();
-        }
-        let r = if self.cfg.stride == 2 { max_pool2d(x, 2, 2, Padding::Valid)? } else { x.clone() };
-        let (i, o) = (self.cfg.in_c, self.cfg.out_c);
-        let y = if o > i {
-            // The residual is zero-padded in channels: add it to the first `i` channels only,
-            // instead of materialising the zeros.
-            Tensor::cat(&[&(y.narrow(1, 0, i)? + r)?, &y.narrow(1, i, o - i)?], 1)?
+        if self.cfg.residual {
+            residual_relu(&y, x, self.cfg.stride == 2)
         } else {
-            (y + r)?
+            y.relu()
+        }
+    }
+}
+
+/// `relu(y + r)` where `r` is `x` (or its 2x2 stride-2 max pool when `pool`) zero-padded in
+/// channels up to `y`'s: the tail of every BlazeBlock. On the CPU this is one fused pass with one
+/// output allocation; the separate ops (pool, pad, add, ReLU) would each allocate and copy a
+/// feature map, which costs as much as the block's pointwise conv.
+fn residual_relu(y: &Tensor, x: &Tensor, pool: bool) -> Result<Tensor> {
+    if y.device().is_cpu() && y.dtype() == DType::F32 && x.dtype() == DType::F32 {
+        return y.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &ResidualRelu { pool });
+    }
+    residual_relu_ops(y, x, pool)
+}
+
+/// [`residual_relu`] from candle's own ops (GPU tensors; the reference in tests).
+fn residual_relu_ops(y: &Tensor, x: &Tensor, pool: bool) -> Result<Tensor> {
+    let r = if pool { max_pool2d(x, 2, 2, Padding::Valid)? } else { x.clone() };
+    let extra = y.dim(1)?.saturating_sub(r.dim(1)?);
+    let r = if extra > 0 { r.pad_with_zeros(1, 0, extra)? } else { r };
+    (y + r)?.relu()
+}
+
+struct ResidualRelu {
+    pool: bool,
+}
+
+impl CustomOp2 for ResidualRelu {
+    fn name(&self) -> &'static str {
+        "blazeface-residual-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, o, h, w) = l1.shape().dims4()?;
+        let (n2, c, xh, xw) = l2.shape().dims4()?;
+        let k = if self.pool { 2 } else { 1 };
+        if n2 != n || c > o || xh != h * k || xw != w * k {
+            candle_core::bail!("residual {:?} does not fit block output {:?}", l2.shape(), l1.shape());
+        }
+        let (CpuStorage::F32(y), CpuStorage::F32(x)) = (s1, s2) else {
+            candle_core::bail!("residual_relu expects f32 tensors");
         };
-        y.relu()
+        let (Some((y0, y1)), Some((x0, x1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("residual_relu expects contiguous tensors");
+        };
+        let (y, x) = (y.get(y0..y1).unwrap_or(&[]), x.get(x0..x1).unwrap_or(&[]));
+        let (plane, xplane) = (h * w, xh * xw);
+        let mut out = vec![0f32; y.len()];
+        if plane == 0 || xplane == 0 {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
+        for ((ob, yb), xb) in out.chunks_exact_mut(o * plane).zip(y.chunks_exact(o * plane)).zip(x.chunks_exact(c * xplane)) {
+            let (o_res, o_rest) = ob.split_at_mut(c * plane);
+            let (y_res, y_rest) = yb.split_at(c * plane);
+            // Channels past the residual's: the padding is zeros, so only the ReLU is left.
+            for (dst, &v) in o_rest.iter_mut().zip(y_rest) {
+                *dst = v.max(0.0);
+            }
+            if !self.pool {
+                for ((dst, &a), &b) in o_res.iter_mut().zip(y_res).zip(xb) {
+                    *dst = (a + b).max(0.0);
+                }
+                continue;
+            }
+            for ((op, yp), xp) in o_res.chunks_exact_mut(plane).zip(y_res.chunks_exact(plane)).zip(xb.chunks_exact(xplane)) {
+                for ((orow, yrow), xrows) in op.chunks_exact_mut(w).zip(yp.chunks_exact(w)).zip(xp.chunks_exact(2 * xw)) {
+                    let (r0, r1) = xrows.split_at(xw);
+                    for (((dst, &a), p0), p1) in orow.iter_mut().zip(yrow).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                        let m = p0[0].max(p0[1]).max(p1[0].max(p1[1]));
+                        *dst = (a + m).max(0.0);
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -211,5 +277,29 @@ impl BlazeFace {
         let (r16, l16) = self.head_16.forward(&tap)?;
         let (r8, l8) = self.head_8.forward(&x)?;
         Ok((Tensor::cat(&[&r16, &r8], 1)?, Tensor::cat(&[&l16, &l8], 1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fused_residual_matches_separate_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        for (n, c, o, h, pool) in [(2, 3, 5, 4, true), (1, 4, 4, 6, false), (2, 2, 7, 3, false), (1, 6, 6, 2, true)] {
+            let k = if pool { 2 } else { 1 };
+            let y = Tensor::randn(0f32, 1.0, (n, o, h, h), &dev)?;
+            let x = Tensor::randn(0f32, 1.0, (n, c, h * k, h * k), &dev)?;
+            let fused = residual_relu(&y, &x, pool)?;
+            let reference = residual_relu_ops(&y, &x, pool)?;
+            let diff = (fused - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "n{n} c{c} o{o} h{h} pool {pool}");
+        }
+        let y = Tensor::zeros((1, 2, 3, 3), DType::F32, &dev)?;
+        assert!(residual_relu(&y, &Tensor::zeros((1, 3, 3, 3), DType::F32, &dev)?, false).is_err());
+        assert!(residual_relu(&y, &Tensor::zeros((1, 2, 5, 5), DType::F32, &dev)?, true).is_err());
+        Ok(())
     }
 }
