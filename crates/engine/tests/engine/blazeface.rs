@@ -295,3 +295,22 @@ fn box_downscale_averages_blocks() {
     assert_eq!(box_downscale(&img, 1), img);
     assert_eq!(box_downscale(&RgbImage::new(0, 0), 3).dimensions(), (0, 0));
 }
+
+/// Non-square photos are letterboxed; boxes and keypoints must come back to the photo's pixels.
+#[test]
+fn letterbox_maps_back_to_pixels() {
+    let det = detector();
+    let img = photo("grace_hopper_512x512.jpg");
+    let base = one_face("grace", &img, &det.detect(&img).expect("detect"));
+    for (w, h, ox, oy) in [(800u32, 600u32, 250i64, 60i64), (600, 800, 60, 250)] {
+        let mut canvas = RgbImage::from_pixel(w, h, Rgb([90, 90, 90]));
+        imageops::overlay(&mut canvas, &img, ox, oy);
+        let f = one_face("grace letterboxed", &canvas, &det.detect(&canvas).expect("detect"));
+        let moved = |p: [f32; 2]| [p[0] + ox as f32, p[1] + oy as f32];
+        let tol = 0.05 * base.bbox.w;
+        assert!(dist(centre(&f.bbox), moved(centre(&base.bbox))) < tol, "{w}x{h}: {:?} vs {:?}", f.bbox, base.bbox);
+        for (k, (a, b)) in f.keypoints.iter().zip(base.keypoints.iter()).enumerate().take(4) {
+            assert!(dist(*a, moved(*b)) < tol, "{w}x{h}: keypoint {k} {a:?} vs {b:?}");
+        }
+    }
+}
