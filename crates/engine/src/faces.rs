@@ -39,8 +39,12 @@ impl FaceBox {
         self.w.max(0.0) * self.h.max(0.0)
     }
 
-    /// Intersection over union with `other` (0 when either box is empty).
+    /// Intersection over union with `other` (0 when either box is empty or not finite).
     pub fn iou(&self, other: &FaceBox) -> f32 {
+        let finite = |b: &FaceBox| b.x.is_finite() && b.y.is_finite() && b.w.is_finite() && b.h.is_finite();
+        if !finite(self) || !finite(other) {
+            return 0.0;
+        }
         let iw = (self.x + self.w).min(other.x + other.w) - self.x.max(other.x);
         let ih = (self.y + self.h).min(other.y + other.h) - self.y.max(other.y);
         if iw <= 0.0 || ih <= 0.0 {
@@ -90,12 +94,17 @@ pub fn ssd_anchors(cfg: &Config) -> Vec<[f32; 2]> {
 pub fn weighted_nms(mut faces: Vec<Face>, min_iou: f32) -> Vec<Face> {
     faces.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept = Vec::new();
-    while let Some(best) = faces.first().cloned() {
-        let (cluster, rest): (Vec<Face>, Vec<Face>) =
-            faces.into_iter().partition(|f| f == &best || best.bbox.iou(&f.bbox) > min_iou);
-        faces = rest;
+    let mut rest = faces.into_iter();
+    while let Some(best) = rest.next() {
+        let (mut cluster, others): (Vec<Face>, Vec<Face>) = rest.partition(|f| best.bbox.iou(&f.bbox) > min_iou);
+        rest = others.into_iter();
+        if cluster.is_empty() {
+            kept.push(best);
+            continue;
+        }
+        cluster.push(best.clone());
         let total: f32 = cluster.iter().map(|f| f.score).sum();
-        if cluster.len() == 1 || total <= 0.0 {
+        if total <= 0.0 || !total.is_finite() {
             kept.push(best);
             continue;
         }
@@ -125,7 +134,8 @@ pub fn decode_anchors(regs: &[f32], logits: &[f32], anchors: &[[f32; 2]], input_
     let mut out = Vec::new();
     for ((r, &logit), a) in regs.chunks_exact(16).zip(logits).zip(anchors) {
         let score = 1.0 / (1.0 + (-logit.clamp(-100.0, 100.0)).exp());
-        if score < threshold || !score.is_finite() {
+        // Non-finite regressors can only come from broken weights; such a box is no face.
+        if score < threshold || !score.is_finite() || !r.iter().all(|v| v.is_finite()) {
             continue;
         }
         let (cx, cy) = (a[0] + r[0] * scale, a[1] + r[1] * scale);

@@ -246,6 +246,11 @@ fn decode_scales_offsets_by_the_input_size() {
     assert!((f.keypoints[0][0] - 0.51).abs() < 1e-6 && (f.keypoints[0][1] - 0.27).abs() < 1e-6);
     assert_eq!(f.keypoints[1], [0.5, 0.25]);
     assert_eq!(faces[1].score, 1.0);
+    // NaN logits or regressors are no face.
+    let mut nan_regs = regs.clone();
+    nan_regs[33] = f32::NAN;
+    assert_eq!(decode_anchors(&nan_regs, &[0.0, -3.0, 1000.0], &anchors, 128, 0.4).len(), 1);
+    assert!(decode_anchors(&regs, &[f32::NAN; 3], &anchors, 128, 0.0).is_empty());
 }
 
 fn face(score: f32, x: f32, y: f32, w: f32, kp: f32) -> Face {
@@ -268,6 +273,9 @@ fn weighted_nms_averages_each_cluster() {
     assert_eq!(out[1], face(0.8, 500.0, 500.0, 50.0, 7.0));
     assert_eq!(out[2], face(0.3, 60.0, 60.0, 100.0, 90.0));
     assert!(weighted_nms(Vec::new(), 0.3).is_empty());
+    // A NaN box (broken weights) neither loops forever nor swallows the others.
+    let out = weighted_nms(vec![face(0.9, f32::NAN, 0.0, 10.0, 0.0), face(0.8, 0.0, 0.0, 10.0, 0.0)], 0.3);
+    assert_eq!(out.len(), 2);
 }
 
 #[test]
