@@ -14,6 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::nn::{max_pool2d, Conv2d, Padding};
 
@@ -174,29 +175,35 @@ impl CustomOp2 for ResidualRelu {
         if plane == 0 || xplane == 0 {
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
-        for ((ob, yb), xb) in out.chunks_exact_mut(o * plane).zip(y.chunks_exact(o * plane)).zip(x.chunks_exact(c * xplane)) {
-            let (o_res, o_rest) = ob.split_at_mut(c * plane);
-            let (y_res, y_rest) = yb.split_at(c * plane);
-            // Channels past the residual's: the padding is zeros, so only the ReLU is left.
-            for (dst, &v) in o_rest.iter_mut().zip(y_rest) {
-                *dst = v.max(0.0);
-            }
-            if !self.pool {
-                for ((dst, &a), &b) in o_res.iter_mut().zip(y_res).zip(xb) {
-                    *dst = (a + b).max(0.0);
-                }
-                continue;
-            }
-            for ((op, yp), xp) in o_res.chunks_exact_mut(plane).zip(y_res.chunks_exact(plane)).zip(xb.chunks_exact(xplane)) {
-                for ((orow, yrow), xrows) in op.chunks_exact_mut(w).zip(yp.chunks_exact(w)).zip(xp.chunks_exact(2 * xw)) {
-                    let (r0, r1) = xrows.split_at(xw);
-                    for (((dst, &a), p0), p1) in orow.iter_mut().zip(yrow).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-                        let m = p0[0].max(p0[1]).max(p1[0].max(p1[1]));
-                        *dst = (a + m).max(0.0);
+        let pool = self.pool;
+        // One task per channel plane, at least ~32k values per task so small maps stay on one thread.
+        out.par_chunks_mut(plane).zip(y.par_chunks(plane)).enumerate().with_min_len((1 << 15) / plane + 1).for_each(
+            |(i, (op, yp))| {
+                let (b, ch) = (i / o, i % o);
+                // Channels past the residual's: the padding is zeros, so only the ReLU is left.
+                let xp = if ch < c { x.get((b * c + ch) * xplane..(b * c + ch + 1) * xplane) } else { None };
+                match xp {
+                    None => {
+                        for (dst, &v) in op.iter_mut().zip(yp) {
+                            *dst = v.max(0.0);
+                        }
+                    }
+                    Some(xp) if !pool => {
+                        for ((dst, &a), &b) in op.iter_mut().zip(yp).zip(xp) {
+                            *dst = (a + b).max(0.0);
+                        }
+                    }
+                    Some(xp) => {
+                        for ((orow, yrow), xrows) in op.chunks_exact_mut(w).zip(yp.chunks_exact(w)).zip(xp.chunks_exact(2 * xw)) {
+                            let (r0, r1) = xrows.split_at(xw);
+                            for (((dst, &a), p0), p1) in orow.iter_mut().zip(yrow).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                                *dst = (a + p0[0].max(p0[1]).max(p1[0].max(p1[1]))).max(0.0);
+                            }
+                        }
                     }
                 }
-            }
-        }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -288,7 +295,7 @@ mod tests {
     #[test]
     fn fused_residual_matches_separate_ops() -> Result<()> {
         let dev = Device::Cpu;
-        for (n, c, o, h, pool) in [(2, 3, 5, 4, true), (1, 4, 4, 6, false), (2, 2, 7, 3, false), (1, 6, 6, 2, true)] {
+        for (n, c, o, h, pool) in [(2, 3, 5, 4, true), (1, 4, 4, 6, false), (2, 2, 7, 3, false), (1, 6, 6, 2, true), (2, 20, 24, 64, true), (2, 24, 28, 64, false)] {
             let k = if pool { 2 } else { 1 };
             let y = Tensor::randn(0f32, 1.0, (n, o, h, h), &dev)?;
             let x = Tensor::randn(0f32, 1.0, (n, c, h * k, h * k), &dev)?;
