@@ -108,7 +108,8 @@ pub fn weighted_nms(mut faces: Vec<Face>, min_iou: f32) -> Vec<Face> {
             kept.push(best);
             continue;
         }
-        let mut avg = Face { score: best.score, bbox: FaceBox { x: 0.0, y: 0.0, w: 0.0, h: 0.0 }, keypoints: [[0.0; 2]; 6] };
+        let mut avg =
+            Face { score: best.score, bbox: FaceBox { x: 0.0, y: 0.0, w: 0.0, h: 0.0 }, keypoints: [[0.0; 2]; 6] };
         for f in &cluster {
             let k = f.score / total;
             avg.bbox.x += k * f.bbox.x;
@@ -129,7 +130,13 @@ pub fn weighted_nms(mut faces: Vec<Face>, min_iou: f32) -> Vec<Face> {
 /// anchor) into faces with score >= `threshold`, in [0, 1] coordinates of the square input.
 /// MediaPipe `TensorsToDetectionsCalculator`: offsets are in input pixels relative to the anchor
 /// centre; logits are clipped to +-100 before the sigmoid.
-pub fn decode_anchors(regs: &[f32], logits: &[f32], anchors: &[[f32; 2]], input_size: usize, threshold: f32) -> Vec<Face> {
+pub fn decode_anchors(
+    regs: &[f32],
+    logits: &[f32],
+    anchors: &[[f32; 2]],
+    input_size: usize,
+    threshold: f32,
+) -> Vec<Face> {
     let scale = 1.0 / input_size as f32;
     let mut out = Vec::new();
     for ((r, &logit), a) in regs.chunks_exact(16).zip(logits).zip(anchors) {

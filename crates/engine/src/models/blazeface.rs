@@ -194,9 +194,13 @@ impl CustomOp2 for ResidualRelu {
                         }
                     }
                     Some(xp) => {
-                        for ((orow, yrow), xrows) in op.chunks_exact_mut(w).zip(yp.chunks_exact(w)).zip(xp.chunks_exact(2 * xw)) {
+                        for ((orow, yrow), xrows) in
+                            op.chunks_exact_mut(w).zip(yp.chunks_exact(w)).zip(xp.chunks_exact(2 * xw))
+                        {
                             let (r0, r1) = xrows.split_at(xw);
-                            for (((dst, &a), p0), p1) in orow.iter_mut().zip(yrow).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                            for (((dst, &a), p0), p1) in
+                                orow.iter_mut().zip(yrow).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2))
+                            {
                                 *dst = (a + p0[0].max(p0[1]).max(p1[0].max(p1[1]))).max(0.0);
                             }
                         }
@@ -295,7 +299,14 @@ mod tests {
     #[test]
     fn fused_residual_matches_separate_ops() -> Result<()> {
         let dev = Device::Cpu;
-        for (n, c, o, h, pool) in [(2, 3, 5, 4, true), (1, 4, 4, 6, false), (2, 2, 7, 3, false), (1, 6, 6, 2, true), (2, 20, 24, 64, true), (2, 24, 28, 64, false)] {
+        for (n, c, o, h, pool) in [
+            (2, 3, 5, 4, true),
+            (1, 4, 4, 6, false),
+            (2, 2, 7, 3, false),
+            (1, 6, 6, 2, true),
+            (2, 20, 24, 64, true),
+            (2, 24, 28, 64, false),
+        ] {
             let k = if pool { 2 } else { 1 };
             let y = Tensor::randn(0f32, 1.0, (n, o, h, h), &dev)?;
             let x = Tensor::randn(0f32, 1.0, (n, c, h * k, h * k), &dev)?;

@@ -81,7 +81,10 @@ fn one_face(name: &str, img: &RgbImage, faces: &[Face]) -> Face {
     assert!(b.x >= 0.0 && b.y >= 0.0 && b.x + b.w <= img.width() as f32 && b.y + b.h <= img.height() as f32);
     assert!(b.w > 0.08 * img.width() as f32 && (b.w / b.h - 1.0).abs() < 0.3, "{name}: box {b:?}");
     for eye in &f.keypoints[..2] {
-        assert!(eye[0] > b.x && eye[0] < b.x + b.w && eye[1] > b.y && eye[1] < b.y + b.h, "{name}: eye {eye:?} outside {b:?}");
+        assert!(
+            eye[0] > b.x && eye[0] < b.x + b.w && eye[1] > b.y && eye[1] < b.y + b.h,
+            "{name}: eye {eye:?} outside {b:?}"
+        );
     }
     // The subject's right eye is on the image's left.
     assert!(f.keypoints[0][0] < f.keypoints[1][0], "{name}: eyes swapped");
@@ -234,7 +237,7 @@ fn decode_scales_offsets_by_the_input_size() {
     regs[..4].copy_from_slice(&[12.8, -6.4, 32.0, 64.0]);
     regs[4] = 1.28; // right eye x
     regs[5] = 2.56; // right eye y
-    // Scores: sigmoid(0) = 0.5 passes 0.4; -3 fails; 1000 is clipped to 100 (score 1, not NaN).
+                    // Scores: sigmoid(0) = 0.5 passes 0.4; -3 fails; 1000 is clipped to 100 (score 1, not NaN).
     let logits = [0.0, -3.0, 1000.0];
     let faces = decode_anchors(&regs, &logits, &anchors, 128, 0.4);
     assert_eq!(faces.len(), 2);
