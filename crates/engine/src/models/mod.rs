@@ -1,1 +1,2 @@
 //! Model ports: BlazeFace, face mesh, selfie segmentation.
+pub mod facemesh;
