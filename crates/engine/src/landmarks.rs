@@ -151,7 +151,12 @@ impl Roi {
         let half = side as f32 / 2.0;
         let (sin, cos) = self.angle.sin_cos();
         // image = centre + s * R(angle) * (crop - half)
-        Affine::similarity(s, self.angle, self.cx - s * (cos * half - sin * half), self.cy - s * (sin * half + cos * half))
+        Affine::similarity(
+            s,
+            self.angle,
+            self.cx - s * (cos * half - sin * half),
+            self.cy - s * (sin * half + cos * half),
+        )
     }
 
     /// From a detection: box centre, eyes level, 1.5 x the longer side.

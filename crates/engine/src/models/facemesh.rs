@@ -51,8 +51,20 @@ impl Config {
             num_landmarks: 468,
             stem_channels: 16,
             trunk: vec![
-                b(16, 1), b(16, 1), b(32, 2), b(32, 1), b(32, 1), b(64, 2), b(64, 1), b(64, 1),
-                b(128, 2), b(128, 1), b(128, 1), b(128, 2), b(128, 1), b(128, 1),
+                b(16, 1),
+                b(16, 1),
+                b(32, 2),
+                b(32, 1),
+                b(32, 1),
+                b(64, 2),
+                b(64, 1),
+                b(64, 1),
+                b(128, 2),
+                b(128, 1),
+                b(128, 1),
+                b(128, 2),
+                b(128, 1),
+                b(128, 1),
             ],
             mesh_blocks: vec![b(128, 2), b(128, 1), b(128, 1)],
             presence_blocks: vec![b(128, 2)],
@@ -174,18 +186,27 @@ impl FaceMeshNet {
         let m = config.mesh_blocks.len();
         // The mesh head continues the trunk's numbering; the presence head's layer numbers are
         // the released graph's own (not contiguous with the trunk).
-        let mesh = head(&vb, c, &config.mesh_blocks, config.head_channels, config.num_landmarks * 3, HeadNames {
-            first: (t, t + 1, t + 1),
-            reduce: (t + m + 1, t + m + 1),
-            last: (t + m, t + m + 2, t + m + 2),
-            out: t + m + 3,
-        })?;
-        let presence = head(&vb, c, &config.presence_blocks, config.head_channels, 1, HeadNames {
-            first: (22, 27, 25),
-            reduce: (28, 26),
-            last: (23, 29, 27),
-            out: 30,
-        })?;
+        let mesh = head(
+            &vb,
+            c,
+            &config.mesh_blocks,
+            config.head_channels,
+            config.num_landmarks * 3,
+            HeadNames {
+                first: (t, t + 1, t + 1),
+                reduce: (t + m + 1, t + m + 1),
+                last: (t + m, t + m + 2, t + m + 2),
+                out: t + m + 3,
+            },
+        )?;
+        let presence = head(
+            &vb,
+            c,
+            &config.presence_blocks,
+            config.head_channels,
+            1,
+            HeadNames { first: (22, 27, 25), reduce: (28, 26), last: (23, 29, 27), out: 30 },
+        )?;
         Ok(Self { stem, stem_act, trunk, mesh, presence, config: config.clone() })
     }
 

@@ -30,8 +30,14 @@ fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
 
 fn assert_near(name: &str, got: [f32; 2], want: [f32; 2], tol: f32) {
     let d = dist(got, want);
-    assert!(d <= tol, "{name}: got ({:.1}, {:.1}), measured ({:.1}, {:.1}), {d:.1} px apart (tolerance {tol})",
-        got[0], got[1], want[0], want[1]);
+    assert!(
+        d <= tol,
+        "{name}: got ({:.1}, {:.1}), measured ({:.1}, {:.1}), {d:.1} px apart (tolerance {tol})",
+        got[0],
+        got[1],
+        want[0],
+        want[1]
+    );
 }
 
 /// A hand-made detection: box (x, y, w, h) and keypoints right eye, left eye, nose, mouth, right ear, left ear.
@@ -52,7 +58,10 @@ struct Measured {
 
 fn astronaut() -> Measured {
     Measured {
-        face: face([180.0, 82.0, 90.0, 95.0], [[205.0, 101.0], [246.0, 103.0], [224.5, 126.0], [222.5, 145.0], [182.0, 122.0], [271.0, 122.0]]),
+        face: face(
+            [180.0, 82.0, 90.0, 95.0],
+            [[205.0, 101.0], [246.0, 103.0], [224.5, 126.0], [222.5, 145.0], [182.0, 122.0], [271.0, 122.0]],
+        ),
         right_eye: [205.0, 101.0],
         left_eye: [246.0, 103.0],
         nose: [224.5, 126.0],
@@ -64,7 +73,10 @@ fn astronaut() -> Measured {
 
 fn grace_hopper() -> Measured {
     Measured {
-        face: face([165.0, 140.0, 190.0, 180.0], [[221.7, 172.7], [305.0, 170.0], [266.7, 216.7], [265.0, 256.7], [160.0, 230.0], [360.0, 220.0]]),
+        face: face(
+            [165.0, 140.0, 190.0, 180.0],
+            [[221.7, 172.7], [305.0, 170.0], [266.7, 216.7], [265.0, 256.7], [160.0, 230.0], [360.0, 220.0]],
+        ),
         right_eye: [221.7, 172.7],
         left_eye: [305.0, 170.0],
         nose: [266.7, 216.7],
@@ -92,9 +104,17 @@ fn check(name: &str, lm: &FaceLandmarks, m: &Measured, tol: f32) {
     // Regions sit where they belong: lips around the mouth, brows above the eyes, the oval around all.
     let lips = lm.lips();
     let lc = [lips.iter().map(|p| p[0]).sum::<f32>() / 20.0, lips.iter().map(|p| p[1]).sum::<f32>() / 20.0];
-    assert_near(&format!("{name} lips centre"), lc, [(m.mouth_right[0] + m.mouth_left[0]) / 2.0, (m.mouth_right[1] + m.mouth_left[1]) / 2.0], tol * 1.5);
+    assert_near(
+        &format!("{name} lips centre"),
+        lc,
+        [(m.mouth_right[0] + m.mouth_left[0]) / 2.0, (m.mouth_right[1] + m.mouth_left[1]) / 2.0],
+        tol * 1.5,
+    );
     let mean_y = |ps: &[[f32; 2]]| ps.iter().map(|p| p[1]).sum::<f32>() / ps.len() as f32;
-    assert!(mean_y(&lm.right_brow()) < re[1] && mean_y(&lm.left_brow()) < le[1], "{name}: brows should be above the eyes");
+    assert!(
+        mean_y(&lm.right_brow()) < re[1] && mean_y(&lm.left_brow()) < le[1],
+        "{name}: brows should be above the eyes"
+    );
     assert!(lm.forehead_top()[1] < mean_y(&lm.right_brow()), "{name}: forehead top should be above the brows");
     let oval = lm.face_oval();
     assert_eq!(oval.len(), 36);
@@ -125,13 +145,18 @@ fn facemesh_matches_tflite() {
     let face_in = (fx["face.input"].to_dtype(DType::F32).expect("u8 -> f32") / 255.0).expect("scale");
     for (case, input) in [("random", fx["random.input"].clone()), ("face", face_in)] {
         let (points, presence) = net.forward(&input).expect("forward");
-        let (e_pts, e_pres) = (rel_err(&points, &fx[&format!("{case}.points")]), rel_err(&presence, &fx[&format!("{case}.presence")]));
+        let (e_pts, e_pres) =
+            (rel_err(&points, &fx[&format!("{case}.points")]), rel_err(&presence, &fx[&format!("{case}.presence")]));
         eprintln!("facemesh parity {case}: points rel err {e_pts:.2e}, presence rel err {e_pres:.2e}");
         assert!(e_pts < 1e-4, "{case}: points rel err {e_pts}");
         assert!(e_pres < 1e-4, "{case}: presence rel err {e_pres}");
     }
     // Both cases in one batch give the same answers as one at a time.
-    let batch = Tensor::cat(&[&fx["random.input"], &(fx["face.input"].to_dtype(DType::F32).expect("f32") / 255.0).expect("scale")], 0).expect("cat");
+    let batch = Tensor::cat(
+        &[&fx["random.input"], &(fx["face.input"].to_dtype(DType::F32).expect("f32") / 255.0).expect("scale")],
+        0,
+    )
+    .expect("cat");
     let (points, _) = net.forward(&batch).expect("batch forward");
     assert_eq!(points.dims(), &[2, 1404]);
     assert!(rel_err(&points.narrow(0, 1, 1).expect("row"), &fx["face.points"]) < 1e-4);
@@ -211,7 +236,10 @@ fn facemesh_on_rotated_face() {
 fn facemesh_low_presence_without_a_face() {
     // A face-sized box on the coffee cup.
     let img = photo("coffee.png");
-    let f = face([250.0, 150.0, 100.0, 100.0], [[280.0, 180.0], [320.0, 180.0], [300.0, 205.0], [300.0, 225.0], [255.0, 195.0], [345.0, 195.0]]);
+    let f = face(
+        [250.0, 150.0, 100.0, 100.0],
+        [[280.0, 180.0], [320.0, 180.0], [300.0, 205.0], [300.0, 225.0], [255.0, 195.0], [345.0, 195.0]],
+    );
     let lm = mesh().landmarks(&img, &f).expect("landmarks");
     assert!(lm.presence < 0.1, "coffee: presence {}", lm.presence);
     let astro = mesh().landmarks(&photo("astronaut.png"), &astronaut().face).expect("landmarks");
@@ -231,7 +259,10 @@ fn facemesh_rejects_degenerate_faces() {
     assert!(m.landmarks(&img, &f).is_err());
     assert!(m.landmarks(&image::RgbImage::new(0, 0), &astronaut().face).is_err());
     // A face box far outside the image still returns (replicated borders), with low presence.
-    let far = face([5000.0, 5000.0, 90.0, 90.0], [[5020.0, 5020.0], [5060.0, 5020.0], [5040.0, 5040.0], [5040.0, 5060.0], [5000.0, 5030.0], [5090.0, 5030.0]]);
+    let far = face(
+        [5000.0, 5000.0, 90.0, 90.0],
+        [[5020.0, 5020.0], [5060.0, 5020.0], [5040.0, 5040.0], [5040.0, 5060.0], [5000.0, 5030.0], [5090.0, 5030.0]],
+    );
     let lm = m.landmarks(&img, &far).expect("landmarks off the image");
     assert!(lm.presence < 0.5, "presence {}", lm.presence);
     // A hand-built mesh with missing points reads them as NaN rather than panicking.
