@@ -2,3 +2,4 @@
 //! the real bundled weights on real photos. Modules are listed here (one test binary).
 
 mod common;
+mod studio;
