@@ -4,3 +4,4 @@
 mod common;
 mod blazeface;
 mod facemesh;
+mod studio;
