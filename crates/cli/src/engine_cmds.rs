@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use likeness_core::models::{ModelState, ModelStore};
 use likeness_engine::composite::{Backdrop, StudioStyle};
 use likeness_engine::device::{self, DevicePref};
-use likeness_engine::faces::KEYPOINT_NAMES;
+use likeness_engine::faces::{FaceDetector, KEYPOINT_NAMES};
+use likeness_engine::segment::Segmenter;
 use likeness_engine::framing::Preset;
 use likeness_engine::image_io::{self, DecodeLimits, OutputFormat};
 use likeness_engine::pipeline::{self, HeadshotRequest, StudioModels};
@@ -89,12 +90,30 @@ pub enum ModelsCmd {
     Verify,
 }
 
+fn compute_device(global: &Global) -> Result<candle_core::Device> {
+    let pref: DevicePref = global.device.parse()?;
+    Ok(device::select(pref)?)
+}
+
 fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
     let bytes = store.studio_model_bytes()?;
-    let pref: DevicePref = global.device.parse()?;
-    let dev = device::select(pref)?;
-    Ok(StudioModels::load(bytes, &dev)?)
+    Ok(StudioModels::load(bytes, &compute_device(global)?)?)
+}
+
+/// Only the face detector: `detect` needs neither the mesh nor the segmenter.
+fn load_detector(global: &Global) -> Result<FaceDetector> {
+    let store = ModelStore::discover(global.models_dir.as_deref())?;
+    let front = store.read_verified("blazeface-front-128")?;
+    let back = store.read_verified("blazeface-back-256")?;
+    Ok(FaceDetector::new(front, Some(back), &compute_device(global)?)?)
+}
+
+/// Only the segmenter, for `segment`.
+fn load_segmenter(global: &Global) -> Result<Segmenter> {
+    let store = ModelStore::discover(global.models_dir.as_deref())?;
+    let bytes = store.read_verified("selfie-segmentation-256")?;
+    Ok(Segmenter::new(bytes, &compute_device(global)?)?)
 }
 
 fn limits() -> DecodeLimits {
@@ -106,16 +125,16 @@ fn read_photo(path: &Path) -> Result<Vec<u8>> {
 }
 
 pub fn detect(global: &Global, a: DetectArgs) -> Result<ExitCode> {
-    let mut models = load_models(global)?;
+    let mut detector = load_detector(global)?;
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
             anyhow::bail!("--threshold must be between 0 and 1");
         }
-        models.detector = models.detector.with_threshold(t);
+        detector = detector.with_threshold(t);
     }
     let bytes = read_photo(&a.photo)?;
     let img = image_io::decode(&bytes, &limits()).with_context(|| a.photo.display().to_string())?.image;
-    let faces = models.detector.detect(&img).with_context(|| a.photo.display().to_string())?;
+    let faces = detector.detect(&img).with_context(|| a.photo.display().to_string())?;
     if a.json {
         let faces: Vec<_> = faces
             .iter()
@@ -144,10 +163,10 @@ pub fn detect(global: &Global, a: DetectArgs) -> Result<ExitCode> {
 }
 
 pub fn segment(global: &Global, a: SegmentArgs) -> Result<ExitCode> {
-    let models = load_models(global)?;
+    let segmenter = load_segmenter(global)?;
     let bytes = read_photo(&a.photo)?;
     let img = image_io::decode(&bytes, &limits()).with_context(|| a.photo.display().to_string())?.image;
-    let mask = models.segmenter.segment(&img).with_context(|| a.photo.display().to_string())?;
+    let mask = segmenter.segment(&img).with_context(|| a.photo.display().to_string())?;
     let grey = image::GrayImage::from_fn(mask.width(), mask.height(), |x, y| {
         image::Luma([(mask.get_pixel(x, y).0[0].clamp(0.0, 1.0) * 255.0).round() as u8])
     });

@@ -128,7 +128,7 @@ pub fn studio_headshot(
 ) -> Result<Headshot> {
     let mut t = StageTimings::default();
     let mut warnings = Vec::new();
-    let mut step = |stage: Stage| -> Result<Instant> {
+    let step = |stage: Stage| -> Result<Instant> {
         cancel.check()?;
         let i = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
         progress.stage(stage, i as f32 / Stage::ALL.len() as f32);
