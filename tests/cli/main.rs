@@ -3,4 +3,5 @@
 
 mod errors;
 mod generate;
+mod library;
 mod support;
