@@ -31,3 +31,4 @@ pub use library::{
 pub use paths::{DataPaths, DATA_DIR_ENV};
 pub use retention::SweepReport;
 pub use vault::{FaultHook, FaultPoint};
+pub mod models;

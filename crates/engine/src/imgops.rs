@@ -179,3 +179,45 @@ mod tests {
 
 /// A single-channel float image (masks, mattes, probabilities in [0, 1]).
 pub type Mask = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// Averages `factor x factor` pixel blocks (edge blocks average the pixels they have), so output
+/// pixel `(i, j)` covers source `[i*factor, (i+1)*factor)`. A cheap anti-aliasing reduction before
+/// a bilinear warp shrinks a large photo many times (bilinear sampling alone would alias).
+pub fn box_downscale(img: &RgbImage, factor: u32) -> RgbImage {
+    let f = factor.max(1) as usize;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return RgbImage::new(0, 0);
+    }
+    let (ow, oh) = (w.div_ceil(f), h.div_ceil(f));
+    let raw = img.as_raw();
+    let mut out = vec![0u8; ow * oh * 3];
+    let mut sums = vec![0u32; ow * 3];
+    for (oy, out_row) in out.chunks_exact_mut(ow * 3).enumerate() {
+        sums.iter_mut().for_each(|s| *s = 0);
+        let rows = (oy * f..((oy + 1) * f).min(h)).len();
+        for row in raw.chunks_exact(w * 3).skip(oy * f).take(rows) {
+            for (ox, block) in row.chunks(f * 3).enumerate() {
+                let (mut r, mut g, mut b) = (0u32, 0u32, 0u32);
+                for px in block.chunks_exact(3) {
+                    r += px[0] as u32;
+                    g += px[1] as u32;
+                    b += px[2] as u32;
+                }
+                if let Some(s) = sums.get_mut(ox * 3..ox * 3 + 3) {
+                    s[0] += r;
+                    s[1] += g;
+                    s[2] += b;
+                }
+            }
+        }
+        for (ox, (o, s)) in out_row.chunks_exact_mut(3).zip(sums.chunks_exact(3)).enumerate() {
+            let cols = (ox * f..((ox + 1) * f).min(w)).len();
+            let n = (rows * cols).max(1) as u32;
+            for c in 0..3 {
+                o[c] = ((s[c] + n / 2) / n) as u8;
+            }
+        }
+    }
+    RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_else(|| RgbImage::new(ow as u32, oh as u32))
+}

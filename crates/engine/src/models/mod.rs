@@ -1,1 +1,3 @@
 //! Model ports: BlazeFace, face mesh, selfie segmentation.
+pub mod blazeface;
+pub mod facemesh;

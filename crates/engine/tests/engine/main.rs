@@ -2,3 +2,6 @@
 //! the real bundled weights on real photos. Modules are listed here (one test binary).
 
 mod common;
+mod blazeface;
+mod facemesh;
+mod studio;

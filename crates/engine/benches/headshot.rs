@@ -1,0 +1,172 @@
+//! The studio headshot benchmark: each stage and the whole headshot from a 12-megapixel JPEG, and
+//! each model's forward pass against its reference runtime (onnxruntime / TFLite) on the same
+//! inputs in the same run, with our/reference ratios. Medians; timings on shared machines are noisy.
+//!
+//!     cargo bench -p likeness-engine --bench headshot
+//!
+//! The reference side runs `tools/bench_reference.py` with `$LIKENESS_BENCH_PYTHON` (default
+//! `.venv/bin/python`, else `python3`); `tools/bench.sh` creates that environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Module, Tensor};
+use likeness_engine::composite::StudioStyle;
+use likeness_engine::framing::Preset;
+use likeness_engine::image_io::{DecodeLimits, OutputFormat};
+use likeness_engine::models::{blazeface, facemesh, selfie};
+use likeness_engine::pipeline::{studio_headshot, HeadshotRequest, ModelBytes, StudioModels};
+use likeness_engine::progress::{CancelToken, NoProgress};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(rel: &str) -> Vec<u8> {
+    let p = root().join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn time<F: FnMut()>(warmup: usize, runs: usize, mut f: F) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// A 12-megapixel (4000x3000) JPEG of the sample portrait: upscaled, on a soft backdrop.
+fn twelve_megapixel_jpeg() -> Vec<u8> {
+    let src = image::load_from_memory(&read("assets/photos/grace_hopper_512x512.jpg")).expect("sample").to_rgb8();
+    let face = image::imageops::resize(&src, 2600, 2600, image::imageops::FilterType::CatmullRom);
+    let mut canvas = image::RgbImage::from_fn(4000, 3000, |x, y| image::Rgb([90 + (x / 40) as u8, 100, 110 + (y / 40) as u8]));
+    image::imageops::replace(&mut canvas, &face, 700, 400);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&canvas).expect("jpeg");
+    out
+}
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("LIKENESS_BENCH_PYTHON") {
+        return p;
+    }
+    let venv = root().join(".venv/bin/python");
+    if venv.is_file() {
+        return venv.display().to_string();
+    }
+    "python3".into()
+}
+
+fn reference_times(inputs: &Path) -> Option<serde_json::Value> {
+    let out = Command::new(python())
+        .arg(root().join("tools/bench_reference.py"))
+        .arg(inputs)
+        .output()
+        .map_err(|e| eprintln!("reference runtime not run ({e}); run tools/bench.sh to set it up"))
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("reference runtime failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn main() {
+    let dev = Device::Cpu;
+    let runs = std::env::var("LIKENESS_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(15usize);
+    let bytes = ModelBytes {
+        blazeface_front: read("models/blazeface_front_128.safetensors"),
+        blazeface_back: Some(read("models/blazeface_back_256.safetensors")),
+        face_mesh: read("models/face_mesh_468.safetensors"),
+        selfie: read("models/selfie_segmentation_256.safetensors"),
+    };
+    let models = StudioModels::load(bytes, &dev).expect("models");
+
+    // ---- Models: ours vs the reference runtime, same inputs ----
+    let vb = |file: &str| {
+        candle_nn::VarBuilder::from_buffered_safetensors(read(&format!("models/{file}")), DType::F32, &dev).expect("weights")
+    };
+    let front = blazeface::BlazeFace::new(&blazeface::Config::front(), vb("blazeface_front_128.safetensors")).expect("front");
+    let back = blazeface::BlazeFace::new(&blazeface::Config::back(), vb("blazeface_back_256.safetensors")).expect("back");
+    let mesh = facemesh::FaceMeshNet::new(&facemesh::Config::face_mesh_468(), vb("face_mesh_468.safetensors")).expect("mesh");
+    let seg = selfie::SelfieSegNet::new(&selfie::Config::default(), vb("selfie_segmentation_256.safetensors")).expect("selfie");
+    let input = |s: usize, lo: f32, hi: f32| Tensor::rand(lo, hi, (1, 3, s, s), &dev).expect("rand");
+    let inputs = [
+        ("blazeface-front-128", input(128, -1.0, 1.0)),
+        ("blazeface-back-256", input(256, -1.0, 1.0)),
+        ("face-mesh-468", input(192, 0.0, 1.0)),
+        ("selfie-segmentation-256", input(256, 0.0, 1.0)),
+    ];
+    let ours: Vec<f64> = inputs
+        .iter()
+        .map(|(id, x)| match *id {
+            "blazeface-front-128" => time(10, 50, || drop(front.forward(x).expect("fwd"))),
+            "blazeface-back-256" => time(10, 50, || drop(back.forward(x).expect("fwd"))),
+            "face-mesh-468" => time(10, 50, || drop(mesh.forward(x).expect("fwd"))),
+            _ => time(10, 50, || drop(seg.forward(x).expect("fwd"))),
+        })
+        .collect();
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("model_inputs.safetensors");
+    candle_core::safetensors::save(&inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), &path).expect("save");
+    let reference = reference_times(&path);
+
+    println!("\n== model forward, median ms (candle CPU vs reference, 2 threads) ==");
+    println!("{:<26} {:>10} {:>12} {:>8}  reference", "model", "ours", "reference", "ratio");
+    for ((id, _), ms) in inputs.iter().zip(&ours) {
+        let r = reference.as_ref().and_then(|v| v.get(*id));
+        match r.and_then(|r| r.get("median_ms")).and_then(|m| m.as_f64()) {
+            Some(rm) => println!(
+                "{id:<26} {ms:>10.3} {rm:>12.3} {:>8.2}  {}",
+                ms / rm,
+                r.and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
+            ),
+            None => println!("{id:<26} {ms:>10.3} {:>12} {:>8}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
+        }
+    }
+
+    // ---- The whole headshot from a 12 MP JPEG, per stage ----
+    let jpeg = twelve_megapixel_jpeg();
+    for (label, format) in [("png", OutputFormat::Png), ("jpg", OutputFormat::Jpeg { quality: 92 })] {
+        let req = HeadshotRequest {
+            preset: Preset::Portrait,
+            style: StudioStyle::default(),
+            format,
+            max_short_side: 1024,
+            limits: DecodeLimits::default(),
+        };
+        let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); 8];
+        let mut size = (0, 0);
+        for i in 0..runs + 2 {
+            let t = Instant::now();
+            let shot = studio_headshot(&models, &jpeg, &req, &NoProgress, &CancelToken::new()).expect("headshot");
+            let total = t.elapsed();
+            size = (shot.width, shot.height);
+            if i < 2 {
+                continue; // warm-up
+            }
+            let s = &shot.timings;
+            for (k, d) in [s.decode, s.detect, s.landmarks, s.framing, s.segment, s.composite, s.encode, total].into_iter().enumerate() {
+                stages[k].push(d);
+            }
+        }
+        println!("\n== headshot from a 4000x3000 JPEG ({} bytes) -> {}x{} {label}, median of {runs} ==", jpeg.len(), size.0, size.1);
+        for (name, v) in ["decode", "detect", "landmarks", "framing", "segment", "composite", "encode", "whole"].iter().zip(stages) {
+            println!("{name:<10} {:>9.1} ms", median(v));
+        }
+    }
+}

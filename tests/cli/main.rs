@@ -1,0 +1,6 @@
+//! Whole-app tests of the `likeness` command line on real photos with the bundled models.
+//! The binary under test is the real one (`CARGO_BIN_EXE_likeness`); nothing is mocked.
+
+mod errors;
+mod generate;
+mod support;

