@@ -710,7 +710,7 @@ impl Library {
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        self.release_inputs()
+        self.release_inputs().map(|_| ())
     }
 
     /// The worker gave up on a running job: it is failed for good (a job the user cancelled meanwhile
