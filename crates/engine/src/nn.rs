@@ -869,6 +869,83 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&AvgPoolOp { plane: h * w })
 }
 
+/// Half-pixel bilinear taps along one axis: for each output index, the two input indices and the
+/// weight of the second (TFLite RESIZE_BILINEAR with `half_pixel_centers`, PyTorch
+/// `align_corners=False`: source = (out + 0.5) * in / out - 0.5, clamped to the edges).
+fn half_pixel_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
+    let scale = input as f64 / output.max(1) as f64;
+    let last = input.saturating_sub(1);
+    (0..output)
+        .map(|o| {
+            let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(last);
+            (i0, (i0 + 1).min(last), (src - i0 as f64).clamp(0.0, 1.0) as f32)
+        })
+        .collect()
+}
+
+struct ResizeBilinearOp {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl CustomOp1 for ResizeBilinearOp {
+    fn name(&self) -> &'static str {
+        "likeness-resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, w, oh, ow) = (self.h, self.w, self.oh, self.ow);
+        let x = cpu_slice(storage, layout, self.name())?;
+        if x.len() != self.planes * h * w || h == 0 || w == 0 {
+            bail!("resize bilinear: input size disagrees with its shape");
+        }
+        let (rows, cols) = (half_pixel_taps(h, oh), half_pixel_taps(w, ow));
+        let mut out = vec![0f32; self.planes * oh * ow];
+        // One output row per task: blend the two source rows, then gather along the row.
+        for_chunks(&mut out, ow, self.planes * oh * ow * 4, |r, orow| {
+            let (p, oy) = (r / oh.max(1), r % oh.max(1));
+            let Some(&(y0, y1, wy)) = rows.get(oy) else { return };
+            let plane = x.get(p * h * w..(p + 1) * h * w).unwrap_or(&[]);
+            let (Some(a), Some(b)) = (plane.get(y0 * w..(y0 + 1) * w), plane.get(y1 * w..(y1 + 1) * w)) else { return };
+            let mut line = [0f32; 512];
+            let mut heap;
+            let line: &mut [f32] = if w <= line.len() {
+                &mut line[..w]
+            } else {
+                heap = vec![0f32; w];
+                &mut heap
+            };
+            line.iter_mut().zip(a.iter().zip(b)).for_each(|(l, (&a, &b))| *l = a * (1.0 - wy) + b * wy);
+            for (o, &(x0, x1, wx)) in orow.iter_mut().zip(&cols) {
+                let (l0, l1) = (line.get(x0).copied().unwrap_or(0.0), line.get(x1).copied().unwrap_or(0.0));
+                *o = l0 * (1.0 - wx) + l1 * wx;
+            }
+        });
+        let (n, c) = match layout.dims() {
+            [n, c, _, _] => (*n, *c),
+            _ => bail!("resize bilinear: expected an NCHW tensor"),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// Bilinear resize of an NCHW tensor to `oh x ow` with half-pixel centres (TFLite
+/// `RESIZE_BILINEAR(half_pixel_centers=true)`, PyTorch `align_corners=False`, no antialiasing).
+pub fn resize_bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        bail!("resize bilinear: empty input {h}x{w}");
+    }
+    if !fast_cpu(x) {
+        return x.upsample_bilinear2d(oh, ow, false);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&ResizeBilinearOp { planes: n * c, h, w, oh, ow })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
