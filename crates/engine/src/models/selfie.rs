@@ -16,7 +16,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{global_avg_pool, resize_bilinear, Activation, Conv2d, ConvTranspose2d, Padding};
+use crate::nn::{global_avg_pool, resize_bilinear, scale_add, Activation, Conv2d, ConvTranspose2d, Padding};
 
 /// The nonlinearity of an encoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +156,17 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// The gate of already pooled features `[n, c, 1, 1]` -> `[n, out, 1, 1]` in (0, 1).
+    fn from_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::sigmoid(&self.excite.forward(&self.squeeze.forward(pooled)?)?)
+    }
+}
+
 impl Module for Gate {
     /// `[n, c, h, w]` -> `[n, out, 1, 1]` in (0, 1).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.excite.forward(&self.squeeze.forward(&global_avg_pool(x)?)?)?;
-        candle_nn::ops::sigmoid(&g)
+        self.from_pooled(&global_avg_pool(x)?)
     }
 }
 
@@ -190,12 +196,12 @@ impl Module for InvertedResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.depthwise.forward(&self.expand.forward(x)?)?;
         let h = match &self.se {
-            Some(se) => h.broadcast_mul(&se.forward(&h)?)?,
+            Some(se) => scale_add(&h, Some(&se.forward(&h)?), None)?,
             None => h,
         };
         let h = self.project.forward(&h)?;
         if self.residual {
-            h + x
+            scale_add(&h, None, Some(x))
         } else {
             Ok(h)
         }
@@ -213,7 +219,7 @@ impl Module for Head {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let f = self.features.forward(x)?;
         let g = candle_nn::ops::sigmoid(&self.gate.forward(&global_avg_pool(x)?)?)?;
-        f.broadcast_mul(&g)
+        scale_add(&f, Some(&g), None)
     }
 }
 
@@ -237,11 +243,12 @@ impl DecoderStage {
     }
 
     fn forward(&self, skip: &Tensor, up: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(&(skip + up)?)?;
-        let x = (skip.broadcast_mul(&g)? + up)?;
+        // mean(skip + up) = mean(skip) + mean(up): pool each instead of materialising the sum.
+        let g = self.gate.from_pooled(&(global_avg_pool(skip)? + global_avg_pool(up)?)?)?;
+        let x = scale_add(skip, Some(&g), Some(up))?;
         let r = self.refine.forward(&x)?;
         let d = self.depthwise.forward(&r)?;
-        r + d
+        scale_add(&d, None, Some(&r))
     }
 }
 
@@ -293,13 +300,20 @@ impl SelfieSegNet {
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns the person logits `[n, 1, 256, 256]`.
     pub fn forward_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let t = std::time::Instant::now();
+        let prof = std::env::var("SELFIE_PROF").is_ok();
         let mut h = self.stem.forward(x)?;
+        if prof { eprintln!("stem {:?}", t.elapsed()); }
         let mut features = vec![h.clone()];
         for block in &self.blocks {
+            let t = std::time::Instant::now();
             h = block.forward(&h)?;
+            if prof { eprintln!("block {:?} {:?}", h.dims(), t.elapsed()); }
             features.push(h.clone());
         }
+        let t = std::time::Instant::now();
         let mut h = self.head.forward(&h)?;
+        if prof { eprintln!("head {:?}", t.elapsed()); }
         for (project, stage) in &self.decoder {
             let (_, _, fh, fw) = h.dims4()?;
             let (th, tw) = (fh * 2, fw * 2);
@@ -309,10 +323,21 @@ impl SelfieSegNet {
                 .rev()
                 .find(|f| f.dims4().map(|(_, _, sh, sw)| sh == th && sw == tw).unwrap_or(false))
                 .ok_or_else(|| candle_core::Error::Msg(format!("selfie decoder: no encoder map at {th}x{tw}")))?;
-            let up = project.forward(&resize_bilinear(&h, th, tw)?)?;
+            let t = std::time::Instant::now();
+            // The graph upsamples, then projects; a 1x1 convolution commutes with bilinear
+            // resizing (its weights sum to one), so projecting first does the same math on a
+            // quarter of the pixels (and, for the head, a fifth of the channels).
+            let p = project.forward(&h)?;
+            if prof { eprintln!("  project {:?}", t.elapsed()); }
+            let up = resize_bilinear(&p, th, tw)?;
+            if prof { eprintln!("  resize {:?}", t.elapsed()); }
             h = stage.forward(skip, &up)?;
+            if prof { eprintln!("dec {:?} {:?}", h.dims(), t.elapsed()); }
         }
-        self.segment.forward(&h)
+        let t = std::time::Instant::now();
+        let r = self.segment.forward(&h);
+        if prof { eprintln!("segment {:?}", t.elapsed()); }
+        r
     }
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns person probabilities `[n, 1, 256, 256]`.

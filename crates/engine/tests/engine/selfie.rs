@@ -30,12 +30,16 @@ fn u8_input(t: &Tensor) -> Tensor {
 fn selfie_matches_tflite() {
     let fx = fixture("selfie.safetensors");
     let net = net();
+    let mut errs = Vec::new();
     for case in ["random", "photo"] {
         let mask = net.forward(&u8_input(&fx[&format!("{case}.input")])).expect("forward");
         let want = &fx[&format!("{case}.mask")];
         assert_eq!(mask.dims(), want.dims());
         let e = rel_err(&mask, want);
         eprintln!("selfie parity {case}: rel err {e:.2e}");
+        errs.push((case, e));
+    }
+    for (case, e) in errs {
         assert!(e < 1e-4, "{case}: rel err {e}");
     }
     // Both cases in one batch give the same answers as one at a time.
@@ -189,5 +193,42 @@ fn selfie_finds_no_person_in_objects() {
         let fg = mask.pixels().filter(|p| p.0[0] > 0.5).count() as f64 / (mask.width() * mask.height()) as f64;
         eprintln!("selfie {name}: person fraction {fg:.4}");
         assert!(fg < limit, "{name}: {:.1}% of the photo marked as person", fg * 100.0);
+    }
+}
+
+#[test]
+fn zz_micro() {
+    use likeness_engine::nn::*;
+    use candle_core::Module;
+    let d = Device::Cpu;
+    let a = Tensor::rand(0f32, 1f32, (1, 16, 128, 128), &d).unwrap();
+    let b = Tensor::rand(0f32, 1f32, (1, 16, 128, 128), &d).unwrap();
+    let g = Tensor::rand(0f32, 1f32, (1, 16, 1, 1), &d).unwrap();
+    let w = Tensor::rand(0f32, 1f32, (16, 16, 1, 1), &d).unwrap();
+    let bias = Tensor::rand(0f32, 1f32, 16, &d).unwrap();
+    let wd = Tensor::rand(0f32, 1f32, (16, 1, 3, 3), &d).unwrap();
+    let pw = Conv2d::from_tensors(w, Some(bias.clone()), 1, Padding::Valid, false).unwrap().with_activation(Activation::Relu);
+    let dw = Conv2d::from_tensors(wd, Some(bias), 1, Padding::Same, true).unwrap().with_activation(Activation::Relu);
+    let time = |name: &str, f: &dyn Fn() -> Tensor| {
+        let _ = f();
+        let t = Instant::now();
+        for _ in 0..50 { let _ = f(); }
+        eprintln!("{name}: {:.3} ms", t.elapsed().as_secs_f64() * 1e3 / 50.0);
+    };
+    time("add", &|| (&a + &b).unwrap());
+    time("bmul", &|| a.broadcast_mul(&g).unwrap());
+    time("pool", &|| global_avg_pool(&a).unwrap());
+    time("pw", &|| pw.forward(&a).unwrap());
+    time("dw", &|| dw.forward(&a).unwrap());
+    time("resize", &|| resize_bilinear(&a, 256, 256).unwrap());
+    time("sigmoid", &|| candle_nn::ops::sigmoid(&a).unwrap());
+}
+
+#[test]
+fn zz_selfie_profile_loop() {
+    let net = net();
+    let x = Tensor::rand(0f32, 1f32, (1, 3, 256, 256), &Device::Cpu).expect("input");
+    for _ in 0..100 {
+        let _ = net.forward(&x).expect("forward");
     }
 }
