@@ -300,20 +300,13 @@ impl SelfieSegNet {
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns the person logits `[n, 1, 256, 256]`.
     pub fn forward_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let t = std::time::Instant::now();
-        let prof = std::env::var("SELFIE_PROF").is_ok();
         let mut h = self.stem.forward(x)?;
-        if prof { eprintln!("stem {:?}", t.elapsed()); }
         let mut features = vec![h.clone()];
         for block in &self.blocks {
-            let t = std::time::Instant::now();
             h = block.forward(&h)?;
-            if prof { eprintln!("block {:?} {:?}", h.dims(), t.elapsed()); }
             features.push(h.clone());
         }
-        let t = std::time::Instant::now();
         let mut h = self.head.forward(&h)?;
-        if prof { eprintln!("head {:?}", t.elapsed()); }
         for (project, stage) in &self.decoder {
             let (_, _, fh, fw) = h.dims4()?;
             let (th, tw) = (fh * 2, fw * 2);
@@ -323,21 +316,13 @@ impl SelfieSegNet {
                 .rev()
                 .find(|f| f.dims4().map(|(_, _, sh, sw)| sh == th && sw == tw).unwrap_or(false))
                 .ok_or_else(|| candle_core::Error::Msg(format!("selfie decoder: no encoder map at {th}x{tw}")))?;
-            let t = std::time::Instant::now();
             // The graph upsamples, then projects; a 1x1 convolution commutes with bilinear
             // resizing (its weights sum to one), so projecting first does the same math on a
             // quarter of the pixels (and, for the head, a fifth of the channels).
-            let p = project.forward(&h)?;
-            if prof { eprintln!("  project {:?}", t.elapsed()); }
-            let up = resize_bilinear(&p, th, tw)?;
-            if prof { eprintln!("  resize {:?}", t.elapsed()); }
+            let up = resize_bilinear(&project.forward(&h)?, th, tw)?;
             h = stage.forward(skip, &up)?;
-            if prof { eprintln!("dec {:?} {:?}", h.dims(), t.elapsed()); }
         }
-        let t = std::time::Instant::now();
-        let r = self.segment.forward(&h);
-        if prof { eprintln!("segment {:?}", t.elapsed()); }
-        r
+        self.segment.forward(&h)
     }
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns person probabilities `[n, 1, 256, 256]`.
