@@ -1022,10 +1022,7 @@ pub fn scale_add(x: &Tensor, scale: Option<&Tensor>, add: Option<&Tensor>) -> Re
     }
     let scale_v = scale.map(|s| s.flatten_all().and_then(|s| s.to_vec1::<f32>())).transpose()?;
     let add_t = add.map(|a| a.contiguous()).transpose()?;
-    let add_guard = match &add_t {
-        Some(a) => Some(a.storage_and_layout()),
-        None => None,
-    };
+    let add_guard = add_t.as_ref().map(|a| a.storage_and_layout());
     let add_v = match &add_guard {
         Some((storage, layout)) => match &**storage {
             candle_core::Storage::Cpu(cpu) => Some(cpu_slice(cpu, layout, "scale-add")?),

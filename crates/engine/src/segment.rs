@@ -1,12 +1,13 @@
 //! Person segmentation: MediaPipe selfie segmentation on a whole photo, returned at the photo's
 //! own size.
 //!
-//! The photo is fitted to the model's 256x256 input (see [`Fit`]; stretching the whole frame, as
-//! MediaPipe does, measured better than letterboxing on our test photos: see
-//! `tests/engine/selfie.rs`), large photos are box-filtered first so the bilinear sampling does not
-//! alias, and the 256x256 logits are upsampled once, bilinearly and row-parallel, straight to the
-//! photo's size before the sigmoid (interpolating logits keeps the edge sharp where probabilities
-//! would smear it).
+//! The photo is fitted to the model's 256x256 input by stretching the whole frame, as MediaPipe
+//! does ([`Fit`]). Measured against hand-drawn masks on square, 4:5 and 4:3 crops of two photos
+//! (`tests/engine/selfie.rs`), stretching scores a mean IoU of 0.97 against 0.94 for letterboxing,
+//! and letterboxing triples the false "person" on a close-up of a cup. Large photos are
+//! box-filtered first so the bilinear sampling does not alias, and the 256x256 logits are
+//! upsampled once, bilinearly and row-parallel, straight to the photo's size before the sigmoid
+//! (interpolating logits keeps the edge sharp where interpolated probabilities would smear it).
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -101,7 +102,11 @@ impl Segmenter {
         let logits = self.logits(img, fit)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         if logits.len() != size * size {
-            return Err(EngineError::Device(format!("segmentation output has {} values, expected {}", logits.len(), size * size)));
+            return Err(EngineError::Device(format!(
+                "segmentation output has {} values, expected {}",
+                logits.len(),
+                size * size
+            )));
         }
         let to_model = model_to_photo(fit, w as f32, h as f32, size as f32)
             .invert()

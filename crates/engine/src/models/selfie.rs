@@ -158,7 +158,7 @@ impl Gate {
 
 impl Gate {
     /// The gate of already pooled features `[n, c, 1, 1]` -> `[n, out, 1, 1]` in (0, 1).
-    fn from_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
+    fn of_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
         candle_nn::ops::sigmoid(&self.excite.forward(&self.squeeze.forward(pooled)?)?)
     }
 }
@@ -166,7 +166,7 @@ impl Gate {
 impl Module for Gate {
     /// `[n, c, h, w]` -> `[n, out, 1, 1]` in (0, 1).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.from_pooled(&global_avg_pool(x)?)
+        self.of_pooled(&global_avg_pool(x)?)
     }
 }
 
@@ -244,7 +244,7 @@ impl DecoderStage {
 
     fn forward(&self, skip: &Tensor, up: &Tensor) -> Result<Tensor> {
         // mean(skip + up) = mean(skip) + mean(up): pool each instead of materialising the sum.
-        let g = self.gate.from_pooled(&(global_avg_pool(skip)? + global_avg_pool(up)?)?)?;
+        let g = self.gate.of_pooled(&(global_avg_pool(skip)? + global_avg_pool(up)?)?)?;
         let x = scale_add(skip, Some(&g), Some(up))?;
         let r = self.refine.forward(&x)?;
         let d = self.depthwise.forward(&r)?;

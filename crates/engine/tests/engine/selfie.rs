@@ -50,7 +50,9 @@ fn selfie_matches_tflite() {
 /// 2x upsamplings of the decoder and on odd sizes both ways.
 #[test]
 fn resize_bilinear_is_half_pixel() {
-    for (n, c, h, w, oh, ow) in [(1, 24, 32, 32, 64, 64), (2, 3, 7, 5, 14, 10), (1, 2, 9, 13, 4, 30), (1, 1, 1, 3, 5, 2)] {
+    for (n, c, h, w, oh, ow) in
+        [(1, 24, 32, 32, 64, 64), (2, 3, 7, 5, 14, 10), (1, 2, 9, 13, 4, 30), (1, 1, 1, 3, 5, 2)]
+    {
         let x = Tensor::randn(0f32, 1f32, (n, c, h, w), &Device::Cpu).expect("input");
         let got = resize_bilinear(&x, oh, ow).expect("resize");
         let want = x.upsample_bilinear2d(oh, ow, false).expect("candle resize");
@@ -78,6 +80,7 @@ fn selfie_forward_time() {
 
 /// The person in assets/photos/astronaut.png (512x512), drawn by hand on the photo: hair, face, the
 /// suit's neck ring and the suit; the helmet she holds (bottom right) is not part of the person.
+#[rustfmt::skip]
 const ASTRONAUT: &[[f32; 2]] = &[
     [225., 16.], [260., 22.], [287., 40.], [300., 70.], [300., 95.], [292., 115.], [277., 125.], [272., 140.],
     [265., 160.], [280., 165.], [300., 200.], [305., 230.], [330., 245.], [345., 266.], [357., 306.],
@@ -89,12 +92,14 @@ const ASTRONAUT: &[[f32; 2]] = &[
 
 /// The helmet the astronaut holds (bottom right), drawn by hand. The model (like MediaPipe's own
 /// runtime) counts a held object as part of the subject, so the reference mask is person + helmet.
+#[rustfmt::skip]
 const ASTRONAUT_HELMET: &[[f32; 2]] = &[
     [360., 343.], [370., 346.], [400., 343.], [450., 351.], [480., 376.], [495., 406.], [500., 451.],
     [512., 466.], [512., 512.], [280., 512.], [277., 471.], [282., 436.], [295., 401.], [320., 366.],
 ];
 
 /// The person in assets/photos/grace_hopper_512x512.jpg, drawn by hand: cap, face, ears, jacket.
+#[rustfmt::skip]
 const GRACE_HOPPER: &[[f32; 2]] = &[
     [255., 9.], [300., 15.], [340., 40.], [352., 65.], [367., 75.], [372., 115.], [370., 150.], [375., 175.],
     [370., 215.], [360., 250.], [350., 271.], [330., 301.], [380., 331.], [440., 356.], [480., 371.],
