@@ -16,7 +16,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{global_avg_pool, resize_bilinear, scale_add, Activation, Conv2d, ConvTranspose2d, Padding};
+use crate::nn::{
+    add_scaled_in_place, global_avg_pool, resize_bilinear, scale_add_in_place, Activation, Conv2d, ConvTranspose2d,
+    Padding,
+};
 
 /// The nonlinearity of an encoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,12 +199,15 @@ impl Module for InvertedResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.depthwise.forward(&self.expand.forward(x)?)?;
         let h = match &self.se {
-            Some(se) => scale_add(&h, Some(&se.forward(&h)?), None)?,
+            Some(se) => {
+                let g = se.forward(&h)?;
+                scale_add_in_place(h, Some(&g), None)?
+            }
             None => h,
         };
         let h = self.project.forward(&h)?;
         if self.residual {
-            scale_add(&h, None, Some(x))
+            scale_add_in_place(h, None, Some(x))
         } else {
             Ok(h)
         }
@@ -219,7 +225,7 @@ impl Module for Head {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let f = self.features.forward(x)?;
         let g = candle_nn::ops::sigmoid(&self.gate.forward(&global_avg_pool(x)?)?)?;
-        scale_add(&f, Some(&g), None)
+        scale_add_in_place(f, Some(&g), None)
     }
 }
 
@@ -242,13 +248,14 @@ impl DecoderStage {
         Ok(Self { gate, refine, depthwise })
     }
 
-    fn forward(&self, skip: &Tensor, up: &Tensor) -> Result<Tensor> {
+    /// `up` is consumed: its buffer is reused for the gated sum.
+    fn forward(&self, skip: &Tensor, up: Tensor) -> Result<Tensor> {
         // mean(skip + up) = mean(skip) + mean(up): pool each instead of materialising the sum.
-        let g = self.gate.of_pooled(&(global_avg_pool(skip)? + global_avg_pool(up)?)?)?;
-        let x = scale_add(skip, Some(&g), Some(up))?;
+        let g = self.gate.of_pooled(&(global_avg_pool(skip)? + global_avg_pool(&up)?)?)?;
+        let x = add_scaled_in_place(up, skip, &g)?;
         let r = self.refine.forward(&x)?;
         let d = self.depthwise.forward(&r)?;
-        scale_add(&d, None, Some(&r))
+        scale_add_in_place(d, None, Some(&r))
     }
 }
 
@@ -320,7 +327,7 @@ impl SelfieSegNet {
             // resizing (its weights sum to one), so projecting first does the same math on a
             // quarter of the pixels (and, for the head, a fifth of the channels).
             let up = resize_bilinear(&project.forward(&h)?, th, tw)?;
-            h = stage.forward(skip, &up)?;
+            h = stage.forward(skip, up)?;
         }
         self.segment.forward(&h)
     }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use likeness_engine::imgops::Mask;
 use likeness_engine::models::selfie::{Config, SelfieSegNet};
-use likeness_engine::nn::resize_bilinear;
+use likeness_engine::nn::{add_scaled_in_place, resize_bilinear, scale_add, scale_add_in_place};
 use likeness_engine::segment::{Fit, Segmenter};
 use likeness_engine::weights::var_builder;
 
@@ -59,6 +59,31 @@ fn resize_bilinear_is_half_pixel() {
         let e = rel_err(&got, &want);
         assert!(e < 1e-6, "{h}x{w} -> {oh}x{ow}: rel err {e}");
     }
+}
+
+/// The fused per-channel ops against candle's broadcast ops; the in-place forms leave their other
+/// operands untouched.
+#[test]
+fn scale_add_ops_match_candle() {
+    let d = Device::Cpu;
+    let x = Tensor::randn(0f32, 1f32, (2, 5, 7, 3), &d).expect("x");
+    let a = Tensor::randn(0f32, 1f32, (2, 5, 7, 3), &d).expect("a");
+    let g = Tensor::rand(0f32, 1f32, (2, 5, 1, 1), &d).expect("g");
+    let want_both = (x.broadcast_mul(&g).expect("mul") + &a).expect("add");
+    let want_scaled_addend = (&x + a.broadcast_mul(&g).expect("mul")).expect("add");
+    let a_before = a.copy().expect("copy");
+    let cases = [
+        ("scale_add", scale_add(&x, Some(&g), Some(&a)).expect("op"), &want_both),
+        ("in place", scale_add_in_place(x.copy().expect("copy"), Some(&g), Some(&a)).expect("op"), &want_both),
+        ("addend scaled", add_scaled_in_place(x.copy().expect("copy"), &a, &g).expect("op"), &want_scaled_addend),
+    ];
+    for (name, got, want) in cases {
+        let e = rel_err(&got, want);
+        assert!(e < 1e-6, "{name}: rel err {e}");
+    }
+    let scaled = scale_add_in_place(x.copy().expect("copy"), Some(&g), None).expect("op");
+    assert!(rel_err(&scaled, &x.broadcast_mul(&g).expect("mul")) < 1e-6);
+    assert_eq!(rel_err(&a, &a_before), 0.0, "the addend was modified");
 }
 
 #[test]
