@@ -157,9 +157,7 @@ impl Gate {
             excite: conv1x1(vb, names, squeeze, out, Activation::Identity)?,
         })
     }
-}
 
-impl Gate {
     /// The gate of already pooled features `[n, c, 1, 1]` -> `[n, out, 1, 1]` in (0, 1).
     fn of_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
         candle_nn::ops::sigmoid(&self.excite.forward(&self.squeeze.forward(pooled)?)?)
@@ -265,7 +263,8 @@ pub struct SelfieSegNet {
     stem: Conv2d,
     blocks: Vec<InvertedResidual>,
     head: Head,
-    /// Per decoder stage: the 1x1 projection after the 2x upsampling, then the stage.
+    /// Per decoder stage: the 1x1 projection of the coarser map (the graph applies it after the 2x
+    /// upsampling; see `forward_logits`), then the stage.
     decoder: Vec<(Conv2d, DecoderStage)>,
     segment: ConvTranspose2d,
     config: Config,

@@ -61,6 +61,21 @@ fn resize_bilinear_is_half_pixel() {
     }
 }
 
+/// Inputs the network cannot take are errors, not panics: a side that does not halve cleanly to the
+/// decoder's skips, or a wrong channel count.
+#[test]
+fn selfie_rejects_bad_inputs() {
+    let net = net();
+    for shape in [(1, 3, 250, 250), (1, 4, 256, 256)] {
+        let x = Tensor::zeros(shape, DType::F32, &Device::Cpu).expect("input");
+        assert!(net.forward(&x).is_err(), "{shape:?} was accepted");
+    }
+    let seg = segmenter();
+    assert!(seg.segment(&RgbImage::new(0, 10)).is_err());
+    let tiny = seg.segment(&RgbImage::new(1, 1)).expect("1x1 photo");
+    assert_eq!(tiny.dimensions(), (1, 1));
+}
+
 /// The fused per-channel ops against candle's broadcast ops; the in-place forms leave their other
 /// operands untouched.
 #[test]
