@@ -937,6 +937,19 @@ impl CustomOp1 for ResizeBilinearOp {
             };
             line.iter_mut().zip(a.iter().zip(b)).for_each(|(l, (&a, &b))| *l = a * (1.0 - wy) + b * wy);
             let line = &*line;
+            if ow == 2 * w {
+                // Exact 2x (the decoders' case): fixed weights 3/4 and 1/4, the edges copied; the
+                // same arithmetic as the general taps, in a loop LLVM vectorises.
+                if let (Some(first), Some(last)) = (line.first(), line.last()) {
+                    orow[0] = *first;
+                    orow[ow - 1] = *last;
+                }
+                for (pair, win) in orow[1..ow - 1].chunks_exact_mut(2).zip(line.windows(2)) {
+                    pair[0] = win[0] * 0.75 + win[1] * 0.25;
+                    pair[1] = win[0] * 0.25 + win[1] * 0.75;
+                }
+                return;
+            }
             // Taps index below `w` by construction (`half_pixel_taps` clamps to the last pixel).
             for (o, &(x0, x1, wx)) in orow.iter_mut().zip(&cols) {
                 *o = line[x0.min(w - 1)] * (1.0 - wx) + line[x1.min(w - 1)] * wx;
@@ -1022,10 +1035,7 @@ pub fn scale_add(x: &Tensor, scale: Option<&Tensor>, add: Option<&Tensor>) -> Re
     }
     let scale_v = scale.map(|s| s.flatten_all().and_then(|s| s.to_vec1::<f32>())).transpose()?;
     let add_t = add.map(|a| a.contiguous()).transpose()?;
-    let add_guard = match &add_t {
-        Some(a) => Some(a.storage_and_layout()),
-        None => None,
-    };
+    let add_guard = add_t.as_ref().map(|a| a.storage_and_layout());
     let add_v = match &add_guard {
         Some((storage, layout)) => match &**storage {
             candle_core::Storage::Cpu(cpu) => Some(cpu_slice(cpu, layout, "scale-add")?),
@@ -1034,6 +1044,99 @@ pub fn scale_add(x: &Tensor, scale: Option<&Tensor>, add: Option<&Tensor>) -> Re
         None => None,
     };
     x.contiguous()?.apply_op1_no_bwd(&ScaleAddOp { scale: scale_v.as_deref(), add: add_v, plane: h * w })
+}
+
+/// The in-place form of [`ScaleAddOp`]: `x = x * scale[n, c] + add`, or with `scale_addend`
+/// `x = x + add * scale[n, c]`; the addend (if any) is the second operand.
+struct ScaleAddInPlace<'a> {
+    scale: Option<&'a [f32]>,
+    scale_addend: bool,
+    plane: usize,
+}
+
+impl ScaleAddInPlace<'_> {
+    fn run(&self, storage: &mut CpuStorage, layout: &Layout, add: Option<&[f32]>) -> Result<()> {
+        let (start, end) = match layout.contiguous_offsets() {
+            Some(r) => r,
+            None => bail!("scale-add in place: expected a contiguous tensor"),
+        };
+        let x = match storage {
+            CpuStorage::F32(v) => match v.get_mut(start..end) {
+                Some(x) => x,
+                None => bail!("scale-add in place: storage shorter than its layout"),
+            },
+            _ => bail!("scale-add in place: expected an f32 tensor"),
+        };
+        let plane = self.plane.max(1);
+        if add.is_some_and(|a| a.len() != x.len()) || self.scale.is_some_and(|s| s.len() * plane != x.len()) {
+            bail!("scale-add in place: operand sizes disagree");
+        }
+        let work = x.len();
+        for_chunks(x, plane, work, |p, o| {
+            let s = self.scale.and_then(|s| s.get(p).copied()).unwrap_or(1.0);
+            match add.and_then(|a| a.get(p * plane..(p + 1) * plane)) {
+                Some(a) if self.scale_addend => o.iter_mut().zip(a).for_each(|(o, &a)| *o += a * s),
+                Some(a) => o.iter_mut().zip(a).for_each(|(o, &a)| *o = *o * s + a),
+                None => o.iter_mut().for_each(|o| *o *= s),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp1 for ScaleAddInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-scale-add-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        self.run(storage, layout, None)
+    }
+}
+
+impl candle_core::InplaceOp2 for ScaleAddInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-scale-add-in-place"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        self.run(s1, l1, Some(cpu_slice(s2, l2, "scale-add in place")?))
+    }
+}
+
+/// [`scale_add`] that, on the CPU, writes the result over `x` and returns it (no new buffer: these
+/// nets allocate a fresh tensor per layer, and the page faults of those allocations cost as much
+/// as the arithmetic of an elementwise pass). Only for an `x` that nothing else reads afterwards,
+/// such as a layer's fresh output; other devices, layouts or dtypes fall back to [`scale_add`].
+pub fn scale_add_in_place(x: Tensor, scale: Option<&Tensor>, add: Option<&Tensor>) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let plain = x.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+    let all_cpu = fast_cpu(&x) && scale.is_none_or(fast_cpu) && add.is_none_or(fast_cpu);
+    if !plain || !all_cpu || scale.is_some_and(|s| s.dims() != [n, c, 1, 1]) || add.is_some_and(|a| a.dims() != x.dims()) {
+        return scale_add(&x, scale, add);
+    }
+    let scale_v = scale.map(|s| s.flatten_all().and_then(|s| s.to_vec1::<f32>())).transpose()?;
+    let op = ScaleAddInPlace { scale: scale_v.as_deref(), scale_addend: false, plane: h * w };
+    match add {
+        Some(a) => x.inplace_op2(&a.contiguous()?, &op)?,
+        None => x.inplace_op1(&op)?,
+    }
+    Ok(x)
+}
+
+/// `x + add * scale` (per-channel `scale` `[n, c, 1, 1]` applied to the addend), written over `x`
+/// on the CPU under the same rule as [`scale_add_in_place`]: `x` must be a tensor nothing else
+/// reads afterwards.
+pub fn add_scaled_in_place(x: Tensor, add: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let plain = x.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+    if !plain || !fast_cpu(&x) || !fast_cpu(add) || !fast_cpu(scale) || scale.dims() != [n, c, 1, 1] || add.dims() != x.dims() {
+        return scale_add(add, Some(scale), Some(&x));
+    }
+    let scale_v = scale.flatten_all()?.to_vec1::<f32>()?;
+    let op = ScaleAddInPlace { scale: Some(&scale_v), scale_addend: true, plane: h * w };
+    x.inplace_op2(&add.contiguous()?, &op)?;
+    Ok(x)
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Person segmentation: MediaPipe selfie segmentation on a whole photo, returned at the photo's
 //! own size.
 //!
-//! The photo is fitted to the model's 256x256 input (see [`Fit`]; stretching the whole frame, as
-//! MediaPipe does, measured better than letterboxing on our test photos: see
-//! `tests/engine/selfie.rs`), large photos are box-filtered first so the bilinear sampling does not
-//! alias, and the 256x256 logits are upsampled once, bilinearly and row-parallel, straight to the
-//! photo's size before the sigmoid (interpolating logits keeps the edge sharp where probabilities
-//! would smear it).
+//! The photo is fitted to the model's 256x256 input by stretching the whole frame, as MediaPipe
+//! does ([`Fit`]). Measured against hand-drawn masks on square, 4:5 and 4:3 crops of two photos
+//! (`tests/engine/selfie.rs`), stretching scores a mean IoU of 0.97 against 0.94 for letterboxing,
+//! and letterboxing triples the false "person" on a close-up of a cup. Large photos are
+//! box-filtered first so the bilinear sampling does not alias, and the 256x256 logits are
+//! upsampled once, bilinearly and row-parallel, straight to the photo's size before the sigmoid
+//! (interpolating logits keeps the edge sharp where interpolated probabilities would smear it).
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -62,6 +63,22 @@ fn taps(len: u32, scale: f32, offset: f32, size: usize) -> Vec<(usize, usize, f3
         .collect()
 }
 
+/// Beyond this logit magnitude the sigmoid is 0 or 1 to within 4.2e-8 (f32 rounds sigmoid(17)
+/// to 1.0). The model's logits reach hundreds, so most pixels of a photo take this branch and skip
+/// `exp`, the dominant cost of a full-size mask.
+const SATURATED_LOGIT: f32 = 17.0;
+
+#[inline]
+fn sigmoid(l: f32) -> f32 {
+    if l >= SATURATED_LOGIT {
+        1.0
+    } else if l <= -SATURATED_LOGIT {
+        0.0
+    } else {
+        1.0 / (1.0 + (-l).exp())
+    }
+}
+
 impl Segmenter {
     /// `weights`: the bytes of `selfie_segmentation_256.safetensors`.
     pub fn new(weights: Vec<u8>, device: &Device) -> Result<Self> {
@@ -85,7 +102,11 @@ impl Segmenter {
         let logits = self.logits(img, fit)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         if logits.len() != size * size {
-            return Err(EngineError::Device(format!("segmentation output has {} values, expected {}", logits.len(), size * size)));
+            return Err(EngineError::Device(format!(
+                "segmentation output has {} values, expected {}",
+                logits.len(),
+                size * size
+            )));
         }
         let to_model = model_to_photo(fit, w as f32, h as f32, size as f32)
             .invert()
@@ -96,12 +117,11 @@ impl Segmenter {
         out.par_chunks_mut(w as usize).zip(rows.par_iter()).for_each(|(orow, &(y0, y1, wy))| {
             let r0 = logits.get(y0 * size..(y0 + 1) * size).unwrap_or(&[]);
             let r1 = logits.get(y1 * size..(y1 + 1) * size).unwrap_or(&[]);
+            // Blend the two logit rows once per output row, then interpolate along it.
+            let line: Vec<f32> = r0.iter().zip(r1).map(|(&a, &b)| a + (b - a) * wy).collect();
             for (o, &(x0, x1, wx)) in orow.iter_mut().zip(&cols) {
-                let at = |r: &[f32], i: usize| r.get(i).copied().unwrap_or(0.0);
-                let top = at(r0, x0) + (at(r0, x1) - at(r0, x0)) * wx;
-                let bottom = at(r1, x0) + (at(r1, x1) - at(r1, x0)) * wx;
-                let l = top + (bottom - top) * wy;
-                *o = 1.0 / (1.0 + (-l).exp());
+                let (a, b) = (line.get(x0).copied().unwrap_or(0.0), line.get(x1).copied().unwrap_or(0.0));
+                *o = sigmoid(a + (b - a) * wx);
             }
         });
         Mask::from_raw(w, h, out).ok_or_else(|| EngineError::Device("mask buffer size mismatch".into()))

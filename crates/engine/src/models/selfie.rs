@@ -16,7 +16,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{global_avg_pool, resize_bilinear, scale_add, Activation, Conv2d, ConvTranspose2d, Padding};
+use crate::nn::{
+    add_scaled_in_place, global_avg_pool, resize_bilinear, scale_add_in_place, Activation, Conv2d, ConvTranspose2d,
+    Padding,
+};
 
 /// The nonlinearity of an encoder block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +157,9 @@ impl Gate {
             excite: conv1x1(vb, names, squeeze, out, Activation::Identity)?,
         })
     }
-}
 
-impl Gate {
     /// The gate of already pooled features `[n, c, 1, 1]` -> `[n, out, 1, 1]` in (0, 1).
-    fn from_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
+    fn of_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
         candle_nn::ops::sigmoid(&self.excite.forward(&self.squeeze.forward(pooled)?)?)
     }
 }
@@ -166,7 +167,7 @@ impl Gate {
 impl Module for Gate {
     /// `[n, c, h, w]` -> `[n, out, 1, 1]` in (0, 1).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.from_pooled(&global_avg_pool(x)?)
+        self.of_pooled(&global_avg_pool(x)?)
     }
 }
 
@@ -196,12 +197,15 @@ impl Module for InvertedResidual {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.depthwise.forward(&self.expand.forward(x)?)?;
         let h = match &self.se {
-            Some(se) => scale_add(&h, Some(&se.forward(&h)?), None)?,
+            Some(se) => {
+                let g = se.forward(&h)?;
+                scale_add_in_place(h, Some(&g), None)?
+            }
             None => h,
         };
         let h = self.project.forward(&h)?;
         if self.residual {
-            scale_add(&h, None, Some(x))
+            scale_add_in_place(h, None, Some(x))
         } else {
             Ok(h)
         }
@@ -219,7 +223,7 @@ impl Module for Head {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let f = self.features.forward(x)?;
         let g = candle_nn::ops::sigmoid(&self.gate.forward(&global_avg_pool(x)?)?)?;
-        scale_add(&f, Some(&g), None)
+        scale_add_in_place(f, Some(&g), None)
     }
 }
 
@@ -242,13 +246,14 @@ impl DecoderStage {
         Ok(Self { gate, refine, depthwise })
     }
 
-    fn forward(&self, skip: &Tensor, up: &Tensor) -> Result<Tensor> {
+    /// `up` is consumed: its buffer is reused for the gated sum.
+    fn forward(&self, skip: &Tensor, up: Tensor) -> Result<Tensor> {
         // mean(skip + up) = mean(skip) + mean(up): pool each instead of materialising the sum.
-        let g = self.gate.from_pooled(&(global_avg_pool(skip)? + global_avg_pool(up)?)?)?;
-        let x = scale_add(skip, Some(&g), Some(up))?;
+        let g = self.gate.of_pooled(&(global_avg_pool(skip)? + global_avg_pool(&up)?)?)?;
+        let x = add_scaled_in_place(up, skip, &g)?;
         let r = self.refine.forward(&x)?;
         let d = self.depthwise.forward(&r)?;
-        scale_add(&d, None, Some(&r))
+        scale_add_in_place(d, None, Some(&r))
     }
 }
 
@@ -258,7 +263,8 @@ pub struct SelfieSegNet {
     stem: Conv2d,
     blocks: Vec<InvertedResidual>,
     head: Head,
-    /// Per decoder stage: the 1x1 projection after the 2x upsampling, then the stage.
+    /// Per decoder stage: the 1x1 projection of the coarser map (the graph applies it after the 2x
+    /// upsampling; see `forward_logits`), then the stage.
     decoder: Vec<(Conv2d, DecoderStage)>,
     segment: ConvTranspose2d,
     config: Config,
@@ -300,20 +306,13 @@ impl SelfieSegNet {
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns the person logits `[n, 1, 256, 256]`.
     pub fn forward_logits(&self, x: &Tensor) -> Result<Tensor> {
-        let t = std::time::Instant::now();
-        let prof = std::env::var("SELFIE_PROF").is_ok();
         let mut h = self.stem.forward(x)?;
-        if prof { eprintln!("stem {:?}", t.elapsed()); }
         let mut features = vec![h.clone()];
         for block in &self.blocks {
-            let t = std::time::Instant::now();
             h = block.forward(&h)?;
-            if prof { eprintln!("block {:?} {:?}", h.dims(), t.elapsed()); }
             features.push(h.clone());
         }
-        let t = std::time::Instant::now();
         let mut h = self.head.forward(&h)?;
-        if prof { eprintln!("head {:?}", t.elapsed()); }
         for (project, stage) in &self.decoder {
             let (_, _, fh, fw) = h.dims4()?;
             let (th, tw) = (fh * 2, fw * 2);
@@ -323,21 +322,13 @@ impl SelfieSegNet {
                 .rev()
                 .find(|f| f.dims4().map(|(_, _, sh, sw)| sh == th && sw == tw).unwrap_or(false))
                 .ok_or_else(|| candle_core::Error::Msg(format!("selfie decoder: no encoder map at {th}x{tw}")))?;
-            let t = std::time::Instant::now();
             // The graph upsamples, then projects; a 1x1 convolution commutes with bilinear
             // resizing (its weights sum to one), so projecting first does the same math on a
             // quarter of the pixels (and, for the head, a fifth of the channels).
-            let p = project.forward(&h)?;
-            if prof { eprintln!("  project {:?}", t.elapsed()); }
-            let up = resize_bilinear(&p, th, tw)?;
-            if prof { eprintln!("  resize {:?}", t.elapsed()); }
-            h = stage.forward(skip, &up)?;
-            if prof { eprintln!("dec {:?} {:?}", h.dims(), t.elapsed()); }
+            let up = resize_bilinear(&project.forward(&h)?, th, tw)?;
+            h = stage.forward(skip, up)?;
         }
-        let t = std::time::Instant::now();
-        let r = self.segment.forward(&h);
-        if prof { eprintln!("segment {:?}", t.elapsed()); }
-        r
+        self.segment.forward(&h)
     }
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns person probabilities `[n, 1, 256, 256]`.
