@@ -6,9 +6,12 @@
 //!   2013), computed at reduced resolution and applied at full resolution (He and Sun, "Fast Guided
 //!   Filter", 2015), which pulls the segmentation's soft edge onto the photo's real edges and keeps
 //!   fractional alpha in hair;
-//! - foreground colour estimation where alpha is fractional ("blur fusion", Forte and Pitié,
-//!   "Approximate Fast Foreground Colour Estimation", ICIP 2021), so the old background does not
-//!   survive as a halo;
+//! - alpha re-estimation and foreground colours in the soft band: the local person and background
+//!   colours are confidence-weighted means (in the spirit of "blur fusion", Forte and Pitié,
+//!   "Approximate Fast Foreground Colour Estimation", ICIP 2021, but weighting by a^4 and (1-a)^4
+//!   so a mis-estimated band does not feed itself); alpha is re-solved from the compositing
+//!   equation where those colours differ, and the old background's local colour is subtracted
+//!   from the foreground, so it does not survive as a halo;
 //! - relight: colour-temperature and luminance matching toward the backdrop, a soft key light on
 //!   the face, a light wrap at the edges;
 //! - retouch: edge-preserving smoothing (a luminance-guided filter) of mid-frequency skin detail
@@ -481,37 +484,160 @@ fn extend_alpha(alpha: &mut [f32], inside: &[f32], w: usize, h: usize) {
     });
 }
 
-/// Foreground colours with the old background removed from fractional-alpha pixels (blur fusion,
-/// two passes: a wide one for the colour context and a narrow one for detail).
-fn estimate_foreground(img: &[f32], alpha: &[f32], w: usize, h: usize) -> Vec<f32> {
-    let short = w.min(h);
-    let mut fg = img.to_vec();
-    let mut bg = img.to_vec();
-    for r in [(short / 24).max(3), (short / 300).max(1)] {
-        // Channels: F*a (3), a, B*(1-a) (3), 1-a.
-        let mut m = vec![0f32; w * h * 8];
-        m.par_chunks_mut(8).enumerate().for_each(|(i, o)| {
-            let a = alpha[i];
-            let (f, b) = (&fg[i * 3..i * 3 + 3], &bg[i * 3..i * 3 + 3]);
-            o.copy_from_slice(&[f[0] * a, f[1] * a, f[2] * a, a, b[0] * (1.0 - a), b[1] * (1.0 - a), b[2] * (1.0 - a), 1.0 - a]);
+/// Local person and background colours around every pixel: means of the photo weighted by
+/// confidence (a^4 for the person, (1-a)^4 for the background, so pixels whose alpha is doubtful
+/// hardly count), over a (2r+1)^2 window, computed at half resolution (they are smooth) and
+/// sampled bilinearly. Where a window holds few confident pixels (a stray strand of hair far from
+/// the head) the mean leans on a 4x wider window, and past that on the whole crop's mean.
+struct LocalColours {
+    /// Per low-resolution pixel: person RGB, 1, background RGB, 1.
+    m: Vec<f32>,
+    lw: usize,
+    lh: usize,
+    sub: usize,
+}
+
+/// Mean confidence weight below which a window's own colour gives way to the wider one.
+const LOCAL_FALLBACK: f32 = 0.02;
+
+/// Normalises weighted sums (`s[0..3]` by `s[3]`, `s[4..7]` by `s[7]`), leaning on `fallback`
+/// (normalised, same layout) in proportion to `k` where the weight is small.
+fn lean_on(s: &mut [f32], fallback: &[f32], k: f32) {
+    for (k0, kw) in [(0, 3), (4, 7)] {
+        let den = s[kw] + k;
+        for j in k0..k0 + 3 {
+            s[j] = (s[j] + k * fallback[j]) / den;
+        }
+        s[kw] = 1.0;
+    }
+}
+
+impl LocalColours {
+    fn new(img: &[f32], alpha: &[f32], w: usize, h: usize, r: usize) -> LocalColours {
+        let sub = if w.min(h) >= 256 { 2 } else { 1 };
+        let mut full = vec![0f32; w * h * 8];
+        full.par_chunks_mut(8).zip(img.par_chunks(3)).zip(alpha.par_iter()).for_each(|((o, p), &a)| {
+            let (a2, b2) = (a * a, (1.0 - a) * (1.0 - a));
+            let (wf, wb) = (a2 * a2, b2 * b2);
+            o.copy_from_slice(&[p[0] * wf, p[1] * wf, p[2] * wf, wf, p[0] * wb, p[1] * wb, p[2] * wb, wb]);
         });
-        box_blur(&mut m, w, h, 8, r);
-        fg.par_chunks_mut(3).zip(bg.par_chunks_mut(3)).enumerate().for_each(|(i, (f, b))| {
-            let s = &m[i * 8..i * 8 + 8];
-            let a = alpha[i];
-            let px = &img[i * 3..i * 3 + 3];
-            for k in 0..3 {
-                let fb = s[k] / (s[3] + 1e-5);
-                let bb = s[4 + k] / (s[7] + 1e-5);
-                f[k] = (fb + a * (px[k] - a * fb - (1.0 - a) * bb)).clamp(0.0, 1.0);
-                b[k] = bb;
+        let (mut m, lw, lh) = downsample(&full, w, h, 8, sub);
+        let rl = (r / sub).max(1);
+        // The wider level: the same radius on a 4x coarser grid.
+        let (mut c, cw, ch) = downsample(&m, lw, lh, 8, 4);
+        box_blur(&mut m, lw, lh, 8, rl);
+        box_blur(&mut c, cw, ch, 8, rl);
+        // The crop's overall means, in a fixed summation order.
+        let mut total = [0f64; 8];
+        for px in c.chunks_exact(8) {
+            for (t, v) in total.iter_mut().zip(px) {
+                *t += f64::from(*v);
+            }
+        }
+        let mut global = [0f32; 8];
+        for (k0, kw) in [(0, 3), (4, 7)] {
+            for j in k0..k0 + 3 {
+                global[j] = if total[kw] > 1e-9 { (total[j] / total[kw]) as f32 } else { 0.5 };
+            }
+        }
+        c.par_chunks_mut(8).for_each(|s| lean_on(s, &global, 1e-3));
+        m.par_chunks_mut(8 * lw).enumerate().for_each(|(y, row)| {
+            let mut fb = [0f32; 8];
+            for (x, s) in row.chunks_exact_mut(8).enumerate() {
+                upsample_at(&c, cw, ch, 8, 4, x, y, &mut fb);
+                lean_on(s, &fb, LOCAL_FALLBACK);
             }
         });
+        LocalColours { m, lw, lh, sub }
     }
-    // Opaque pixels keep the photo exactly.
-    fg.par_chunks_mut(3).zip(img.par_chunks(3)).zip(alpha.par_iter()).for_each(|((f, p), &a)| {
-        if a >= 0.999 {
-            f.copy_from_slice(p);
+
+    /// (person colour, background colour) at full-resolution pixel (x, y).
+    #[inline]
+    fn at(&self, x: usize, y: usize) -> ([f32; 3], [f32; 3]) {
+        let mut s = [0f32; 8];
+        upsample_at(&self.m, self.lw, self.lh, 8, self.sub, x, y, &mut s);
+        ([s[0], s[1], s[2]], [s[4], s[5], s[6]])
+    }
+}
+
+/// Radius of the local colour windows: wide enough to reach confident pixels across the
+/// segmenter's soft edge.
+fn local_radius(w: usize, h: usize) -> usize {
+    (w.min(h) / 40).max(3)
+}
+
+/// How far apart the local person and background colours are (squared RGB distance `d2`, RGB in
+/// [0, 1]), as a trust in [0, 1]: none below 0.08, full from 0.25.
+fn separation(d2: f32) -> f32 {
+    let t = ((d2.sqrt() - 0.08) / (0.25 - 0.08)).clamp(0.0, 1.0);
+    t * t * (3.0 - 2.0 * t)
+}
+
+/// Alpha re-estimated in the matte's soft band from the colours around each pixel.
+///
+/// The segmenter's edge is blurred (it runs at low resolution), so the matte can be fractional over
+/// pure background; any foreground estimate that trusts such an alpha must explain the pixel as part
+/// person and so brings the old background's colour along (a halo on the new backdrop). Here each
+/// band pixel's alpha is its projection on the line from the local background colour `B` to the
+/// local person colour `F` (the compositing equation I = aF + (1-a)B solved for a). The projection
+/// is trusted in proportion to how far apart `F` and `B` are, fully from a distance of 0.25 (RGB in
+/// [0, 1]); where they are alike (dark hair on a dark wall) the matte stands. Pixels outside the
+/// photo keep their extended alpha.
+fn unmix_alpha(img: &[f32], alpha: &[f32], inside: &[f32], local: &LocalColours, w: usize) -> Vec<f32> {
+    let mut out = alpha.to_vec();
+    out.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        for (x, o) in row.iter_mut().enumerate() {
+            let i = y * w + x;
+            let a = alpha[i];
+            // Only the soft band: opaque and empty pixels stay, with a smooth hand-over at its ends.
+            let band = (12.0 * a * (1.0 - a)).min(1.0) * inside[i];
+            if band <= 0.0 {
+                continue;
+            }
+            let (f, b) = local.at(x, y);
+            let (mut d2, mut dot) = (0f32, 0f32);
+            for k in 0..3 {
+                d2 += (f[k] - b[k]) * (f[k] - b[k]);
+                dot += (img[i * 3 + k] - b[k]) * (f[k] - b[k]);
+            }
+            let conf = separation(d2) * band;
+            let proj = (dot / d2.max(1e-6)).clamp(0.0, 1.0);
+            *o = a + conf * (proj - a);
+        }
+    });
+    out
+}
+
+/// Foreground colours with the old background removed from fractional-alpha pixels.
+///
+/// With the local background colour `B` and person colour `F0` (confidence-weighted, so the soft
+/// band does not feed its own mixed colours back in), F = F0 + r where r = I - a F0 - (1-a) B is
+/// what the pixel holds beyond that mix. The old background enters F only through r, i.e. only as
+/// far as the real background differs from its local mean (texture), scaled by a in the composite;
+/// its mean colour is gone, so no halo. The part of r along `F0 - B` is an alpha error rather than
+/// a colour in the soft band (after [`unmix_alpha`] it is left only where the colours could not be
+/// trusted) and is dropped there; toward opaque pixels it is kept, so F meets the photo at a = 1.
+fn estimate_foreground(img: &[f32], alpha: &[f32], local: &LocalColours, w: usize) -> Vec<f32> {
+    let mut fg = img.to_vec();
+    fg.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        for (x, f) in row.chunks_exact_mut(3).enumerate() {
+            let i = y * w + x;
+            let a = alpha[i];
+            // Opaque pixels keep the photo exactly; empty ones are never seen.
+            if a >= 0.999 || a <= 0.0 {
+                continue;
+            }
+            let (f0, b) = local.at(x, y);
+            let r: [f32; 3] = std::array::from_fn(|k| img[i * 3 + k] - a * f0[k] - (1.0 - a) * b[k]);
+            let d: [f32; 3] = std::array::from_fn(|k| f0[k] - b[k]);
+            let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+            let along = if d2 > 1e-6 { (r[0] * d[0] + r[1] * d[1] + r[2] * d[2]) / d2 } else { 0.0 };
+            // As in `unmix_alpha`: the direction F0 - B means something only where they differ.
+            let a2 = a * a;
+            let drop = along * (1.0 - a2 * a2) * separation(d2);
+            for k in 0..3 {
+                f[k] = (f0[k] + r[k] - drop * d[k]).clamp(0.0, 1.0);
+            }
         }
     });
     fg
@@ -761,13 +887,16 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
     let inside_v: Vec<f32> = inside.as_raw().iter().map(|v| if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }).collect();
     let person_v: Vec<f32> = person.as_raw().iter().map(|v| if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }).collect();
 
-    // 1. Matte: edge-aware refinement, extension beyond the photo, a one-pixel feather.
+    // 1. Matte: edge-aware refinement, extension beyond the photo, a one-pixel feather, then alpha
+    //    re-estimated from the local colours where they tell person and background apart.
     let mut alpha = refine_matte(&img, &person_v, w, h);
     extend_alpha(&mut alpha, &inside_v, w, h);
     box_blur(&mut alpha, w, h, 1, 1);
+    let local = LocalColours::new(&img, &alpha, w, h, local_radius(w, h));
+    let alpha = unmix_alpha(&img, &alpha, &inside_v, &local, w);
 
     // 2. Foreground colours without the old background, then the retouch on top.
-    let mut fg = estimate_foreground(&img, &alpha, w, h);
+    let mut fg = estimate_foreground(&img, &alpha, &local, w);
     if let Some(rt) = retouch(&img, w, h, face, retouch_strength) {
         for y in 0..rt.bh {
             let row = &mut fg[((rt.y0 + y) * w + rt.x0) * 3..((rt.y0 + y) * w + rt.x0 + rt.bw) * 3];
