@@ -146,48 +146,54 @@ pub struct FaceRegions {
 const BANDS: usize = 8;
 
 /// Mean over a (2r+1) x (2r+1) window with clamp-to-edge borders, in place; `c` interleaved channels.
+///
+/// Running sums in f32 (two passes, each through a scratch buffer so no pass copies its input);
+/// the order of operations is fixed, so results do not depend on the thread count.
 fn box_blur(data: &mut [f32], w: usize, h: usize, c: usize, r: usize) {
-    if r == 0 || w == 0 || h == 0 || data.len() != w * h * c {
+    if r == 0 || w == 0 || h == 0 || c == 0 || data.len() != w * h * c {
         return;
     }
-    let norm = 1.0 / (2 * r + 1) as f64;
-    // Horizontal pass, one row at a time.
-    data.par_chunks_mut(w * c).for_each(|row| {
-        let src = row.to_vec();
-        let at = |x: isize, k: usize| f64::from(src[(x.clamp(0, w as isize - 1) as usize) * c + k]);
-        for k in 0..c {
-            let mut sum: f64 = (-(r as isize)..=r as isize).map(|x| at(x, k)).sum();
-            for x in 0..w {
-                row[x * c + k] = (sum * norm) as f32;
-                let xi = x as isize;
-                sum += at(xi + r as isize + 1, k) - at(xi - r as isize, k);
+    let norm = 1.0 / (2 * r + 1) as f32;
+    let stride = w * c;
+    let mut tmp = vec![0f32; data.len()];
+    // Horizontal pass: data -> tmp, one row at a time, all channels together.
+    tmp.par_chunks_mut(stride).zip(data.par_chunks(stride)).for_each(|(out, row)| {
+        let mut sum = vec![0f32; c];
+        for (k, s) in sum.iter_mut().enumerate() {
+            *s = row[k] * (r + 1) as f32;
+            for x in 1..=r {
+                *s += row[x.min(w - 1) * c + k];
+            }
+        }
+        for (x, o) in out.chunks_exact_mut(c).enumerate() {
+            let (ai, si) = ((x + r + 1).min(w - 1) * c, x.saturating_sub(r) * c);
+            for (k, (ov, s)) in o.iter_mut().zip(sum.iter_mut()).enumerate() {
+                *ov = *s * norm;
+                *s += row[ai + k] - row[si + k];
             }
         }
     });
-    // Vertical pass: each band keeps running column sums.
-    let src = data.to_vec();
-    let stride = w * c;
+    // Vertical pass: tmp -> data, in fixed horizontal bands, each keeping running column sums.
     let band_rows = h.div_ceil(BANDS).max(1);
     let row_at = |y: isize| {
         let y = y.clamp(0, h as isize - 1) as usize;
-        &src[y * stride..(y + 1) * stride]
+        &tmp[y * stride..(y + 1) * stride]
     };
     data.par_chunks_mut(band_rows * stride).enumerate().for_each(|(band, out)| {
-        let y0 = band * band_rows;
-        let mut sums = vec![0f64; stride];
-        for y in (y0 as isize - r as isize)..=(y0 as isize + r as isize) {
+        let y0 = (band * band_rows) as isize;
+        let ri = r as isize;
+        let mut sums = vec![0f32; stride];
+        for y in (y0 - ri)..=(y0 + ri) {
             for (s, v) in sums.iter_mut().zip(row_at(y)) {
-                *s += f64::from(*v);
+                *s += *v;
             }
         }
         for (dy, orow) in out.chunks_mut(stride).enumerate() {
-            for (o, s) in orow.iter_mut().zip(&sums) {
-                *o = (*s * norm) as f32;
-            }
-            let y = (y0 + dy) as isize;
-            let (add, sub) = (row_at(y + r as isize + 1), row_at(y - r as isize));
-            for ((s, a), b) in sums.iter_mut().zip(add).zip(sub) {
-                *s += f64::from(*a) - f64::from(*b);
+            let y = y0 + dy as isize;
+            let (add, sub) = (row_at(y + ri + 1), row_at(y - ri));
+            for (((o, s), a), b) in orow.iter_mut().zip(sums.iter_mut()).zip(add).zip(sub) {
+                *o = *s * norm;
+                *s += *a - *b;
             }
         }
     });
@@ -224,20 +230,32 @@ fn downsample(data: &[f32], w: usize, h: usize, c: usize, f: usize) -> (Vec<f32>
     (out, lw, lh)
 }
 
-/// Bilinear sample of a low-resolution buffer (block factor `f`) at full-resolution pixel (x, y).
+/// Bilinear taps (low index, next index, weight of the next) from each of `n` full-resolution
+/// positions onto a grid of `n_low` cells of `f` pixels each; computed once per axis so per-pixel
+/// sampling is a few multiply-adds.
+type Taps = Vec<(usize, usize, f32)>;
+
+fn taps(n: usize, n_low: usize, f: usize) -> Taps {
+    let last = n_low.saturating_sub(1);
+    (0..n)
+        .map(|x| {
+            let fx = ((x as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, last as f32);
+            let x0 = (fx.floor() as usize).min(last);
+            (x0, (x0 + 1).min(last), fx - x0 as f32)
+        })
+        .collect()
+}
+
+/// Bilinear sample of the `c`-channel grid `low` (`lw` cells wide) at taps `tx`, `ty`.
 #[inline]
-fn upsample_at(low: &[f32], lw: usize, lh: usize, c: usize, f: usize, x: usize, y: usize, out: &mut [f32]) {
-    let fx = ((x as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, (lw - 1) as f32);
-    let fy = ((y as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, (lh - 1) as f32);
-    let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(lw - 1), (y0 + 1).min(lh - 1));
-    let (tx, ty) = (fx - x0 as f32, fy - y0 as f32);
+fn bilerp(low: &[f32], lw: usize, c: usize, tx: (usize, usize, f32), ty: (usize, usize, f32), out: &mut [f32]) {
+    let (x0, x1, fx) = tx;
+    let (y0, y1, fy) = ty;
+    let (r0, r1) = (y0 * lw, y1 * lw);
     for (k, o) in out.iter_mut().enumerate().take(c) {
-        let v00 = low[(y0 * lw + x0) * c + k];
-        let v01 = low[(y0 * lw + x1) * c + k];
-        let v10 = low[(y1 * lw + x0) * c + k];
-        let v11 = low[(y1 * lw + x1) * c + k];
-        *o = (v00 * (1.0 - tx) + v01 * tx) * (1.0 - ty) + (v10 * (1.0 - tx) + v11 * tx) * ty;
+        let top = low[(r0 + x0) * c + k] * (1.0 - fx) + low[(r0 + x1) * c + k] * fx;
+        let bot = low[(r1 + x0) * c + k] * (1.0 - fx) + low[(r1 + x1) * c + k] * fx;
+        *o = top * (1.0 - fy) + bot * fy;
     }
 }
 
@@ -282,11 +300,12 @@ fn guided_filter_rgb(guide: &[f32], p: &[f32], w: usize, h: usize, r: usize, eps
         o.copy_from_slice(&[ar, ag, ab_, mp - ar * mr - ag * mg - ab_ * mb]);
     });
     box_blur(&mut ab, lw, lh, 4, rl);
+    let (xt, yt) = (taps(w, lw, sub), taps(h, lh, sub));
     let mut q = vec![0f32; w * h];
     q.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
         let mut c = [0f32; 4];
         for (x, o) in row.iter_mut().enumerate() {
-            upsample_at(&ab, lw, lh, 4, sub, x, y, &mut c);
+            bilerp(&ab, lw, 4, xt[x], yt[y], &mut c);
             let g = &guide[(y * w + x) * 3..(y * w + x) * 3 + 3];
             *o = c[0] * g[0] + c[1] * g[1] + c[2] * g[2] + c[3];
         }
@@ -428,7 +447,12 @@ fn luma(c: [f32; 3]) -> f32 {
 fn refine_matte(img: &[f32], person: &[f32], w: usize, h: usize) -> Vec<f32> {
     let short = w.min(h);
     let r = (short / 80).max(2);
-    let sub = if short >= 384 { 2 } else { 1 };
+    // The coefficients are smooth, so they are computed on a coarser grid as the crop grows.
+    let sub = match short {
+        768.. => 4,
+        384.. => 2,
+        _ => 1,
+    };
     let mut a = guided_filter_rgb(img, person, w, h, r, 2e-3, sub);
     a.par_iter_mut().for_each(|v| *v = ((*v - 0.04) / 0.92).clamp(0.0, 1.0));
     a
@@ -437,15 +461,20 @@ fn refine_matte(img: &[f32], person: &[f32], w: usize, h: usize) -> Vec<f32> {
 /// Alpha where the crop left the photo: the person continues downward from the photo's last row
 /// (shoulders cut by the bottom edge), fades out sideways, and the top is backdrop.
 fn extend_alpha(alpha: &mut [f32], inside: &[f32], w: usize, h: usize) {
+    // The usual case: the crop lies wholly inside the photo.
+    if inside.iter().all(|&i| i >= 1.0) {
+        return;
+    }
     let mut ext = vec![0f32; w * h];
     let mut filled = vec![false; w * h];
-    for x in 0..w {
-        let mut last: Option<f32> = None;
-        for y in 0..h {
+    // Downward, row by row, carrying each column's last value inside the photo.
+    let mut last: Vec<Option<f32>> = vec![None; w];
+    for y in 0..h {
+        for (x, l) in last.iter_mut().enumerate() {
             let i = y * w + x;
             if inside[i] >= 0.5 {
-                last = Some(alpha[i]);
-            } else if let Some(a) = last {
+                *l = Some(alpha[i]);
+            } else if let Some(a) = *l {
                 ext[i] = a;
                 filled[i] = true;
             }
@@ -486,15 +515,16 @@ fn extend_alpha(alpha: &mut [f32], inside: &[f32], w: usize, h: usize) {
 
 /// Local person and background colours around every pixel: means of the photo weighted by
 /// confidence (a^4 for the person, (1-a)^4 for the background, so pixels whose alpha is doubtful
-/// hardly count), over a (2r+1)^2 window, computed at half resolution (they are smooth) and
+/// hardly count), over a (2r+1)^2 window, computed at reduced resolution (they are smooth) and
 /// sampled bilinearly. Where a window holds few confident pixels (a stray strand of hair far from
 /// the head) the mean leans on a 4x wider window, and past that on the whole crop's mean.
 struct LocalColours {
     /// Per low-resolution pixel: person RGB, 1, background RGB, 1.
     m: Vec<f32>,
     lw: usize,
-    lh: usize,
-    sub: usize,
+    /// Full-resolution columns and rows onto the low-resolution grid.
+    xt: Taps,
+    yt: Taps,
 }
 
 /// Mean confidence weight below which a window's own colour gives way to the wider one.
@@ -514,14 +544,40 @@ fn lean_on(s: &mut [f32], fallback: &[f32], k: f32) {
 
 impl LocalColours {
     fn new(img: &[f32], alpha: &[f32], w: usize, h: usize, r: usize) -> LocalColours {
-        let sub = if w.min(h) >= 256 { 2 } else { 1 };
-        let mut full = vec![0f32; w * h * 8];
-        full.par_chunks_mut(8).zip(img.par_chunks(3)).zip(alpha.par_iter()).for_each(|((o, p), &a)| {
-            let (a2, b2) = (a * a, (1.0 - a) * (1.0 - a));
-            let (wf, wb) = (a2 * a2, b2 * b2);
-            o.copy_from_slice(&[p[0] * wf, p[1] * wf, p[2] * wf, wf, p[0] * wb, p[1] * wb, p[2] * wb, wb]);
+        let sub = match w.min(h) {
+            768.. => 4,
+            256.. => 2,
+            _ => 1,
+        };
+        // Weighted colours, block-averaged straight into the low-resolution grid.
+        let (lw, lh) = (w.div_ceil(sub), h.div_ceil(sub));
+        let mut m = vec![0f32; lw * lh * 8];
+        m.par_chunks_mut(lw * 8).enumerate().for_each(|(ly, orow)| {
+            let ys = ly * sub..((ly + 1) * sub).min(h);
+            let rows = ys.len();
+            for y in ys {
+                for x in 0..w {
+                    let i = y * w + x;
+                    let (a, p) = (alpha[i], &img[i * 3..i * 3 + 3]);
+                    let (a2, b2) = (a * a, (1.0 - a) * (1.0 - a));
+                    let (wf, wb) = (a2 * a2, b2 * b2);
+                    let o = &mut orow[(x / sub) * 8..(x / sub) * 8 + 8];
+                    for k in 0..3 {
+                        o[k] += p[k] * wf;
+                        o[4 + k] += p[k] * wb;
+                    }
+                    o[3] += wf;
+                    o[7] += wb;
+                }
+            }
+            for (lx, o) in orow.chunks_exact_mut(8).enumerate() {
+                let cols = ((lx + 1) * sub).min(w) - lx * sub;
+                let inv = 1.0 / (rows * cols) as f32;
+                for v in o.iter_mut() {
+                    *v *= inv;
+                }
+            }
         });
-        let (mut m, lw, lh) = downsample(&full, w, h, 8, sub);
         let rl = (r / sub).max(1);
         // The wider level: the same radius on a 4x coarser grid.
         let (mut c, cw, ch) = downsample(&m, lw, lh, 8, 4);
@@ -541,21 +597,22 @@ impl LocalColours {
             }
         }
         c.par_chunks_mut(8).for_each(|s| lean_on(s, &global, 1e-3));
+        let (cxt, cyt) = (taps(lw, cw, 4), taps(lh, ch, 4));
         m.par_chunks_mut(8 * lw).enumerate().for_each(|(y, row)| {
             let mut fb = [0f32; 8];
             for (x, s) in row.chunks_exact_mut(8).enumerate() {
-                upsample_at(&c, cw, ch, 8, 4, x, y, &mut fb);
+                bilerp(&c, cw, 8, cxt[x], cyt[y], &mut fb);
                 lean_on(s, &fb, LOCAL_FALLBACK);
             }
         });
-        LocalColours { m, lw, lh, sub }
+        LocalColours { m, lw, xt: taps(w, lw, sub), yt: taps(h, lh, sub) }
     }
 
     /// (person colour, background colour) at full-resolution pixel (x, y).
     #[inline]
     fn at(&self, x: usize, y: usize) -> ([f32; 3], [f32; 3]) {
         let mut s = [0f32; 8];
-        upsample_at(&self.m, self.lw, self.lh, 8, self.sub, x, y, &mut s);
+        bilerp(&self.m, self.lw, 8, self.xt[x], self.yt[y], &mut s);
         ([s[0], s[1], s[2]], [s[4], s[5], s[6]])
     }
 }
@@ -589,9 +646,10 @@ fn unmix_alpha(img: &[f32], alpha: &[f32], inside: &[f32], local: &LocalColours,
         for (x, o) in row.iter_mut().enumerate() {
             let i = y * w + x;
             let a = alpha[i];
-            // Only the soft band: opaque and empty pixels stay, with a smooth hand-over at its ends.
+            // Only the soft band: opaque and empty pixels stay (up to the blur's rounding), with a
+            // smooth hand-over at the band's ends.
             let band = (12.0 * a * (1.0 - a)).min(1.0) * inside[i];
-            if band <= 0.0 {
+            if band <= 0.025 {
                 continue;
             }
             let (f, b) = local.at(x, y);
@@ -624,7 +682,7 @@ fn estimate_foreground(img: &[f32], alpha: &[f32], local: &LocalColours, w: usiz
             let i = y * w + x;
             let a = alpha[i];
             // Opaque pixels keep the photo exactly; empty ones are never seen.
-            if a >= 0.999 || a <= 0.0 {
+            if !(0.001..0.999).contains(&a) {
                 continue;
             }
             let (f0, b) = local.at(x, y);
@@ -732,12 +790,22 @@ fn render_backdrop(b: &Backdrop, img: &[f32], alpha: &[f32], inside: &[f32], w: 
             } else {
                 rgb_f32(STUDIO_TOP)
             };
-            soft_blur(&mut m, w, h, 4, (w.min(h) / 14).max(2));
+            // The blur is wide (sigma ~ short side / 14), so it runs on a grid ~192 px across and
+            // is sampled back bilinearly.
+            let short = w.min(h);
+            let f = (short / 192).max(1);
+            let (mut low, lw, lh) = downsample(&m, w, h, 4, f);
+            soft_blur(&mut low, lw, lh, 4, (short / 14 / f).max(2));
             let k = 2e-3;
+            let (xt, yt) = (taps(w, lw, f), taps(h, lh, f));
             let mut out = vec![0f32; w * h * 3];
-            out.par_chunks_mut(3).zip(m.par_chunks(4)).for_each(|(o, s)| {
-                for c in 0..3 {
-                    o[c] = (s[c] + k * mean[c]) / (s[3] + k);
+            out.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+                let mut s = [0f32; 4];
+                for (x, o) in row.chunks_exact_mut(3).enumerate() {
+                    bilerp(&low, lw, 4, xt[x], yt[y], &mut s);
+                    for c in 0..3 {
+                        o[c] = (s[c] + k * mean[c]) / (s[3] + k);
+                    }
                 }
             });
             out
@@ -921,17 +989,19 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
     let mut wrap = alpha.clone();
     box_blur(&mut wrap, w, h, 1, (w.min(h) / 100).max(1));
 
+    // The key light's Gaussian is separable: exp(-(dx^2 + dy^2)/s) = exp(-dx^2/s) exp(-dy^2/s).
+    let gauss = |d: f32| (-d * d / sigma2).exp();
+    let gx: Vec<f32> = (0..w).map(|x| gauss(x as f32 + 0.5 - key[0])).collect();
     let mut out = RgbImage::new(wu, hu);
     out.as_mut().par_chunks_mut(w * 3).enumerate().for_each(|(y, orow)| {
         let yf = y as f32 + 0.5;
+        let gy = gauss(yf - key[1]);
         let fall = ((yf - chin) / (h as f32 - chin).max(1.0)).clamp(0.0, 1.0);
         let fall = fall * fall * (3.0 - 2.0 * fall);
         for x in 0..w {
             let i = y * w + x;
             let a = alpha[i];
-            let xf = x as f32 + 0.5;
-            let d2 = (xf - key[0]).powi(2) + (yf - key[1]).powi(2);
-            let light = 1.0 + relight * (0.10 * (-d2 / sigma2).exp() - 0.08 * fall);
+            let light = 1.0 + relight * (0.10 * gx[x] * gy - 0.08 * fall);
             let wr = relight * 0.35 * (1.0 - wrap[i]).clamp(0.0, 1.0);
             let dither = (BAYER4[(y % 4) * 4 + x % 4] + 0.5) / 16.0 - 0.5;
             for k in 0..3 {
@@ -989,6 +1059,34 @@ mod tests {
             }
         }
         assert!((d[10 * w + 10] - s / 9.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn box_blur_matches_a_naive_clamped_mean() {
+        // Sizes around the radius and the band count, borders included.
+        for (w, h, c, r) in [(9usize, 5usize, 3usize, 2usize), (4, 17, 2, 6), (31, 12, 1, 3)] {
+            let src: Vec<f32> = (0..w * h * c).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
+            let mut d = src.clone();
+            box_blur(&mut d, w, h, c, r);
+            let ri = r as isize;
+            for y in 0..h {
+                for x in 0..w {
+                    for k in 0..c {
+                        let mut s = 0.0;
+                        for dy in -ri..=ri {
+                            for dx in -ri..=ri {
+                                let yy = (y as isize + dy).clamp(0, h as isize - 1) as usize;
+                                let xx = (x as isize + dx).clamp(0, w as isize - 1) as usize;
+                                s += src[(yy * w + xx) * c + k];
+                            }
+                        }
+                        let want = s / ((2 * r + 1) * (2 * r + 1)) as f32;
+                        let got = d[(y * w + x) * c + k];
+                        assert!((got - want).abs() < 1e-5, "{w}x{h}x{c} r{r} at ({x},{y},{k}): {got} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
