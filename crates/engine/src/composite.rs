@@ -986,8 +986,11 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
     };
     let key = [fc[0] - 0.3 * fwid, fc[1] - 0.2 * fwid];
     let sigma2 = 2.0 * (0.9 * fwid).powi(2);
-    let mut wrap = alpha.clone();
-    box_blur(&mut wrap, w, h, 1, (w.min(h) / 100).max(1));
+    // The wrap is a soft falloff, so its blur runs on a grid 4x coarser (sampled back bilinearly).
+    let wf = if w.min(h) >= 256 { 4 } else { 1 };
+    let (mut wrap_low, wlw, wlh) = downsample(&alpha, w, h, 1, wf);
+    box_blur(&mut wrap_low, wlw, wlh, 1, (w.min(h) / 100 / wf).max(1));
+    let (wxt, wyt) = (taps(w, wlw, wf), taps(h, wlh, wf));
 
     // The key light's Gaussian is separable: exp(-(dx^2 + dy^2)/s) = exp(-dx^2/s) exp(-dy^2/s).
     let gauss = |d: f32| (-d * d / sigma2).exp();
@@ -998,18 +1001,21 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
         let gy = gauss(yf - key[1]);
         let fall = ((yf - chin) / (h as f32 - chin).max(1.0)).clamp(0.0, 1.0);
         let fall = fall * fall * (3.0 - 2.0 * fall);
+        let mut wrap = [0f32; 1];
         for x in 0..w {
             let i = y * w + x;
             let a = alpha[i];
+            bilerp(&wrap_low, wlw, 1, wxt[x], wyt[y], &mut wrap);
             let light = 1.0 + relight * (0.10 * gx[x] * gy - 0.08 * fall);
-            let wr = relight * 0.35 * (1.0 - wrap[i]).clamp(0.0, 1.0);
+            let wr = relight * 0.35 * (1.0 - wrap[0]).clamp(0.0, 1.0);
             let dither = (BAYER4[(y % 4) * 4 + x % 4] + 0.5) / 16.0 - 0.5;
             for k in 0..3 {
                 let bk = backdrop[i * 3 + k];
                 let mut f = fg[i * 3 + k] * gains[k] * light;
                 f += wr * (bk - f);
                 let v = a * f + (1.0 - a) * bk;
-                orow[x * 3 + k] = (v * 255.0 + dither).round().clamp(0.0, 255.0) as u8;
+                // Round half up by truncation (non-negative after the clamp); `round()` is a libm call.
+                orow[x * 3 + k] = (v * 255.0 + dither + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
     });
