@@ -701,6 +701,71 @@ fn estimate_foreground(img: &[f32], alpha: &[f32], local: &LocalColours, w: usiz
     fg
 }
 
+/// Person colours outside the photo: the crop there holds copies of the photo's edge pixels, which
+/// would run on as streaks (a medal on the jacket's last row becomes a stripe to the bottom). They
+/// fade, over a distance of about 1/12 of the crop's short side, into a wide blur (sigma ~ 1/8 of
+/// the short side) of the person's colours inside the photo, so cut-off shoulders continue as
+/// smooth cloth.
+fn smooth_outside(fg: &mut [f32], alpha: &[f32], inside: &[f32], w: usize, h: usize) {
+    if inside.iter().all(|&i| i >= 1.0) {
+        return;
+    }
+    let short = w.min(h);
+    let f = (short / 192).max(1);
+    // Channels: person colour * weight (3), weight, inside. Block-averaged into the coarse grid.
+    let (lw, lh) = (w.div_ceil(f), h.div_ceil(f));
+    let mut low = vec![0f32; lw * lh * 5];
+    low.par_chunks_mut(lw * 5).enumerate().for_each(|(ly, orow)| {
+        let ys = ly * f..((ly + 1) * f).min(h);
+        let rows = ys.len();
+        for y in ys {
+            for x in 0..w {
+                let i = y * w + x;
+                let wt = alpha[i] * inside[i];
+                let o = &mut orow[(x / f) * 5..(x / f) * 5 + 5];
+                for k in 0..3 {
+                    o[k] += fg[i * 3 + k] * wt;
+                }
+                o[3] += wt;
+                o[4] += inside[i];
+            }
+        }
+        for (lx, o) in orow.chunks_exact_mut(5).enumerate() {
+            let inv = 1.0 / (rows * (((lx + 1) * f).min(w) - lx * f)) as f32;
+            for v in o.iter_mut() {
+                *v *= inv;
+            }
+        }
+    });
+    // The colour needs a wide reach (it must cover the whole extension and average out stripes);
+    // the hand-over from the edge copies a narrow one.
+    let mut ins: Vec<f32> = low.chunks_exact(5).map(|c| c[4]).collect();
+    let mut col: Vec<f32> = low.chunks_exact(5).flat_map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    soft_blur(&mut col, lw, lh, 4, (short / 8 / f).max(1));
+    soft_blur(&mut ins, lw, lh, 1, (short / 24 / f).max(1));
+    let (xt, yt) = (taps(w, lw, f), taps(h, lh, f));
+    fg.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        let (mut s, mut ib) = ([0f32; 4], [0f32; 1]);
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let out = 1.0 - inside[y * w + x];
+            if out <= 0.0 {
+                continue;
+            }
+            bilerp(&col, lw, 4, xt[x], yt[y], &mut s);
+            if s[3] < 1e-5 {
+                continue;
+            }
+            bilerp(&ins, lw, 1, xt[x], yt[y], &mut ib);
+            // The blurred inside mask is 1/2 on the photo's edge and falls off outside it.
+            let t = ((0.5 - ib[0]) * 2.0).clamp(0.0, 1.0);
+            let m = out * t * t * (3.0 - 2.0 * t);
+            for k in 0..3 {
+                px[k] += m * (s[k] / s[3] - px[k]);
+            }
+        }
+    });
+}
+
 /// Area-average (downscale) or bilinear (upscale) resize of `img` to cover `w x h`, centred.
 fn resize_cover(img: &RgbImage, w: usize, h: usize) -> Vec<f32> {
     let (iw, ih) = (img.width() as usize, img.height() as usize);
@@ -973,6 +1038,8 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
             }
         }
     }
+
+    smooth_outside(&mut fg, &alpha, &inside_v, w, h);
 
     // 3. Backdrop.
     let backdrop = render_backdrop(&style.backdrop, &img, &alpha, &inside_v, w, h)?;
