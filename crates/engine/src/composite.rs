@@ -836,30 +836,43 @@ fn render_backdrop(b: &Backdrop, img: &[f32], alpha: &[f32], inside: &[f32], w: 
         Backdrop::Blur => {
             // Normalised convolution of the background part (inside the photo only), so the
             // person's place and the area outside the photo fill from the surrounding background.
-            let mut m = vec![0f32; w * h * 4];
-            m.par_chunks_mut(4).enumerate().for_each(|(i, o)| {
-                let wt = (1.0 - alpha[i]).powi(2) * inside[i].clamp(0.0, 1.0);
-                o.copy_from_slice(&[img[i * 3] * wt, img[i * 3 + 1] * wt, img[i * 3 + 2] * wt, wt]);
+            // The blur is wide (sigma ~ short side / 14), so it runs on a grid ~192 px across
+            // (filled straight from the photo, block means) and is sampled back bilinearly.
+            let short = w.min(h);
+            let f = (short / 192).max(1);
+            let (lw, lh) = (w.div_ceil(f), h.div_ceil(f));
+            let mut low = vec![0f32; lw * lh * 4];
+            low.par_chunks_mut(lw * 4).enumerate().for_each(|(ly, orow)| {
+                let ys = ly * f..((ly + 1) * f).min(h);
+                let rows = ys.len();
+                for y in ys {
+                    for x in 0..w {
+                        let i = y * w + x;
+                        let wt = (1.0 - alpha[i]).powi(2) * inside[i].clamp(0.0, 1.0);
+                        let o = &mut orow[(x / f) * 4..(x / f) * 4 + 4];
+                        for k in 0..3 {
+                            o[k] += img[i * 3 + k] * wt;
+                        }
+                        o[3] += wt;
+                    }
+                }
+                for (lx, o) in orow.chunks_exact_mut(4).enumerate() {
+                    let inv = 1.0 / (rows * (((lx + 1) * f).min(w) - lx * f)) as f32;
+                    for v in o.iter_mut() {
+                        *v *= inv;
+                    }
+                }
             });
-            let rows: Vec<[f64; 4]> = m
-                .par_chunks(w * 4)
-                .map(|row| {
-                    row.chunks_exact(4).fold([0f64; 4], |a, p| {
-                        [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2]), a[3] + f64::from(p[3])]
-                    })
-                })
-                .collect();
-            let tot = rows.iter().fold([0f64; 4], |a, r| [a[0] + r[0], a[1] + r[1], a[2] + r[2], a[3] + r[3]]);
-            let mean = if tot[3] > 1.0 {
+            // The background's mean colour (over the grid's cells, in a fixed order) fills where
+            // no background is in reach.
+            let tot = low.chunks_exact(4).fold([0f64; 4], |a, p| {
+                [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2]), a[3] + f64::from(p[3])]
+            });
+            let mean = if tot[3] * (f * f) as f64 > 1.0 {
                 [(tot[0] / tot[3]) as f32, (tot[1] / tot[3]) as f32, (tot[2] / tot[3]) as f32]
             } else {
                 rgb_f32(STUDIO_TOP)
             };
-            // The blur is wide (sigma ~ short side / 14), so it runs on a grid ~192 px across and
-            // is sampled back bilinearly.
-            let short = w.min(h);
-            let f = (short / 192).max(1);
-            let (mut low, lw, lh) = downsample(&m, w, h, 4, f);
             soft_blur(&mut low, lw, lh, 4, (short / 14 / f).max(2));
             let k = 2e-3;
             let (xt, yt) = (taps(w, lw, f), taps(h, lh, f));
