@@ -660,6 +660,10 @@ fn unmix_alpha(img: &[f32], alpha: &[f32], inside: &[f32], local: &LocalColours,
             }
             let conf = separation(d2) * band;
             let proj = (dot / d2.max(1e-6)).clamp(0.0, 1.0);
+            // Lowering a nearly opaque matte is trusted less: a person pixel darker or lighter
+            // than the local person mean (a dark lapel beside a white collar) also projects low,
+            // and a hole in the person is worse than a faint person-coloured haze.
+            let conf = if proj < a { conf * (2.5 * (1.0 - a)).min(1.0) } else { conf };
             *o = a + conf * (proj - a);
         }
     });
