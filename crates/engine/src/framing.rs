@@ -31,7 +31,8 @@ pub enum Preset {
     PassportEu,
     /// 2x2 in passport photo (United States).
     UsPassport,
-    /// 4:5 with a fixed head size and eye line, so a team page's portraits line up.
+    /// 1:1 (team pages commonly show 600x600) with a fixed head size and eye line, so a team
+    /// page's portraits line up.
     Team,
 }
 
@@ -51,8 +52,8 @@ impl Preset {
     /// Output aspect ratio as (width, height).
     pub fn aspect(&self) -> (u32, u32) {
         match self {
-            Preset::Square | Preset::UsPassport => (1, 1),
-            Preset::Portrait | Preset::Team => (4, 5),
+            Preset::Square | Preset::UsPassport | Preset::Team => (1, 1),
+            Preset::Portrait => (4, 5),
             Preset::PassportEu => (35, 45),
         }
     }
