@@ -135,7 +135,12 @@ pub fn work_queue(
     threads: usize,
     show: bool,
 ) -> Result<likeness_core::worker::RunReport> {
-    let queued = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?.list_jobs()?;
+    let queued = {
+        let mut l = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
+        // The retention sweeper runs whenever work starts (and with `likeness sweep`).
+        l.sweep()?;
+        l.list_jobs()?
+    };
     let pending = queued.iter().filter(|j| !j.state.is_finished()).count();
     crate::catch_ctrl_c();
     let bar = JobBar::new(pending, show);

@@ -11,13 +11,10 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 pub enum CoreError {
     #[error("the disk holding {path} is full; free some space (or delete old jobs) and try again - nothing was saved half-way")]
     DiskFull { path: PathBuf },
-    #[error("could not {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message (not a `source`), so it is shown once however the
+    // error is printed.
+    #[error("could not {action} {path}: {err}")]
+    Io { action: &'static str, path: PathBuf, err: std::io::Error },
     #[error("the job database {path} failed: {detail}; run `likeness doctor` to check it")]
     Database { path: PathBuf, detail: String },
     #[error("the job database {path} was written by a newer Likeness (schema version {found}, this build knows up to {supported}); update Likeness")]
@@ -58,7 +55,7 @@ impl CoreError {
         if is_disk_full(&source) {
             CoreError::DiskFull { path }
         } else {
-            CoreError::Io { action, path, source }
+            CoreError::Io { action, path, err: source }
         }
     }
 

@@ -86,7 +86,13 @@ pub fn safe_stem(s: &str) -> String {
 
 /// Reads a user's photo, refusing folders and oversized files before reading them.
 pub fn read_photo(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).map_err(|e| CoreError::io("open the photo", path, e))?;
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CoreError::InvalidInput(format!("{}: cannot open the photo: there is no such file", path.display())),
+        io::ErrorKind::PermissionDenied => {
+            CoreError::InvalidInput(format!("{}: cannot open the photo: permission denied; check the file's permissions", path.display()))
+        }
+        _ => CoreError::io("open the photo", path, e),
+    })?;
     if meta.is_dir() {
         return Err(CoreError::InvalidInput(format!("{}: is a folder, not a photo (use `likeness batch` for folders)", path.display())));
     }

@@ -24,8 +24,8 @@ pub enum ModelError {
     Missing { id: String, path: PathBuf },
     #[error("model '{id}': file {path} is corrupt or not the expected file (sha256 {actual}, expected {expected}); reinstall Likeness or re-import the model")]
     Corrupt { id: String, path: PathBuf, actual: String, expected: String },
-    #[error("model '{id}': cannot read {path}: {source}")]
-    Io { id: String, path: PathBuf, source: std::io::Error },
+    #[error("model '{id}': cannot read {path}: {err}")]
+    Io { id: String, path: PathBuf, err: std::io::Error },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +141,7 @@ impl ModelStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ModelError::Missing { id: id.into(), path }),
-            Err(source) => return Err(ModelError::Io { id: id.into(), path, source }),
+            Err(err) => return Err(ModelError::Io { id: id.into(), path, err }),
         };
         let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&file.sha256) {

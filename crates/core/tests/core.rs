@@ -15,3 +15,5 @@ mod no_plaintext;
 mod retention;
 #[path = "core/store.rs"]
 mod store;
+#[path = "core/worker.rs"]
+mod worker;
