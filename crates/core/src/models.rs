@@ -177,19 +177,32 @@ impl ModelStore {
     }
 }
 
-fn candidate_dirs() -> Vec<PathBuf> {
+/// Where an installed folder of Likeness (`models`, `assets`) may be: `$ENV`, next to the
+/// executable and the usual package locations, then the source tree this binary was built from
+/// (development and tests).
+pub fn install_dirs(name: &str, env: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(env) = std::env::var_os("LIKENESS_MODELS_DIR") {
-        dirs.push(PathBuf::from(env));
+    if let Some(v) = std::env::var_os(env) {
+        dirs.push(PathBuf::from(v));
     }
     if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
-        dirs.push(exe_dir.join("models"));
-        dirs.push(exe_dir.join("../share/likeness/models"));
-        dirs.push(exe_dir.join("../lib/likeness/models"));
-        dirs.push(exe_dir.join("../Resources/models"));
+        dirs.push(exe_dir.join(name));
+        dirs.push(exe_dir.join("../share/likeness").join(name));
+        dirs.push(exe_dir.join("../lib/likeness").join(name));
+        dirs.push(exe_dir.join("../Resources").join(name));
     }
-    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")));
+    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(name));
     dirs
+}
+
+fn candidate_dirs() -> Vec<PathBuf> {
+    install_dirs("models", "LIKENESS_MODELS_DIR")
+}
+
+/// The bundled assets folder (backdrops, license texts): `$LIKENESS_ASSETS_DIR`, next to the
+/// executable, or the source tree.
+pub fn assets_dir() -> Option<PathBuf> {
+    install_dirs("assets", "LIKENESS_ASSETS_DIR").into_iter().find(|p| p.join("backdrops").is_dir())
 }
 
 #[cfg(test)]
