@@ -45,10 +45,11 @@ pub struct SweepReport {
 /// Step 1: hide the rows and shred the keys of `blob_ids`.
 pub(crate) fn mark_blobs(tx: &Transaction<'_>, blob_ids: &[String]) -> rusqlite::Result<()> {
     for id in blob_ids {
-        tx.execute("DELETE FROM outputs WHERE blob_id = ?1", [id])?;
-        tx.execute("UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)", [id])?;
-        tx.execute("DELETE FROM inputs WHERE blob_id = ?1", [id])?;
-        tx.execute("UPDATE blobs SET deleting = 1, wrapped_key = X'' WHERE id = ?1", [id])?;
+        tx.prepare_cached("DELETE FROM outputs WHERE blob_id = ?1")?.execute([id])?;
+        tx.prepare_cached("UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM inputs WHERE blob_id = ?1")?.execute([id])?;
+        tx.prepare_cached("UPDATE blobs SET deleting = 1, wrapped_key = X'' WHERE id = ?1")?.execute([id])?;
     }
     Ok(())
 }
@@ -72,16 +73,18 @@ impl Library {
     /// Steps 2-4 for every marked row. Returns the number of files handled.
     pub(crate) fn finish_deletions(&mut self) -> Result<usize> {
         let err = self.dberr();
-        db::checkpoint(&self.conn).map_err(&err)?;
         let ids: Vec<String> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM blobs WHERE deleting = 1").map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("SELECT id FROM blobs WHERE deleting = 1").map_err(&err)?;
             let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)?;
             v
         };
-        drop(err);
         if ids.is_empty() {
             return Ok(0);
         }
+        // The marked rows' old keys may still sit in WAL frames: fold them into the (securely
+        // overwritten) database file before anything else.
+        db::checkpoint(&self.conn).map_err(&err)?;
+        drop(err);
         self.fault(FaultPoint::DeleteMarked)?;
         let mut dirs = BTreeSet::new();
         for id in &ids {
