@@ -214,11 +214,11 @@ impl std::fmt::Debug for Library {
 }
 
 fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1").and_then(|mut s| s.query_row([key], |r| r.get(0))).optional()
 }
 
 fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value").and_then(|mut s| s.execute([key, value]))
         .map(|_| ())
 }
 
@@ -315,7 +315,7 @@ impl Library {
         };
         // Encrypted data without a key record would be a damaged database; never pair it with a new key.
         if record.is_none() {
-            let blobs: i64 = conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0)).map_err(dberr)?;
+            let blobs: i64 = conn.prepare_cached("SELECT COUNT(*) FROM blobs").and_then(|mut s| s.query_row([], |r| r.get(0))).map_err(dberr)?;
             if blobs > 0 {
                 return Err(CoreError::KeyMissing {
                     data_dir: paths.root.clone(),
@@ -335,17 +335,11 @@ impl Library {
             // A job still `running` belongs to a process that was killed: queue it again (the
             // attempt limit in `claim_next_job` stops a job that crashes the app every time).
             let tx = db::immediate(&mut conn).map_err(dberr)?;
-            tx.execute(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
-                 WHERE state = 'running' AND cancel_requested = 1",
-                [now],
-            )
+            tx.prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+                 WHERE state = 'running' AND cancel_requested = 1").and_then(|mut s| s.execute([now]))
             .map_err(dberr)?;
-            tx.execute(
-                "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?1, progress = 0, stage = NULL
-                 WHERE state = 'running'",
-                params![now, INTERRUPTED],
-            )
+            tx.prepare_cached("UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?1, progress = 0, stage = NULL
+                 WHERE state = 'running'").and_then(|mut s| s.execute(params![now, INTERRUPTED]))
             .map_err(dberr)?;
             tx.commit().map_err(dberr)?;
         }
@@ -389,7 +383,7 @@ impl Library {
     pub fn settings(&self) -> Result<Settings> {
         let days: Option<String> = self
             .conn
-            .query_row("SELECT value FROM settings WHERE key = 'retention_days'", [], |r| r.get(0))
+            .prepare_cached("SELECT value FROM settings WHERE key = 'retention_days'").and_then(|mut s| s.query_row([], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let retention_days = days.and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_RETENTION_DAYS);
@@ -405,16 +399,10 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.execute(
-            "INSERT INTO settings (key, value) VALUES ('retention_days', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [days.to_string()],
-        )
+        tx.prepare_cached("INSERT INTO settings (key, value) VALUES ('retention_days', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value").and_then(|mut s| s.execute([days.to_string()]))
         .map_err(err)?;
-        tx.execute(
-            "UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)",
-            [i64::from(days) * DAY],
-        )
+        tx.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)").and_then(|mut s| s.execute([i64::from(days) * DAY]))
         .map_err(err)?;
         tx.commit().map_err(err)
     }
@@ -460,25 +448,13 @@ impl Library {
         let result = (|| -> rusqlite::Result<()> {
             let tx = db::immediate(&mut self.conn)?;
             observe(&tx, now)?;
-            tx.execute(
-                "INSERT INTO jobs (id, settings, state, created_at, updated_at, group_id) VALUES (?1, ?2, 'queued', ?3, ?3, ?4)",
-                params![job_id.0, settings, now, job.group_id],
-            )?;
+            tx.prepare_cached("INSERT INTO jobs (id, settings, state, created_at, updated_at, group_id) VALUES (?1, ?2, 'queued', ?3, ?3, ?4)").and_then(|mut s| s.execute(params![job_id.0, settings, now, job.group_id]))?;
             for (pos, (input, (blob_id, wrapped))) in job.inputs.iter().zip(&stored).enumerate() {
                 let size = input.bytes.len() as i64;
-                tx.execute(
-                    "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'input', ?2, ?3, ?4)",
-                    params![blob_id, wrapped, size, now],
-                )?;
+                tx.prepare_cached("INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'input', ?2, ?3, ?4)").and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
                 let input_id = vault::random_id();
-                tx.execute(
-                    "INSERT INTO inputs (id, blob_id, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![input_id, blob_id, input.name, size, now],
-                )?;
-                tx.execute(
-                    "INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![job_id.0, pos as i64, input.name, input_id],
-                )?;
+                tx.prepare_cached("INSERT INTO inputs (id, blob_id, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut s| s.execute(params![input_id, blob_id, input.name, size, now]))?;
+                tx.prepare_cached("INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)").and_then(|mut s| s.execute(params![job_id.0, pos as i64, input.name, input_id]))?;
             }
             tx.commit()
         })();
@@ -498,9 +474,9 @@ impl Library {
 
     fn job_state(&self, id: &JobId) -> Result<(JobState, bool)> {
         self.conn
-            .query_row("SELECT state, cancel_requested FROM jobs WHERE id = ?1", [&id.0], |r| {
+            .prepare_cached("SELECT state, cancel_requested FROM jobs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| {
                 Ok((JobState::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0))
-            })
+            }))
             .optional()
             .map_err(self.dberr())?
             .ok_or_else(|| CoreError::JobNotFound(id.0.clone()))
@@ -516,11 +492,8 @@ impl Library {
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let claimed = loop {
             let row: Option<(String, u32, Option<String>, String, Option<String>)> = tx
-                .query_row(
-                    "SELECT id, attempts, error, settings, group_id FROM jobs WHERE state = 'queued' ORDER BY rowid LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
+                .prepare_cached("SELECT id, attempts, error, settings, group_id FROM jobs WHERE state = 'queued' ORDER BY rowid LIMIT 1").and_then(|mut s| s.query_row([],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
                 .optional()
                 .map_err(err)?;
             let Some((id, attempts, error, settings_json, group_id)) = row else { break None };
@@ -529,21 +502,15 @@ impl Library {
                     "gave up after {attempts} attempts; last error: {}",
                     error.as_deref().unwrap_or("unknown")
                 );
-                tx.execute(
-                    "UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?1",
-                    params![id, reason, now],
-                )
+                tx.prepare_cached("UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?1").and_then(|mut s| s.execute(params![id, reason, now]))
                 .map_err(err)?;
                 gave_up = true;
                 continue;
             }
-            tx.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
-                 progress = 0, stage = NULL WHERE id = ?1",
-                params![id, now],
-            )
+            tx.prepare_cached("UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
+                 progress = 0, stage = NULL WHERE id = ?1").and_then(|mut s| s.execute(params![id, now]))
             .map_err(err)?;
-            let mut stmt = tx.prepare("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
+            let mut stmt = tx.prepare_cached("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
             let input_names = stmt.query_map([&id], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
             drop(stmt);
             break Some(ClaimedJob { id: JobId(id), attempt: attempts + 1, settings_json, input_names, group_id });
@@ -574,7 +541,7 @@ impl Library {
         let rows: Vec<(String, String, Vec<u8>)> = {
             let mut stmt = self
                 .conn
-                .prepare(
+                .prepare_cached(
                     "SELECT ji.name, b.id, b.wrapped_key FROM job_inputs ji
                      JOIN inputs i ON i.id = ji.input_id JOIN blobs b ON b.id = i.blob_id
                      WHERE ji.job_id = ?1 AND b.deleting = 0 ORDER BY ji.position",
@@ -599,10 +566,7 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .execute(
-                "UPDATE jobs SET progress = ?2, stage = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'running'",
-                params![id.0, f64::from(progress), stage, now],
-            )
+            .prepare_cached("UPDATE jobs SET progress = ?2, stage = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'running'").and_then(|mut s| s.execute(params![id.0, f64::from(progress), stage, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, cancel) = self.job_state(id)?;
@@ -654,27 +618,18 @@ impl Library {
             let tx = db::immediate(&mut self.conn)?;
             observe(&tx, now)?;
             let state: Option<String> = tx
-                .query_row("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0", [&id.0], |r| r.get(0))
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0").and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
                 .optional()?;
             if state.as_deref() != Some("running") {
                 return Ok(false);
             }
             for (pos, ((o, (blob_id, wrapped)), out_id)) in outputs.iter().zip(&stored).zip(&ids).enumerate() {
                 let size = o.bytes.len() as i64;
-                tx.execute(
-                    "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'output', ?2, ?3, ?4)",
-                    params![blob_id, wrapped, size, now],
-                )?;
-                tx.execute(
-                    "INSERT INTO outputs (id, job_id, position, blob_id, format, size, width, height, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)],
-                )?;
+                tx.prepare_cached("INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'output', ?2, ?3, ?4)").and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
+                tx.prepare_cached("INSERT INTO outputs (id, job_id, position, blob_id, format, size, width, height, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut s| s.execute(params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)]))?;
             }
-            tx.execute(
-                "UPDATE jobs SET state = 'done', progress = 1, finished_at = ?2, updated_at = ?2, error = NULL WHERE id = ?1",
-                params![id.0, now],
-            )?;
+            tx.prepare_cached("UPDATE jobs SET state = 'done', progress = 1, finished_at = ?2, updated_at = ?2, error = NULL WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, now]))?;
             tx.commit()?;
             Ok(true)
         })();
@@ -699,15 +654,12 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        let state: Option<String> = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [&id.0], |r| r.get(0)).optional().map_err(err)?;
+        let state: Option<String> = tx.prepare_cached("SELECT state FROM jobs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| r.get(0))).optional().map_err(err)?;
         let state = JobState::parse(&state.ok_or_else(|| CoreError::JobNotFound(id.0.clone()))?);
         if !from.contains(&state) {
             return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what });
         }
-        tx.execute(
-            "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1",
-            params![id.0, to.as_str(), error, now],
-        )
+        tx.prepare_cached("UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, to.as_str(), error, now]))
         .map_err(err)?;
         tx.commit().map_err(err)?;
         self.release_inputs().map(|_| ())
@@ -730,11 +682,8 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .execute(
-                "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?3, progress = 0, stage = NULL
-                 WHERE id = ?1 AND state = 'running' AND cancel_requested = 0",
-                params![id.0, reason, now],
-            )
+            .prepare_cached("UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?3, progress = 0, stage = NULL
+                 WHERE id = ?1 AND state = 'running' AND cancel_requested = 0").and_then(|mut s| s.execute(params![id.0, reason, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         if n == 0 {
@@ -755,12 +704,9 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.execute(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'queued'",
-            params![id.0, now],
-        )
+        tx.prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'queued'").and_then(|mut s| s.execute(params![id.0, now]))
         .map_err(err)?;
-        tx.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'", params![id.0, now])
+        tx.prepare_cached("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'").and_then(|mut s| s.execute(params![id.0, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, _) = self.job_state(id)?;
@@ -800,7 +746,7 @@ impl Library {
                     j.progress, j.stage, j.error, j.attempts, j.cancel_requested
              FROM jobs j {filter} ORDER BY j.rowid"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(&err)?;
         let mut jobs = stmt
             .query_map(args, |r| {
                 Ok(JobInfo {
@@ -826,7 +772,7 @@ impl Library {
             .map_err(&err)?;
         let mut in_stmt = self
             .conn
-            .prepare("SELECT ji.name, i.size FROM job_inputs ji LEFT JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1 ORDER BY ji.position")
+            .prepare_cached("SELECT ji.name, i.size FROM job_inputs ji LEFT JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1 ORDER BY ji.position")
             .map_err(&err)?;
         for job in &mut jobs {
             job.inputs = in_stmt
@@ -845,7 +791,7 @@ impl Library {
             "SELECT o.id, o.job_id, o.format, o.size, o.width, o.height, o.created_at, o.expires_at
              FROM outputs o {filter} ORDER BY o.job_id, o.position"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(&err)?;
         let rows = stmt
             .query_map([arg], |r| {
                 Ok(OutputInfo {
@@ -878,11 +824,8 @@ impl Library {
     pub fn get_output(&self, id: &OutputId) -> Result<Zeroizing<Vec<u8>>> {
         let row: Option<(String, Vec<u8>)> = self
             .conn
-            .query_row(
-                "SELECT b.id, b.wrapped_key FROM outputs o JOIN blobs b ON b.id = o.blob_id WHERE o.id = ?1 AND b.deleting = 0",
-                [&id.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT b.id, b.wrapped_key FROM outputs o JOIN blobs b ON b.id = o.blob_id WHERE o.id = ?1 AND b.deleting = 0").and_then(|mut s| s.query_row([&id.0],
+                |r| Ok((r.get(0)?, r.get(1)?))))
             .optional()
             .map_err(self.dberr())?;
         let (blob, key) = row.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
@@ -892,7 +835,7 @@ impl Library {
     pub fn delete_output(&mut self, id: &OutputId) -> Result<()> {
         let blob: Option<String> = self
             .conn
-            .query_row("SELECT blob_id FROM outputs WHERE id = ?1", [&id.0], |r| r.get(0))
+            .prepare_cached("SELECT blob_id FROM outputs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let blob = blob.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
@@ -912,11 +855,11 @@ impl Library {
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let mut blobs: Vec<String> = Vec::new();
         {
-            let mut stmt = tx.prepare("SELECT blob_id FROM outputs WHERE job_id = ?1").map_err(err)?;
+            let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE job_id = ?1").map_err(err)?;
             blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
             // This job's photos, unless another unfinished job still uses them.
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT i.blob_id FROM job_inputs ji JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1
                      AND NOT EXISTS (SELECT 1 FROM job_inputs o JOIN jobs j ON j.id = o.job_id
                                      WHERE o.input_id = i.id AND o.job_id <> ?1 AND j.state IN ('queued', 'running'))",
@@ -925,8 +868,8 @@ impl Library {
             blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
         }
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;
-        tx.execute("DELETE FROM job_inputs WHERE job_id = ?1", [&id.0]).map_err(err)?;
-        tx.execute("DELETE FROM jobs WHERE id = ?1", [&id.0]).map_err(err)?;
+        tx.prepare_cached("DELETE FROM job_inputs WHERE job_id = ?1").and_then(|mut s| s.execute([&id.0])).map_err(err)?;
+        tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").and_then(|mut s| s.execute([&id.0])).map_err(err)?;
         tx.commit().map_err(err)?;
         self.finish_deletions()?;
         Ok(())
@@ -938,7 +881,7 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let blobs: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT id FROM blobs WHERE deleting = 0").map_err(err)?;
+            let mut stmt = tx.prepare_cached("SELECT id FROM blobs WHERE deleting = 0").map_err(err)?;
             let v = stmt.query_map([], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
             v
         };

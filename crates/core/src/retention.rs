@@ -56,7 +56,7 @@ pub(crate) fn mark_blobs(tx: &Transaction<'_>, blob_ids: &[String]) -> rusqlite:
 
 /// Photos no queued or running job needs any more.
 fn unneeded_inputs(tx: &Transaction<'_>) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT i.blob_id FROM inputs i WHERE NOT EXISTS (
             SELECT 1 FROM job_inputs ji JOIN jobs j ON j.id = ji.job_id
             WHERE ji.input_id = i.id AND j.state IN ('queued', 'running'))",
@@ -105,7 +105,7 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         for id in &ids {
-            tx.execute("DELETE FROM blobs WHERE id = ?1 AND deleting = 1", [id]).map_err(err)?;
+            tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND deleting = 1").and_then(|mut s| s.execute([id])).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.fault(FaultPoint::DeleteRowsGone)?;
@@ -153,7 +153,7 @@ impl Library {
             let judged_at = observe(&tx, now).map_err(err)?;
             report.judged_at = judged_at;
             let expired: Vec<String> = {
-                let mut stmt = tx.prepare("SELECT blob_id FROM outputs WHERE expires_at <= ?1").map_err(err)?;
+                let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE expires_at <= ?1").map_err(err)?;
                 let v = stmt.query_map([judged_at], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
                 v
             };
@@ -162,7 +162,7 @@ impl Library {
             report.inputs_released = inputs.len();
             mark_blobs(&tx, &expired).map_err(err)?;
             mark_blobs(&tx, &inputs).map_err(err)?;
-            let mut stmt = tx.prepare("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
+            let mut stmt = tx.prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(err)?
@@ -189,7 +189,7 @@ impl Library {
                 Err(e) => return Err(CoreError::io("delete", file, e)),
             }
             let tx = db::immediate(&mut self.conn).map_err(err)?;
-            tx.execute("DELETE FROM meta WHERE key = ?1", params![key]).map_err(err)?;
+            tx.prepare_cached("DELETE FROM meta WHERE key = ?1").and_then(|mut s| s.execute(params![key])).map_err(err)?;
             tx.commit().map_err(err)?;
         }
         Ok(report)
