@@ -886,9 +886,22 @@ impl Library {
             v
         };
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;
-        tx.execute_batch("DELETE FROM job_inputs; DELETE FROM outputs; DELETE FROM inputs; DELETE FROM jobs;").map_err(err)?;
+        tx.execute_batch(
+            "DELETE FROM job_inputs; DELETE FROM outputs; DELETE FROM inputs; DELETE FROM jobs;
+             DELETE FROM meta WHERE key LIKE 'backup_v%_at';",
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         self.finish_deletions()?;
+        // Pre-upgrade copies of the database hold old rows (names, wrapped keys): they go too.
+        for v in 0..=db::SCHEMA_VERSION {
+            let backup = self.paths.db_backup(v);
+            match std::fs::remove_file(&backup) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CoreError::io("delete", backup, e)),
+            }
+        }
         Ok(())
     }
 

@@ -376,3 +376,61 @@ fn deleted_rows_leave_no_wrapped_key_behind() {
     assert!(lib.get_output(&out).is_err());
     assert!(!lib.doctor(false).unwrap().orphan_files.is_empty());
 }
+
+#[test]
+fn delete_all_data_removes_upgrade_backups() {
+    let dir = tmp();
+    {
+        let db = raw_db(dir.path());
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let store = MemoryKeyStore::new();
+    let mut lib = open(dir.path(), &store);
+    assert!(dir.path().join("likeness.db.bak-v1").is_file());
+    lib.delete_all_data().unwrap();
+    assert!(!dir.path().join("likeness.db.bak-v1").exists());
+}
+
+#[test]
+fn exported_copies_are_never_touched() {
+    let dir = tmp();
+    let export = tmp();
+    let store = MemoryKeyStore::new();
+    let mut lib = open(dir.path(), &store);
+    let id = lib.create_job("a.jpg", b"photo", "{}").unwrap();
+    lib.claim_next_job().unwrap();
+    let out = lib.complete_job(&id, vec![output(b"headshot".to_vec(), "png")]).unwrap().remove(0);
+    let copy = export.path().join("headshot.png");
+    std::fs::write(&copy, lib.get_output(&out).unwrap().as_slice()).unwrap();
+    lib.sweep_at(T0 + 400 * DAY).unwrap();
+    assert!(lib.get_output(&out).is_err(), "expired in the library");
+    lib.doctor(true).unwrap();
+    lib.purge_all().unwrap();
+    assert_eq!(std::fs::read(&copy).unwrap(), b"headshot", "the exported copy is untouched");
+}
+
+#[test]
+fn data_dir_resolution() {
+    use likeness_core::{DataPaths, DATA_DIR_ENV};
+    let _lock = crate::common::env_lock();
+    let old = std::env::var_os(DATA_DIR_ENV);
+    let explicit = tmp();
+    let from_env = tmp();
+    std::env::set_var(DATA_DIR_ENV, from_env.path());
+    assert_eq!(DataPaths::resolve(Some(explicit.path())).unwrap().root, explicit.path(), "explicit wins");
+    assert_eq!(DataPaths::resolve(None).unwrap().root, from_env.path(), "then LIKENESS_DATA_DIR");
+    std::env::remove_var(DATA_DIR_ENV);
+    let os = DataPaths::resolve(None);
+    match old {
+        Some(v) => std::env::set_var(DATA_DIR_ENV, v),
+        None => std::env::remove_var(DATA_DIR_ENV),
+    }
+    // Then the OS data folder (HOME is set here), never the working directory.
+    let os = os.unwrap();
+    assert!(os.root.is_absolute() && os.root.to_string_lossy().to_lowercase().contains("likeness"), "{:?}", os.root);
+    let p = DataPaths::new("/d");
+    assert_eq!(p.db(), std::path::Path::new("/d/likeness.db"));
+    assert_eq!(p.blob("abcdef"), std::path::Path::new("/d/vault/ab/abcdef.bin"));
+    assert_eq!(p.salt(), std::path::Path::new("/d/salt"));
+}
