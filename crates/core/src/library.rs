@@ -913,29 +913,67 @@ impl Library {
         let account = keys::account(&self.vault_id);
         let Library { paths, conn, key_store, _lock, .. } = self;
         drop(conn);
-        let remove = |p: PathBuf| match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CoreError::io("delete", p, e)),
-        };
-        for name in ["likeness.db", "likeness.db-wal", "likeness.db-shm", "likeness.db-journal"] {
-            remove(paths.root.join(name))?;
-        }
-        for v in 0..=db::SCHEMA_VERSION {
-            remove(paths.db_backup(v))?;
-        }
-        match std::fs::remove_dir_all(paths.vault()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CoreError::io("delete", paths.vault(), e)),
-        }
-        remove(paths.salt())?;
-        if let Some(store) = key_store {
-            store.delete(&account)?;
-        }
-        drop(_lock);
-        remove(paths.lock())?;
-        vault::sync_dir(&paths.root).map_err(|e| CoreError::io("sync the folder", &paths.root, e))?;
-        Ok(())
+        remove_library_files(&paths, _lock, key_store.as_deref().map(|s| (s, account.as_str())))
     }
+
+    /// Deletes a library that can't be opened, e.g. because its master key is lost (the
+    /// `KeyMissing` error's "purge" advice): every file Likeness keeps in the data folder and, when
+    /// the library kept its key in a keyring, the key from `key_store` (pass the OS keyring). Without
+    /// the key (or once it is deleted) any copy of the files left on the disk is unreadable.
+    /// Fails with `Locked` while another process has the library open. Files exported outside the
+    /// data folder are not touched.
+    pub fn purge_data_dir(data_dir: Option<&Path>, key_store: Option<&dyn KeyStore>) -> Result<()> {
+        let paths = DataPaths::resolve(data_dir)?;
+        if !paths.root.is_dir() {
+            return Ok(());
+        }
+        let lock = lock_file(&paths)?;
+        // Which keyring entry belongs to this library, if the database still says.
+        let (vault_id, kind) = if paths.db().is_file() {
+            let read = |conn: &Connection| -> rusqlite::Result<(Option<String>, Option<String>)> {
+                Ok((meta_get(conn, "vault_id")?, meta_get(conn, "key_kind")?))
+            };
+            match Connection::open(paths.db()) {
+                Ok(conn) => read(&conn).unwrap_or((None, None)),
+                Err(_) => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+        let uses_keyring = kind.as_deref().and_then(KeyKind::parse) != Some(KeyKind::Passphrase);
+        let account = vault_id.map(|id| keys::account(&id));
+        let key = match (key_store, account.as_deref()) {
+            (Some(store), Some(account)) if uses_keyring => Some((store, account)),
+            _ => None,
+        };
+        remove_library_files(&paths, lock, key)
+    }
+}
+
+/// Removes the database (with its WAL and backups), the vault, the salt and then the key; the lock
+/// file goes last, once `lock` is released. The data folder itself stays.
+fn remove_library_files(paths: &DataPaths, lock: File, key: Option<(&dyn KeyStore, &str)>) -> Result<()> {
+    let remove = |p: PathBuf| match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("delete", p, e)),
+    };
+    for name in ["likeness.db", "likeness.db-wal", "likeness.db-shm", "likeness.db-journal"] {
+        remove(paths.root.join(name))?;
+    }
+    for v in 0..=db::SCHEMA_VERSION {
+        remove(paths.db_backup(v))?;
+    }
+    match std::fs::remove_dir_all(paths.vault()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CoreError::io("delete", paths.vault(), e)),
+    }
+    remove(paths.salt())?;
+    if let Some((store, account)) = key {
+        store.delete(account)?;
+    }
+    drop(lock);
+    remove(paths.lock())?;
+    vault::sync_dir(&paths.root).map_err(|e| CoreError::io("sync the folder", &paths.root, e))
 }
