@@ -434,3 +434,16 @@ fn data_dir_resolution() {
     assert_eq!(p.blob("abcdef"), std::path::Path::new("/d/vault/ab/abcdef.bin"));
     assert_eq!(p.salt(), std::path::Path::new("/d/salt"));
 }
+
+#[test]
+fn library_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<likeness_core::Library>();
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let lib = std::sync::Mutex::new(open(dir.path(), &store));
+    std::thread::scope(|s| {
+        s.spawn(|| lib.lock().unwrap().create_job("a.jpg", b"a", "{}").unwrap());
+    });
+    assert_eq!(lib.lock().unwrap().list_jobs().unwrap().len(), 1);
+}
