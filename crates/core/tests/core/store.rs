@@ -447,3 +447,38 @@ fn library_can_move_between_threads() {
     });
     assert_eq!(lib.lock().unwrap().list_jobs().unwrap().len(), 1);
 }
+
+#[test]
+fn sweep_uses_the_library_clock_and_a_backwards_clock_keeps_nothing_longer() {
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let clock = likeness_core::ManualClock::new(T0);
+    let mut lib = crate::common::open_clock(dir.path(), &store, &clock);
+    let make = |lib: &mut likeness_core::Library| {
+        let id = lib.create_job("a.jpg", b"a", "{}").unwrap();
+        lib.claim_next_job().unwrap();
+        lib.complete_job(&id, vec![output(b"o".to_vec(), "png")]).unwrap().remove(0)
+    };
+    let first = make(&mut lib);
+    clock.advance(29 * DAY);
+    assert_eq!(lib.sweep().unwrap().outputs_expired, 0);
+    clock.advance(DAY);
+    let report = lib.sweep().unwrap();
+    assert_eq!((report.outputs_expired, report.judged_at), (1, T0 + 30 * DAY));
+    assert!(lib.get_output(&first).is_err());
+
+    // The clock goes back 40 days: an output made now gets the usual expiry on paper, but it is
+    // judged against the latest time seen, so it can't outlive 30 days of that time.
+    let second = make(&mut lib);
+    clock.set(T0 - 10 * DAY);
+    let third = make(&mut lib);
+    assert_eq!(lib.output_info(&third).unwrap().expires_at, T0 + 20 * DAY);
+    let report = lib.sweep().unwrap();
+    assert_eq!(report.judged_at, T0 + 30 * DAY, "the backwards clock is not believed");
+    assert_eq!(report.outputs_expired, 1, "the third output's expiry is already past");
+    assert!(lib.get_output(&second).is_ok());
+    // The clock comes back: the second output still expires on its own date, not later.
+    clock.set(T0 + 60 * DAY);
+    assert_eq!(lib.sweep().unwrap().outputs_expired, 1);
+    assert!(lib.list_outputs().unwrap().is_empty());
+}
