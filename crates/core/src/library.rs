@@ -630,6 +630,8 @@ impl Library {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut s| s.execute(params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)]))?;
             }
             tx.prepare_cached("UPDATE jobs SET state = 'done', progress = 1, finished_at = ?2, updated_at = ?2, error = NULL WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, now]))?;
+            // Its photos go in the same transaction, unless another unfinished job shares them.
+            crate::retention::mark_unneeded_inputs(&tx)?;
             tx.commit()?;
             Ok(true)
         })();
@@ -645,7 +647,7 @@ impl Library {
                 return Err(CoreError::db(self.paths.db(), e));
             }
         }
-        self.release_inputs()?;
+        self.finish_deletions()?;
         Ok(ids)
     }
 
@@ -661,8 +663,9 @@ impl Library {
         }
         tx.prepare_cached("UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, to.as_str(), error, now]))
         .map_err(err)?;
+        crate::retention::mark_unneeded_inputs(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
-        self.release_inputs().map(|_| ())
+        self.finish_deletions().map(|_| ())
     }
 
     /// The worker gave up on a running job: it is failed for good (a job the user cancelled meanwhile

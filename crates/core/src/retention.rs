@@ -54,6 +54,13 @@ pub(crate) fn mark_blobs(tx: &Transaction<'_>, blob_ids: &[String]) -> rusqlite:
     Ok(())
 }
 
+/// Step 1 for the photos no queued or running job needs any more, inside the caller's transaction.
+pub(crate) fn mark_unneeded_inputs(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
+    let blobs = unneeded_inputs(tx)?;
+    mark_blobs(tx, &blobs)?;
+    Ok(blobs.len())
+}
+
 /// Photos no queued or running job needs any more.
 fn unneeded_inputs(tx: &Transaction<'_>) -> rusqlite::Result<Vec<String>> {
     let mut stmt = tx.prepare_cached(
