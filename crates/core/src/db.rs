@@ -88,7 +88,10 @@ pub(crate) fn connect(path: &Path) -> Result<Connection> {
     conn.set_prepared_statement_cache_capacity(96);
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(CoreError::Database { path: path.into(), detail: format!("could not enable WAL (journal mode is {mode})") });
+        return Err(CoreError::Database {
+            path: path.into(),
+            detail: format!("could not enable WAL (journal mode is {mode})"),
+        });
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;").map_err(err)?;
     Ok(conn)

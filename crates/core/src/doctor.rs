@@ -29,7 +29,10 @@ pub struct DoctorReport {
 
 impl DoctorReport {
     pub fn is_healthy(&self) -> bool {
-        self.integrity_ok && self.orphan_files.is_empty() && self.missing_files.is_empty() && self.pending_deletions == 0
+        self.integrity_ok
+            && self.orphan_files.is_empty()
+            && self.missing_files.is_empty()
+            && self.pending_deletions == 0
     }
 }
 
@@ -42,7 +45,11 @@ impl Library {
         let mut report = DoctorReport::default();
         let mut msgs: Vec<String> = {
             let mut stmt = self.conn.prepare_cached("PRAGMA integrity_check").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(&err)?;
             v
         };
         msgs.retain(|m| m != "ok");
@@ -57,17 +64,27 @@ impl Library {
         }
         report.integrity_ok = msgs.is_empty();
         report.integrity_messages = msgs;
-        report.pending_deletions =
-            self.conn.prepare_cached("SELECT COUNT(*) FROM blobs WHERE deleting = 1").and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0))).map_err(&err)? as usize;
-        let hw: Option<String> =
-            rusqlite::OptionalExtension::optional(self.conn.prepare_cached("SELECT value FROM meta WHERE key = 'high_water'").and_then(|mut s| s.query_row([], |r| r.get(0))))
-                .map_err(&err)?;
+        report.pending_deletions = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM blobs WHERE deleting = 1")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(&err)? as usize;
+        let hw: Option<String> = rusqlite::OptionalExtension::optional(
+            self.conn
+                .prepare_cached("SELECT value FROM meta WHERE key = 'high_water'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0))),
+        )
+        .map_err(&err)?;
         let now = self.now();
         report.clock_ahead_secs = hw.and_then(|h| h.parse::<i64>().ok()).map_or(0, |h| (h - now).max(0));
 
         let known: HashSet<String> = {
             let mut stmt = self.conn.prepare_cached("SELECT id FROM blobs").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<HashSet<String>>>().map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<HashSet<String>>>()
+                .map_err(&err)?;
             v
         };
         let vault = self.paths.vault();
@@ -94,19 +111,31 @@ impl Library {
 
         let live: Vec<(String, String)> = {
             let mut stmt = self.conn.prepare_cached("SELECT id, kind FROM blobs WHERE deleting = 0").map_err(&err)?;
-            let v = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&err)?;
             v
         };
         let missing: Vec<(String, String)> = live.into_iter().filter(|(id, _)| !self.paths.blob(id).exists()).collect();
         for (blob, kind) in &missing {
             let what: Option<String> = if kind == "output" {
-                rusqlite::OptionalExtension::optional(self.conn.prepare_cached("SELECT 'output ' || id FROM outputs WHERE blob_id = ?1").and_then(|mut s| s.query_row([blob],
-                    |r| r.get(0))))
+                rusqlite::OptionalExtension::optional(
+                    self.conn
+                        .prepare_cached("SELECT 'output ' || id FROM outputs WHERE blob_id = ?1")
+                        .and_then(|mut s| s.query_row([blob], |r| r.get(0))),
+                )
                 .map_err(&err)?
             } else {
-                rusqlite::OptionalExtension::optional(self.conn.prepare_cached("SELECT 'input ' || i.name || ' of job ' || COALESCE(ji.job_id, '-') FROM inputs i
-                     LEFT JOIN job_inputs ji ON ji.input_id = i.id WHERE i.blob_id = ?1 LIMIT 1").and_then(|mut s| s.query_row([blob],
-                    |r| r.get(0))))
+                rusqlite::OptionalExtension::optional(
+                    self.conn
+                        .prepare_cached(
+                            "SELECT 'input ' || i.name || ' of job ' || COALESCE(ji.job_id, '-') FROM inputs i
+                     LEFT JOIN job_inputs ji ON ji.input_id = i.id WHERE i.blob_id = ?1 LIMIT 1",
+                        )
+                        .and_then(|mut s| s.query_row([blob], |r| r.get(0))),
+                )
                 .map_err(&err)?
             };
             report.missing_files.push(what.unwrap_or_else(|| format!("{kind} file {blob}")));

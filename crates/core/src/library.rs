@@ -214,12 +214,17 @@ impl std::fmt::Debug for Library {
 }
 
 fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1").and_then(|mut s| s.query_row([key], |r| r.get(0))).optional()
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)))
+        .optional()
 }
 
 fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value").and_then(|mut s| s.execute([key, value]))
-        .map(|_| ())
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute([key, value]))
+    .map(|_| ())
 }
 
 /// Records `now` in the high-water mark and returns the mark: the latest time this library has
@@ -315,7 +320,10 @@ impl Library {
         };
         // Encrypted data without a key record would be a damaged database; never pair it with a new key.
         if record.is_none() {
-            let blobs: i64 = conn.prepare_cached("SELECT COUNT(*) FROM blobs").and_then(|mut s| s.query_row([], |r| r.get(0))).map_err(dberr)?;
+            let blobs: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM blobs")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(dberr)?;
             if blobs > 0 {
                 return Err(CoreError::KeyMissing {
                     data_dir: paths.root.clone(),
@@ -335,11 +343,17 @@ impl Library {
             // A job still `running` belongs to a process that was killed: queue it again (the
             // attempt limit in `claim_next_job` stops a job that crashes the app every time).
             let tx = db::immediate(&mut conn).map_err(dberr)?;
-            tx.prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
-                 WHERE state = 'running' AND cancel_requested = 1").and_then(|mut s| s.execute([now]))
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+                 WHERE state = 'running' AND cancel_requested = 1",
+            )
+            .and_then(|mut s| s.execute([now]))
             .map_err(dberr)?;
-            tx.prepare_cached("UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?1, progress = 0, stage = NULL
-                 WHERE state = 'running'").and_then(|mut s| s.execute(params![now, INTERRUPTED]))
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?1, progress = 0, stage = NULL
+                 WHERE state = 'running'",
+            )
+            .and_then(|mut s| s.execute(params![now, INTERRUPTED]))
             .map_err(dberr)?;
             tx.commit().map_err(dberr)?;
         }
@@ -383,7 +397,8 @@ impl Library {
     pub fn settings(&self) -> Result<Settings> {
         let days: Option<String> = self
             .conn
-            .prepare_cached("SELECT value FROM settings WHERE key = 'retention_days'").and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .prepare_cached("SELECT value FROM settings WHERE key = 'retention_days'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let retention_days = days.and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_RETENTION_DAYS);
@@ -399,11 +414,15 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.prepare_cached("INSERT INTO settings (key, value) VALUES ('retention_days', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value").and_then(|mut s| s.execute([days.to_string()]))
+        tx.prepare_cached(
+            "INSERT INTO settings (key, value) VALUES ('retention_days', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .and_then(|mut s| s.execute([days.to_string()]))
         .map_err(err)?;
-        tx.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)").and_then(|mut s| s.execute([i64::from(days) * DAY]))
-        .map_err(err)?;
+        tx.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)")
+            .and_then(|mut s| s.execute([i64::from(days) * DAY]))
+            .map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -451,10 +470,17 @@ impl Library {
             tx.prepare_cached("INSERT INTO jobs (id, settings, state, created_at, updated_at, group_id) VALUES (?1, ?2, 'queued', ?3, ?3, ?4)").and_then(|mut s| s.execute(params![job_id.0, settings, now, job.group_id]))?;
             for (pos, (input, (blob_id, wrapped))) in job.inputs.iter().zip(&stored).enumerate() {
                 let size = input.bytes.len() as i64;
-                tx.prepare_cached("INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'input', ?2, ?3, ?4)").and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
+                tx.prepare_cached(
+                    "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'input', ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
                 let input_id = vault::random_id();
-                tx.prepare_cached("INSERT INTO inputs (id, blob_id, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)").and_then(|mut s| s.execute(params![input_id, blob_id, input.name, size, now]))?;
-                tx.prepare_cached("INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)").and_then(|mut s| s.execute(params![job_id.0, pos as i64, input.name, input_id]))?;
+                tx.prepare_cached(
+                    "INSERT INTO inputs (id, blob_id, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![input_id, blob_id, input.name, size, now]))?;
+                tx.prepare_cached("INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut s| s.execute(params![job_id.0, pos as i64, input.name, input_id]))?;
             }
             tx.commit()
         })();
@@ -474,9 +500,10 @@ impl Library {
 
     fn job_state(&self, id: &JobId) -> Result<(JobState, bool)> {
         self.conn
-            .prepare_cached("SELECT state, cancel_requested FROM jobs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| {
-                Ok((JobState::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0))
-            }))
+            .prepare_cached("SELECT state, cancel_requested FROM jobs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([&id.0], |r| Ok((JobState::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0)))
+            })
             .optional()
             .map_err(self.dberr())?
             .ok_or_else(|| CoreError::JobNotFound(id.0.clone()))
@@ -498,20 +525,29 @@ impl Library {
                 .map_err(err)?;
             let Some((id, attempts, error, settings_json, group_id)) = row else { break None };
             if attempts >= MAX_ATTEMPTS {
-                let reason = format!(
-                    "gave up after {attempts} attempts; last error: {}",
-                    error.as_deref().unwrap_or("unknown")
-                );
-                tx.prepare_cached("UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?1").and_then(|mut s| s.execute(params![id, reason, now]))
+                let reason =
+                    format!("gave up after {attempts} attempts; last error: {}", error.as_deref().unwrap_or("unknown"));
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, reason, now]))
                 .map_err(err)?;
                 gave_up = true;
                 continue;
             }
-            tx.prepare_cached("UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
-                 progress = 0, stage = NULL WHERE id = ?1").and_then(|mut s| s.execute(params![id, now]))
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
+                 progress = 0, stage = NULL WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, now]))
             .map_err(err)?;
-            let mut stmt = tx.prepare_cached("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
-            let input_names = stmt.query_map([&id], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+            let mut stmt =
+                tx.prepare_cached("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
+            let input_names = stmt
+                .query_map([&id], |r| r.get(0))
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(err)?;
             drop(stmt);
             break Some(ClaimedJob { id: JobId(id), attempt: attempts + 1, settings_json, input_names, group_id });
         };
@@ -566,12 +602,19 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .prepare_cached("UPDATE jobs SET progress = ?2, stage = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'running'").and_then(|mut s| s.execute(params![id.0, f64::from(progress), stage, now]))
+            .prepare_cached(
+                "UPDATE jobs SET progress = ?2, stage = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'running'",
+            )
+            .and_then(|mut s| s.execute(params![id.0, f64::from(progress), stage, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, cancel) = self.job_state(id)?;
         if n == 0 {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job has progress" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job has progress",
+            });
         }
         Ok(cancel)
     }
@@ -582,11 +625,19 @@ impl Library {
     pub fn complete_job(&mut self, id: &JobId, outputs: Vec<NewOutput>) -> Result<Vec<OutputId>> {
         let (state, cancel) = self.job_state(id)?;
         if state != JobState::Running {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job can be completed" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job can be completed",
+            });
         }
         if cancel {
             self.mark_cancelled(id)?;
-            return Err(CoreError::JobState { id: id.0.clone(), state: "cancelled".into(), what: "its outputs were discarded" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: "cancelled".into(),
+                what: "its outputs were discarded",
+            });
         }
         if outputs.is_empty() {
             return Err(CoreError::InvalidInput("a finished job needs at least one output".into()));
@@ -618,14 +669,18 @@ impl Library {
             let tx = db::immediate(&mut self.conn)?;
             observe(&tx, now)?;
             let state: Option<String> = tx
-                .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0").and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0")
+                .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
                 .optional()?;
             if state.as_deref() != Some("running") {
                 return Ok(false);
             }
             for (pos, ((o, (blob_id, wrapped)), out_id)) in outputs.iter().zip(&stored).zip(&ids).enumerate() {
                 let size = o.bytes.len() as i64;
-                tx.prepare_cached("INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'output', ?2, ?3, ?4)").and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
+                tx.prepare_cached(
+                    "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'output', ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
                 tx.prepare_cached("INSERT INTO outputs (id, job_id, position, blob_id, format, size, width, height, created_at, expires_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut s| s.execute(params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)]))?;
             }
@@ -640,7 +695,11 @@ impl Library {
             Ok(false) => {
                 self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
                 let (state, _) = self.job_state(id)?;
-                return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "it changed while its outputs were saved; they were discarded" });
+                return Err(CoreError::JobState {
+                    id: id.0.clone(),
+                    state: state.to_string(),
+                    what: "it changed while its outputs were saved; they were discarded",
+                });
             }
             Err(e) => {
                 self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
@@ -651,17 +710,31 @@ impl Library {
         Ok(ids)
     }
 
-    fn finish(&mut self, id: &JobId, from: &[JobState], to: JobState, error: Option<&str>, what: &'static str) -> Result<()> {
+    fn finish(
+        &mut self,
+        id: &JobId,
+        from: &[JobState],
+        to: JobState,
+        error: Option<&str>,
+        what: &'static str,
+    ) -> Result<()> {
         let now = self.now();
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        let state: Option<String> = tx.prepare_cached("SELECT state FROM jobs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| r.get(0))).optional().map_err(err)?;
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
+            .optional()
+            .map_err(err)?;
         let state = JobState::parse(&state.ok_or_else(|| CoreError::JobNotFound(id.0.clone()))?);
         if !from.contains(&state) {
             return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what });
         }
-        tx.prepare_cached("UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, to.as_str(), error, now]))
+        tx.prepare_cached(
+            "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id.0, to.as_str(), error, now]))
         .map_err(err)?;
         crate::retention::mark_unneeded_inputs(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -674,7 +747,13 @@ impl Library {
         if self.job_state(id)?.1 {
             return self.mark_cancelled(id);
         }
-        self.finish(id, &[JobState::Running, JobState::Queued], JobState::Failed, Some(message), "only a queued or running job can fail")
+        self.finish(
+            id,
+            &[JobState::Running, JobState::Queued],
+            JobState::Failed,
+            Some(message),
+            "only a queued or running job can fail",
+        )
     }
 
     /// A running job hit a passing problem: queue it again with `reason` as its last error. After
@@ -685,8 +764,11 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .prepare_cached("UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?3, progress = 0, stage = NULL
-                 WHERE id = ?1 AND state = 'running' AND cancel_requested = 0").and_then(|mut s| s.execute(params![id.0, reason, now]))
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?3, progress = 0, stage = NULL
+                 WHERE id = ?1 AND state = 'running' AND cancel_requested = 0",
+            )
+            .and_then(|mut s| s.execute(params![id.0, reason, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         if n == 0 {
@@ -694,7 +776,11 @@ impl Library {
             if cancel && state == JobState::Running {
                 return self.mark_cancelled(id);
             }
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job can be re-queued" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job can be re-queued",
+            });
         }
         Ok(())
     }
@@ -707,9 +793,13 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'queued'").and_then(|mut s| s.execute(params![id.0, now]))
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'queued'",
+        )
+        .and_then(|mut s| s.execute(params![id.0, now]))
         .map_err(err)?;
-        tx.prepare_cached("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'").and_then(|mut s| s.execute(params![id.0, now]))
+        tx.prepare_cached("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'")
+            .and_then(|mut s| s.execute(params![id.0, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, _) = self.job_state(id)?;
@@ -725,7 +815,13 @@ impl Library {
 
     /// The worker stopped a running job the user cancelled.
     pub fn mark_cancelled(&mut self, id: &JobId) -> Result<()> {
-        self.finish(id, &[JobState::Running, JobState::Queued], JobState::Cancelled, None, "only a queued or running job can be cancelled")
+        self.finish(
+            id,
+            &[JobState::Running, JobState::Queued],
+            JobState::Cancelled,
+            None,
+            "only a queued or running job can be cancelled",
+        )
     }
 
     pub fn get_job(&self, id: &JobId) -> Result<JobInfo> {
@@ -779,7 +875,9 @@ impl Library {
             .map_err(&err)?;
         for job in &mut jobs {
             job.inputs = in_stmt
-                .query_map([&job.id.0], |r| Ok(InputInfo { name: r.get(0)?, size: r.get::<_, Option<i64>>(1)?.map(|s| s as u64) }))
+                .query_map([&job.id.0], |r| {
+                    Ok(InputInfo { name: r.get(0)?, size: r.get::<_, Option<i64>>(1)?.map(|s| s as u64) })
+                })
                 .map_err(&err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(&err)?;
@@ -838,7 +936,8 @@ impl Library {
     pub fn delete_output(&mut self, id: &OutputId) -> Result<()> {
         let blob: Option<String> = self
             .conn
-            .prepare_cached("SELECT blob_id FROM outputs WHERE id = ?1").and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
+            .prepare_cached("SELECT blob_id FROM outputs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let blob = blob.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
@@ -851,7 +950,11 @@ impl Library {
     pub fn delete_job(&mut self, id: &JobId) -> Result<()> {
         let (state, _) = self.job_state(id)?;
         if state == JobState::Running {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "cancel it before deleting it" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "cancel it before deleting it",
+            });
         }
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
@@ -859,7 +962,12 @@ impl Library {
         let mut blobs: Vec<String> = Vec::new();
         {
             let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE job_id = ?1").map_err(err)?;
-            blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
+            blobs.extend(
+                stmt.query_map([&id.0], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?,
+            );
             // This job's photos, unless another unfinished job still uses them.
             let mut stmt = tx
                 .prepare_cached(
@@ -868,10 +976,17 @@ impl Library {
                                      WHERE o.input_id = i.id AND o.job_id <> ?1 AND j.state IN ('queued', 'running'))",
                 )
                 .map_err(err)?;
-            blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
+            blobs.extend(
+                stmt.query_map([&id.0], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?,
+            );
         }
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;
-        tx.prepare_cached("DELETE FROM job_inputs WHERE job_id = ?1").and_then(|mut s| s.execute([&id.0])).map_err(err)?;
+        tx.prepare_cached("DELETE FROM job_inputs WHERE job_id = ?1")
+            .and_then(|mut s| s.execute([&id.0]))
+            .map_err(err)?;
         tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").and_then(|mut s| s.execute([&id.0])).map_err(err)?;
         tx.commit().map_err(err)?;
         self.finish_deletions()?;
@@ -885,7 +1000,11 @@ impl Library {
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let blobs: Vec<String> = {
             let mut stmt = tx.prepare_cached("SELECT id FROM blobs WHERE deleting = 0").map_err(err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(err)?;
             v
         };
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;

@@ -46,8 +46,10 @@ pub struct SweepReport {
 pub(crate) fn mark_blobs(tx: &Transaction<'_>, blob_ids: &[String]) -> rusqlite::Result<()> {
     for id in blob_ids {
         tx.prepare_cached("DELETE FROM outputs WHERE blob_id = ?1")?.execute([id])?;
-        tx.prepare_cached("UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)")?
-            .execute([id])?;
+        tx.prepare_cached(
+            "UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)",
+        )?
+        .execute([id])?;
         tx.prepare_cached("DELETE FROM inputs WHERE blob_id = ?1")?.execute([id])?;
         tx.prepare_cached("UPDATE blobs SET deleting = 1, wrapped_key = X'' WHERE id = ?1")?.execute([id])?;
     }
@@ -82,7 +84,11 @@ impl Library {
         let err = self.dberr();
         let ids: Vec<String> = {
             let mut stmt = self.conn.prepare_cached("SELECT id FROM blobs WHERE deleting = 1").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(&err)?;
             v
         };
         if ids.is_empty() {
@@ -112,7 +118,9 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         for id in &ids {
-            tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND deleting = 1").and_then(|mut s| s.execute([id])).map_err(err)?;
+            tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND deleting = 1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.fault(FaultPoint::DeleteRowsGone)?;
@@ -161,7 +169,11 @@ impl Library {
             report.judged_at = judged_at;
             let expired: Vec<String> = {
                 let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE expires_at <= ?1").map_err(err)?;
-                let v = stmt.query_map([judged_at], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+                let v = stmt
+                    .query_map([judged_at], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?;
                 v
             };
             let inputs = unneeded_inputs(&tx).map_err(err)?;
@@ -169,7 +181,8 @@ impl Library {
             report.inputs_released = inputs.len();
             mark_blobs(&tx, &expired).map_err(err)?;
             mark_blobs(&tx, &inputs).map_err(err)?;
-            let mut stmt = tx.prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
+            let mut stmt =
+                tx.prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(err)?
@@ -178,7 +191,8 @@ impl Library {
             drop(stmt);
             for (key, at) in rows {
                 let at: i64 = at.parse().unwrap_or(i64::MIN);
-                let version: Option<i64> = key.strip_prefix("backup_v").and_then(|k| k.strip_suffix("_at")).and_then(|v| v.parse().ok());
+                let version: Option<i64> =
+                    key.strip_prefix("backup_v").and_then(|k| k.strip_suffix("_at")).and_then(|v| v.parse().ok());
                 if let Some(version) = version {
                     if at.saturating_add(BACKUP_KEEP_SECS) <= judged_at {
                         backups.push((key, version));
@@ -196,7 +210,9 @@ impl Library {
                 Err(e) => return Err(CoreError::io("delete", file, e)),
             }
             let tx = db::immediate(&mut self.conn).map_err(err)?;
-            tx.prepare_cached("DELETE FROM meta WHERE key = ?1").and_then(|mut s| s.execute(params![key])).map_err(err)?;
+            tx.prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut s| s.execute(params![key]))
+                .map_err(err)?;
             tx.commit().map_err(err)?;
         }
         Ok(report)

@@ -94,7 +94,9 @@ fn disk_full_on_a_later_output_removes_the_earlier_ones() {
             Ok(())
         }
     })));
-    let err = lib.complete_job(&id, vec![output(vec![1; 10], "png"), output(vec![2; 10], "png"), output(vec![3; 10], "png")]).unwrap_err();
+    let err = lib
+        .complete_job(&id, vec![output(vec![1; 10], "png"), output(vec![2; 10], "png"), output(vec![3; 10], "png")])
+        .unwrap_err();
     assert_disk_full(&err);
     assert_eq!(vault_files(dir.path()).len(), 1, "only the photo; the first output was removed");
     no_temp_files(dir.path());

@@ -29,7 +29,8 @@ fn orphans_and_missing_files_found_and_repaired() {
     let mut lib = open(dir.path(), &store);
     let done = lib.create_job("a.jpg", b"photo a", "{}").unwrap();
     lib.claim_next_job().unwrap();
-    let outs = lib.complete_job(&done, vec![output(b"out 1".to_vec(), "png"), output(b"out 2".to_vec(), "png")]).unwrap();
+    let outs =
+        lib.complete_job(&done, vec![output(b"out 1".to_vec(), "png"), output(b"out 2".to_vec(), "png")]).unwrap();
     let queued = lib.create_job("b.jpg", b"photo b", "{}").unwrap();
     let files_before = vault_files(dir.path());
     assert_eq!(files_before.len(), 3);
@@ -50,7 +51,8 @@ fn orphans_and_missing_files_found_and_repaired() {
                 |r| r.get(0),
             )
             .unwrap();
-        let out_blob: String = db.query_row("SELECT blob_id FROM outputs WHERE id = ?1", [&out_info.id.0], |r| r.get(0)).unwrap();
+        let out_blob: String =
+            db.query_row("SELECT blob_id FROM outputs WHERE id = ?1", [&out_info.id.0], |r| r.get(0)).unwrap();
         std::fs::remove_file(dir.path().join("vault").join(&out_blob[..2]).join(format!("{out_blob}.bin"))).unwrap();
         dir.path().join("vault").join(&blob[..2]).join(format!("{blob}.bin"))
     };

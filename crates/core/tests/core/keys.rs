@@ -44,8 +44,11 @@ fn passphrase_library_round_trip() {
     assert!(matches!(err, CoreError::WrongKey { .. }), "{err}");
     assert!(store.is_empty());
     // Auto-style source without the passphrase: says which variable to set.
-    let err = Library::open(Some(dir.path()), KeySource::StoreOrPassphrase { store: Box::new(store.clone()), passphrase: None })
-        .unwrap_err();
+    let err = Library::open(
+        Some(dir.path()),
+        KeySource::StoreOrPassphrase { store: Box::new(store.clone()), passphrase: None },
+    )
+    .unwrap_err();
     assert!(matches!(err, CoreError::KeyMissing { .. }), "{err}");
     assert!(err.to_string().contains(PASSPHRASE_ENV), "{err}");
     // ... and with it, falls back to the passphrase.
@@ -122,7 +125,10 @@ fn missing_key_is_never_replaced() {
 #[test]
 fn no_key_source_names_both_options() {
     let dir = tmp();
-    let source = KeySource::StoreOrPassphrase { store: Box::new(MemoryKeyStore::unavailable("no D-Bus session")), passphrase: None };
+    let source = KeySource::StoreOrPassphrase {
+        store: Box::new(MemoryKeyStore::unavailable("no D-Bus session")),
+        passphrase: None,
+    };
     let err = Library::open(Some(dir.path()), source).unwrap_err();
     assert!(matches!(err, CoreError::NoKeySource { .. }), "{err}");
     let msg = err.to_string();

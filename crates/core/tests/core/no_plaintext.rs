@@ -69,8 +69,11 @@ fn no_readable_image_bytes_under_the_data_dir() {
         .unwrap();
     let claimed = lib.claim_next_job().unwrap().unwrap();
     assert_eq!(claimed.id, done);
-    lib.complete_job(&done, vec![output(out_png.clone(), "png"), output(out_jpeg.clone(), "jpeg"), output(webp.clone(), "webp")])
-        .unwrap();
+    lib.complete_job(
+        &done,
+        vec![output(out_png.clone(), "png"), output(out_jpeg.clone(), "jpeg"), output(webp.clone(), "webp")],
+    )
+    .unwrap();
     let queued = lib
         .create_job_with(NewJob {
             inputs: vec![

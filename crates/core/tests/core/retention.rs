@@ -303,7 +303,9 @@ fn retention_property_random_histories() {
     let crashes: usize = results.iter().map(|r| r.0).sum();
     let expired: usize = results.iter().map(|r| r.1).sum();
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{n} histories on {workers} threads: {crashes} simulated crashes, {expired} outputs expired, {secs:.1} s");
+    eprintln!(
+        "{n} histories on {workers} threads: {crashes} simulated crashes, {expired} outputs expired, {secs:.1} s"
+    );
     assert!(crashes > n as usize / 5, "crashes were injected ({crashes})");
     assert!(expired > n as usize / 5, "outputs did expire ({expired})");
 }

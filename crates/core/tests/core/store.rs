@@ -1,7 +1,8 @@
 //! The job store and the vault on a real SQLite file.
 
 use likeness_core::{
-    CoreError, JobState, MemoryKeyStore, NewInput, NewJob, DEFAULT_RETENTION_DAYS, MAX_ATTEMPTS, MIGRATIONS, SCHEMA_VERSION,
+    CoreError, JobState, MemoryKeyStore, NewInput, NewJob, DEFAULT_RETENTION_DAYS, MAX_ATTEMPTS, MIGRATIONS,
+    SCHEMA_VERSION,
 };
 
 use crate::common::{all_files, contains, open, output, photo, raw_db, tmp, vault_files, T0};
@@ -46,8 +47,9 @@ fn upgrade_from_version_1_keeps_a_backup() {
     let db = raw_db(dir.path());
     let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    let has_group: i64 =
-        db.query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'group_id'", [], |r| r.get(0)).unwrap();
+    let has_group: i64 = db
+        .query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'group_id'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(has_group, 1);
     drop(db);
     let backup = dir.path().join("likeness.db.bak-v1");
@@ -81,7 +83,8 @@ fn newer_schema_is_refused() {
         let db = raw_db(dir.path());
         db.pragma_update(None, "user_version", SCHEMA_VERSION + 5).unwrap();
     }
-    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(MemoryKeyStore::new())).unwrap_err();
+    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(MemoryKeyStore::new()))
+        .unwrap_err();
     assert!(matches!(err, CoreError::SchemaTooNew { .. }), "{err}");
     assert!(err.to_string().contains("update Likeness"), "{err}");
 }
@@ -290,7 +293,10 @@ fn deletes_and_purge() {
 
     let running = lib.claim_next_job().unwrap().unwrap();
     assert_eq!(running.id, queued);
-    assert!(matches!(lib.delete_job(&queued).unwrap_err(), CoreError::JobState { .. }), "a running job is cancelled first");
+    assert!(
+        matches!(lib.delete_job(&queued).unwrap_err(), CoreError::JobState { .. }),
+        "a running job is cancelled first"
+    );
     lib.cancel_job(&queued).unwrap();
     lib.mark_cancelled(&queued).unwrap();
     lib.delete_job(&queued).unwrap();
@@ -317,7 +323,8 @@ fn one_process_per_data_folder() {
     let dir = tmp();
     let store = MemoryKeyStore::new();
     let _lib = open(dir.path(), &store);
-    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(store.clone())).unwrap_err();
+    let err =
+        likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(store.clone())).unwrap_err();
     assert!(matches!(err, CoreError::Locked { .. }), "{err}");
 }
 
@@ -332,7 +339,11 @@ fn retention_setting_never_extends() {
     assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 30 * DAY);
     lib.set_retention_days(7).unwrap();
     assert_eq!(lib.settings().unwrap().retention_days, 7);
-    assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 7 * DAY, "shorter retention applies to existing outputs");
+    assert_eq!(
+        lib.output_info(&out).unwrap().expires_at,
+        T0 + 7 * DAY,
+        "shorter retention applies to existing outputs"
+    );
     lib.set_retention_days(90).unwrap();
     assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 7 * DAY, "longer retention never extends");
     assert!(matches!(lib.set_retention_days(0).unwrap_err(), CoreError::InvalidInput(_)));
