@@ -230,7 +230,12 @@ pub(crate) fn resolve(
                 Ok(_) => from_store(store, paths, vault_id, existing),
                 Err(e) => match passphrase {
                     Some(p) => from_passphrase(&p, paths, vault_id, existing),
-                    None => Err(CoreError::NoKeySource { keyring_detail: e.to_string() }),
+                    None => Err(CoreError::NoKeySource {
+                        keyring_detail: match e {
+                            CoreError::KeyringUnavailable { detail } => detail,
+                            other => other.to_string(),
+                        },
+                    }),
                 },
             },
         },
