@@ -16,6 +16,9 @@ use crate::keys::{self, KeyKind, KeyRecord, KeySource, KeyStore};
 use crate::paths::DataPaths;
 use crate::vault::{self, FaultHook, Vault};
 
+/// id, attempts, last error, settings, group id of a queued job.
+type QueuedRow = (String, u32, Option<String>, String, Option<String>);
+
 /// A job is claimed at most this many times; the next claim fails it with its last reason.
 pub const MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
@@ -518,7 +521,7 @@ impl Library {
         let mut gave_up = false;
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let claimed = loop {
-            let row: Option<(String, u32, Option<String>, String, Option<String>)> = tx
+            let row: Option<QueuedRow> = tx
                 .prepare_cached("SELECT id, attempts, error, settings, group_id FROM jobs WHERE state = 'queued' ORDER BY rowid LIMIT 1").and_then(|mut s| s.query_row([],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
                 .optional()
