@@ -10,4 +10,3 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export LIKENESS_BENCH_PYTHON="$PWD/.venv/bin/python"
 cargo bench --locked -p likeness-engine --bench headshot
-cargo bench --locked -p likeness-engine --bench ops

@@ -67,7 +67,8 @@ fn missing_or_corrupt_models_are_named() {
     bytes[n / 2] ^= 0xFF;
     std::fs::write(&target, &bytes).expect("write");
     let out = dir.path().join("out");
-    let args = ["--models-dir", models.to_str().expect("utf8"), "generate", photo("astronaut.png").to_str().expect("utf8"), "--out", out.to_str().expect("utf8")];
+    let astronaut = photo("astronaut.png");
+    let args = ["--models-dir", models.to_str().expect("utf8"), "generate", astronaut.to_str().expect("utf8"), "--out", out.to_str().expect("utf8")];
     let o = run(&args, dir.path());
     assert!(!o.status.success());
     assert!(stderr(&o).contains("face_mesh_468.safetensors") && stderr(&o).contains("corrupt"), "{}", stderr(&o));

@@ -17,6 +17,8 @@ pub fn run(args: &[&str], data_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_likeness"))
         .args(args)
         .env("LIKENESS_DATA_DIR", data_dir)
+        // The headless fallback; where a Secret Service runs (tools/test.sh), the OS keyring wins.
+        .env("LIKENESS_PASSPHRASE", "likeness-tests")
         .env_remove("LIKENESS_MODELS_DIR")
         .output()
         .expect("spawn likeness")

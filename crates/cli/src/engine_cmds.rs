@@ -2,22 +2,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use likeness_core::models::{ModelState, ModelStore};
-use likeness_engine::composite::{Backdrop, StudioStyle};
+use likeness_core::worker::StudioSettings;
+use likeness_core::{JobId, JobState};
 use likeness_engine::device::{self, DevicePref};
-use likeness_engine::faces::KEYPOINT_NAMES;
-use likeness_engine::framing::Preset;
-use likeness_engine::image_io::{self, DecodeLimits, OutputFormat};
-use likeness_engine::pipeline::{self, HeadshotRequest, StudioModels};
-use likeness_engine::progress::{CancelToken, Stage};
+use likeness_engine::faces::{FaceDetector, KEYPOINT_NAMES};
+use likeness_engine::image_io::{self, DecodeLimits};
+use likeness_engine::pipeline::StudioModels;
+use likeness_engine::segment::Segmenter;
 use serde_json::json;
 
+use crate::library_cmds;
 use crate::output;
 use crate::Global;
 
@@ -47,14 +46,28 @@ pub struct GenerateArgs {
     /// One or more photos.
     #[arg(required = true)]
     pub photos: Vec<PathBuf>,
-    /// Folder to write the headshots into (created if needed; files are never overwritten).
+    /// Also export the headshots into this folder (created if needed; files are never
+    /// overwritten). They are kept in the encrypted library either way.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub style: StyleArgs,
+    /// Only record the jobs (encrypted in the library) and return; `likeness jobs run` works them.
+    #[arg(long, conflicts_with = "out")]
+    pub queue: bool,
+    /// Print JSON: {"outputs":[{"input","path","width","height"}],"failures":[...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The look, shared by `generate` and `batch`.
+#[derive(Args, Clone)]
+pub struct StyleArgs {
     /// Framing: square, portrait, passport-eu, us-passport or team.
     #[arg(long, default_value = "square")]
     pub preset: String,
     /// Backdrop: #RRGGBB, white, light-grey, grey, dark-grey, charcoal, black, navy, gradient,
-    /// gradient:#TOP:#BOTTOM, blur, or image:NAME (bundled: studio-grey, warm-beige, blue-grey,
+    /// gradient:#TOP:#BOTTOM, blur, or image:NAME (bundled: mottled-grey, warm-beige, blue-grey,
     /// soft-dark) or image:PATH.
     #[arg(long, visible_alias = "backdrop", default_value = "gradient")]
     pub background: String,
@@ -73,9 +86,20 @@ pub struct GenerateArgs {
     /// Largest short side of the output in pixels.
     #[arg(long, default_value_t = 2048)]
     pub max_size: u32,
-    /// Print JSON: {"outputs":[{"input","path","width","height"}],"failures":[...]}.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl StyleArgs {
+    pub fn settings(&self) -> StudioSettings {
+        StudioSettings {
+            preset: self.preset.clone(),
+            backdrop: self.background.clone(),
+            format: self.format.clone(),
+            jpeg_quality: self.quality,
+            relight: self.relight,
+            retouch: self.retouch,
+            max_size: self.max_size,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -89,12 +113,30 @@ pub enum ModelsCmd {
     Verify,
 }
 
-fn load_models(global: &Global) -> Result<StudioModels> {
+fn compute_device(global: &Global) -> Result<candle_core::Device> {
+    let pref: DevicePref = global.device.parse()?;
+    Ok(device::select(pref)?)
+}
+
+pub fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
     let bytes = store.studio_model_bytes()?;
-    let pref: DevicePref = global.device.parse()?;
-    let dev = device::select(pref)?;
-    Ok(StudioModels::load(bytes, &dev)?)
+    Ok(StudioModels::load(bytes, &compute_device(global)?)?)
+}
+
+/// Only the face detector: `detect` needs neither the mesh nor the segmenter.
+fn load_detector(global: &Global) -> Result<FaceDetector> {
+    let store = ModelStore::discover(global.models_dir.as_deref())?;
+    let front = store.read_verified("blazeface-front-128")?;
+    let back = store.read_verified("blazeface-back-256")?;
+    Ok(FaceDetector::new(front, Some(back), &compute_device(global)?)?)
+}
+
+/// Only the segmenter, for `segment`.
+fn load_segmenter(global: &Global) -> Result<Segmenter> {
+    let store = ModelStore::discover(global.models_dir.as_deref())?;
+    let bytes = store.read_verified("selfie-segmentation-256")?;
+    Ok(Segmenter::new(bytes, &compute_device(global)?)?)
 }
 
 fn limits() -> DecodeLimits {
@@ -106,16 +148,16 @@ fn read_photo(path: &Path) -> Result<Vec<u8>> {
 }
 
 pub fn detect(global: &Global, a: DetectArgs) -> Result<ExitCode> {
-    let mut models = load_models(global)?;
+    let mut detector = load_detector(global)?;
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
             anyhow::bail!("--threshold must be between 0 and 1");
         }
-        models.detector = models.detector.with_threshold(t);
+        detector = detector.with_threshold(t);
     }
     let bytes = read_photo(&a.photo)?;
     let img = image_io::decode(&bytes, &limits()).with_context(|| a.photo.display().to_string())?.image;
-    let faces = models.detector.detect(&img).with_context(|| a.photo.display().to_string())?;
+    let faces = detector.detect(&img).with_context(|| a.photo.display().to_string())?;
     if a.json {
         let faces: Vec<_> = faces
             .iter()
@@ -144,10 +186,10 @@ pub fn detect(global: &Global, a: DetectArgs) -> Result<ExitCode> {
 }
 
 pub fn segment(global: &Global, a: SegmentArgs) -> Result<ExitCode> {
-    let models = load_models(global)?;
+    let segmenter = load_segmenter(global)?;
     let bytes = read_photo(&a.photo)?;
     let img = image_io::decode(&bytes, &limits()).with_context(|| a.photo.display().to_string())?.image;
-    let mask = models.segmenter.segment(&img).with_context(|| a.photo.display().to_string())?;
+    let mask = segmenter.segment(&img).with_context(|| a.photo.display().to_string())?;
     let grey = image::GrayImage::from_fn(mask.width(), mask.height(), |x, y| {
         image::Luma([(mask.get_pixel(x, y).0[0].clamp(0.0, 1.0) * 255.0).round() as u8])
     });
@@ -157,24 +199,6 @@ pub fn segment(global: &Global, a: SegmentArgs) -> Result<ExitCode> {
         .context("encoding the mask")?;
     output::write_exact_new(&a.out, &png)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves `image:NAME` / `image:PATH` backdrops (the engine reads no files).
-fn backdrop(spec: &str) -> Result<Backdrop> {
-    let Some(name) = Backdrop::image_name(spec) else {
-        return Ok(Backdrop::parse(spec)?);
-    };
-    let path = if name.contains(['/', '\\']) || name.contains('.') {
-        PathBuf::from(name)
-    } else {
-        assets_dir()
-            .map(|d| d.join("backdrops").join(format!("{name}.jpg")))
-            .filter(|p| p.is_file())
-            .with_context(|| format!("no bundled backdrop named '{name}' (try studio-grey, warm-beige, blue-grey or soft-dark)"))?
-    };
-    let bytes = read_photo(&path)?;
-    let img = image_io::decode(&bytes, &limits()).with_context(|| format!("backdrop {}", path.display()))?.image;
-    Ok(Backdrop::Image(img))
 }
 
 /// The bundled assets folder: $LIKENESS_ASSETS_DIR, next to the executable, or the source tree.
@@ -194,84 +218,75 @@ pub fn assets_dir() -> Option<PathBuf> {
 }
 
 pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
-    let preset: Preset = a.preset.parse()?;
-    let format = match a.format.parse::<OutputFormat>()? {
-        OutputFormat::Jpeg { .. } => {
-            if !(1..=100).contains(&a.quality) {
-                anyhow::bail!("--quality must be between 1 and 100");
-            }
-            OutputFormat::Jpeg { quality: a.quality }
-        }
-        f => f,
-    };
-    if !(0.0..=1.0).contains(&a.relight) || !(0.0..=1.0).contains(&a.retouch) {
-        anyhow::bail!("--relight and --retouch take a value between 0 and 1");
-    }
-    let req = HeadshotRequest {
-        preset,
-        style: StudioStyle { backdrop: backdrop(&a.background)?, relight: a.relight, retouch: a.retouch },
-        format,
-        max_short_side: a.max_size.max(64),
-        limits: limits(),
-    };
-    let models = load_models(global)?;
+    let settings = a.style.settings();
+    // Every option is checked (and an image backdrop read) before anything is queued.
+    let req = settings.request(assets_dir().as_deref())?;
+    // Models are checked before any job is recorded (a queue-only call leaves that to `jobs run`).
+    let models = if a.queue { None } else { Some(load_models(global)?) };
+    let lib = Mutex::new(library_cmds::open_library(global)?);
 
-    let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new((a.photos.len() * Stage::ALL.len()) as u64) };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    let bar = Arc::new(bar);
-    let cancel = CancelToken::new();
-
-    let mut outputs = Vec::new();
+    // One job per photo; a photo that cannot be read gets no job.
+    let mut jobs: Vec<(PathBuf, JobId)> = Vec::new();
     let mut failures = Vec::new();
-    for (i, photo) in a.photos.iter().enumerate() {
-        let name = photo.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let base = (i * Stage::ALL.len()) as u64;
-        let sink = {
-            let bar = bar.clone();
-            let name = name.clone();
-            move |stage: Stage, _f: f32| {
-                let k = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0) as u64;
-                bar.set_position(base + k);
-                bar.set_message(format!("{name}: {}", stage.name()));
-            }
-        };
-        let result = read_photo(photo).and_then(|bytes| {
-            pipeline::studio_headshot(&models, &bytes, &req, &sink, &cancel).with_context(|| photo.display().to_string())
+    for photo in &a.photos {
+        let created = read_photo(photo).and_then(|bytes| {
+            let mut lib = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
+            Ok(lib.create_job(&photo.display().to_string(), &bytes, &settings.to_json())?)
         });
-        match result.and_then(|shot| {
-            let stem = output::safe_stem(&format!(
-                "{}-{}",
-                photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-                preset
-            ));
-            let path = output::write_new(&a.out, &stem, format.extension(), &shot.encoded)?;
-            Ok((shot, path))
-        }) {
-            Ok((shot, path)) => {
-                for w in &shot.warnings {
-                    bar.suspend(|| eprintln!("likeness: {}: {w}", photo.display()));
-                }
-                outputs.push(json!({"input": photo, "path": path, "width": shot.width, "height": shot.height,
-                                    "warnings": shot.warnings,
-                                    "timings_ms": {"decode": shot.timings.decode.as_secs_f64() * 1e3,
-                                                   "total": shot.timings.total().as_secs_f64() * 1e3}}));
-                if !a.json {
-                    bar.suspend(|| println!("{} -> {} ({}x{})", photo.display(), path.display(), shot.width, shot.height));
-                }
-            }
+        match created {
+            Ok(id) => jobs.push((photo.clone(), id)),
             Err(e) => {
-                bar.suspend(|| eprintln!("likeness: {e:#}"));
+                eprintln!("likeness: {e:#}");
                 failures.push(json!({"input": photo, "error": format!("{e:#}")}));
             }
         }
-        bar.set_position(base + Stage::ALL.len() as u64);
     }
-    bar.finish_and_clear();
+
+    let Some(models) = models else {
+        let queued: Vec<_> = jobs.iter().map(|(p, id)| json!({"input": p, "job": id})).collect();
+        if a.json {
+            println!("{}", json!({"queued": queued, "failures": failures}));
+        } else {
+            for (p, id) in &jobs {
+                println!("{} -> job {id} (queued)", p.display());
+            }
+        }
+        return Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    };
+    let report = library_cmds::work_queue(&lib, &models, 1, !a.json);
+    let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
+    report?;
+
+    let mut outputs = Vec::new();
+    let template = format!("{{input}}-{}", req.preset);
+    for (photo, id) in &jobs {
+        let job = lib.get_job(id)?;
+        match job.state {
+            JobState::Done => {
+                let items: Vec<_> = job.outputs.iter().map(|o| (job.clone(), o.clone())).collect();
+                let written = match &a.out {
+                    Some(dir) => library_cmds::export_outputs(&lib, &items, dir, &template)?,
+                    None => Vec::new(),
+                };
+                for (_, o) in &items {
+                    let path = written.iter().find(|(wid, _)| *wid == o.id).map(|(_, p)| p.clone());
+                    if !a.json {
+                        match &path {
+                            Some(p) => println!("{} -> {} ({}x{})", photo.display(), p.display(), o.width, o.height),
+                            None => println!("{} -> output {} in job {} ({}x{})", photo.display(), o.id, id, o.width, o.height),
+                        }
+                    }
+                    outputs.push(json!({"input": photo, "job": id, "id": o.id, "path": path, "width": o.width,
+                                        "height": o.height, "expires_at": library_cmds::rfc3339(o.expires_at)}));
+                }
+            }
+            state => {
+                let error = job.error.clone().unwrap_or_else(|| format!("the job was {state}"));
+                eprintln!("likeness: {error}");
+                failures.push(json!({"input": photo, "job": id, "state": state, "error": error}));
+            }
+        }
+    }
     if a.json {
         println!("{}", json!({"outputs": outputs, "failures": failures}));
     }

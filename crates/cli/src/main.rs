@@ -3,11 +3,15 @@
 //! A thin layer over likeness-core and likeness-engine: argument parsing, progress display,
 //! exit codes. Every failure names the file and what to do, and exits non-zero.
 
+mod batch_cmd;
 mod engine_cmds;
+mod library_cmds;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -45,6 +49,63 @@ enum Command {
     /// List or verify the installed models.
     #[command(subcommand)]
     Models(engine_cmds::ModelsCmd),
+    /// Make headshots of every photo in a folder (the same look for all).
+    Batch(batch_cmd::BatchArgs),
+    /// List, run or cancel jobs in the library.
+    #[command(subcommand)]
+    Jobs(library_cmds::JobsCmd),
+    /// Save outputs from the library into a folder.
+    Export(library_cmds::ExportArgs),
+    /// Delete what has expired (outputs after the retention period, photos no job needs).
+    Sweep {
+        /// Judge expiry as of this time (RFC 3339) instead of now; a time earlier than one
+        /// already seen never keeps data longer.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete jobs (with their photos and outputs) or single outputs.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete all data Likeness keeps, and its key.
+    Purge {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check the library's database and files (and repair with --repair).
+    Doctor {
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Set by Ctrl-C: running jobs stop at their next stage and are queued again.
+pub fn stop_flag() -> &'static AtomicBool {
+    &STOP
+}
+
+/// While the queue runs, the first Ctrl-C stops it gently; a second one ends the process (its
+/// running jobs are resumed by the next run).
+pub fn catch_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("likeness: stopping after the current stage (Ctrl-C again to quit now)");
+    });
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
 }
 
 fn main() -> ExitCode {
@@ -54,6 +115,13 @@ fn main() -> ExitCode {
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
         Command::Models(c) => engine_cmds::models(&cli.global, c),
+        Command::Batch(a) => batch_cmd::batch(&cli.global, a),
+        Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
+        Command::Export(a) => library_cmds::export(&cli.global, a),
+        Command::Sweep { as_of, json } => library_cmds::sweep(&cli.global, as_of, json),
+        Command::Delete { ids } => library_cmds::delete(&cli.global, ids),
+        Command::Purge { all, yes } => library_cmds::purge(&cli.global, all, yes),
+        Command::Doctor { repair, json } => library_cmds::doctor(&cli.global, repair, json),
     };
     match result {
         Ok(code) => code,

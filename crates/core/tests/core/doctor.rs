@@ -99,17 +99,49 @@ fn interrupted_deletion_is_reported_and_finished() {
     })));
     assert!(lib.delete_output(&out).is_err());
     lib.set_fault_hook(None);
-    // The row is gone for the user at once; the file waits for the next sweep or repair.
+    // The row is gone for the user at once; the file waits for repair, the next sweep or the next start.
     assert!(matches!(lib.get_output(&out).unwrap_err(), CoreError::OutputNotFound(_)));
     assert_eq!(vault_files(dir.path()).len(), 1);
-    drop(lib);
-    let mut lib = open(dir.path(), &store);
     let report = lib.doctor(false).unwrap();
     assert_eq!(report.pending_deletions, 1);
     assert!(report.orphan_files.is_empty() && report.missing_files.is_empty());
     assert!(!report.is_healthy());
     lib.doctor(true).unwrap();
     assert!(vault_files(dir.path()).is_empty());
+    assert!(lib.doctor(false).unwrap().is_healthy());
+
+    // The same crash, then a restart: opening finishes the deletion.
+    let id = lib.create_job("b.jpg", b"photo", "{}").unwrap();
+    lib.claim_next_job().unwrap();
+    let out = lib.complete_job(&id, vec![output(b"out".to_vec(), "png")]).unwrap().remove(0);
+    lib.set_fault_hook(Some(Arc::new(|p| {
+        if p == FaultPoint::DeleteFileRemoved {
+            Err(std::io::Error::other("simulated crash"))
+        } else {
+            Ok(())
+        }
+    })));
+    assert!(lib.delete_output(&out).is_err());
+    drop(lib);
+    let mut lib = open(dir.path(), &store);
+    assert!(vault_files(dir.path()).is_empty());
+    assert!(lib.doctor(false).unwrap().is_healthy());
+}
+
+#[test]
+fn crash_leftovers_are_removed_at_open() {
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let mut lib = open(dir.path(), &store);
+    lib.create_job("a.jpg", b"photo", "{}").unwrap();
+    drop(lib);
+    // A file written just before a crash, before its row was committed, and a temp file.
+    let shard = dir.path().join("vault").join("ab");
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join("ab0123.bin"), b"no row").unwrap();
+    std::fs::write(shard.join(".ab0124.tmp"), b"half").unwrap();
+    let mut lib = open(dir.path(), &store);
+    assert_eq!(vault_files(dir.path()).len(), 1, "only the photo with a row is left");
     assert!(lib.doctor(false).unwrap().is_healthy());
 }
 
