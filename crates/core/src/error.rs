@@ -72,6 +72,20 @@ impl CoreError {
 
 /// ENOSPC and EDQUOT both mean "no room left" to the user.
 pub(crate) fn is_disk_full(err: &std::io::Error) -> bool {
-    err.kind() == std::io::ErrorKind::StorageFull
-        || matches!(err.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(err.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    }
+    // ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+    #[cfg(windows)]
+    {
+        matches!(err.raw_os_error(), Some(39 | 112))
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        false
+    }
 }
