@@ -479,17 +479,7 @@ impl Library {
             }
         }
         let settings = validate_settings(&job.settings_json)?;
-        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
-        for input in &job.inputs {
-            let blob_id = vault::random_id();
-            match self.vault.store(&blob_id, &input.bytes) {
-                Ok(wrapped) => stored.push((blob_id, wrapped)),
-                Err(e) => {
-                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
-                    return Err(e);
-                }
-            }
-        }
+        let stored = self.store_files(job.inputs.iter().map(|i| i.bytes.as_slice()))?;
         let now = self.now();
         let job_id = JobId(vault::random_id());
         let result = (|| -> rusqlite::Result<()> {
@@ -520,6 +510,23 @@ impl Library {
     }
 
     /// Best effort: removes files whose rows were never written (doctor finds any that stay).
+    /// Encrypts each of `items` into its own vault file (written and fsynced); returns (blob id,
+    /// wrapped key) pairs. On a failure (a full disk) the files already written are removed.
+    fn store_files<'b>(&mut self, items: impl Iterator<Item = &'b [u8]>) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+        for bytes in items {
+            let blob_id = vault::random_id();
+            match self.vault.store(&blob_id, bytes) {
+                Ok(wrapped) => stored.push((blob_id, wrapped)),
+                Err(e) => {
+                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(stored)
+    }
+
     fn discard_files<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         for id in ids {
             let _ = std::fs::remove_file(self.paths.blob(id));
@@ -679,17 +686,7 @@ impl Library {
                 return Err(CoreError::InvalidInput("an output image is empty".into()));
             }
         }
-        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
-        for o in &outputs {
-            let blob_id = vault::random_id();
-            match self.vault.store(&blob_id, &o.bytes) {
-                Ok(wrapped) => stored.push((blob_id, wrapped)),
-                Err(e) => {
-                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
-                    return Err(e);
-                }
-            }
-        }
+        let stored = self.store_files(outputs.iter().map(|o| o.bytes.as_slice()))?;
         let now = self.now();
         let retention = i64::from(self.settings()?.retention_days) * DAY;
         let ids: Vec<OutputId> = outputs.iter().map(|_| OutputId(vault::random_id())).collect();
