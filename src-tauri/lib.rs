@@ -1,0 +1,85 @@
+//! The Likeness desktop shell: a Tauri window over `likeness_core`. Commands are one-line
+//! adapters (src-tauri/commands.rs), images reach the page only through the `likeness:` scheme
+//! (src-tauri/protocol.rs), and one background thread works the job queue (src-tauri/worker.rs).
+//! No model math and no SQL here.
+
+pub mod commands;
+pub mod error;
+pub mod protocol;
+pub mod startup;
+pub mod state;
+pub mod worker;
+
+use tauri::{Manager, Runtime};
+
+pub use error::IpcError;
+pub use state::{AppState, Config};
+
+/// The app's builder: commands, the image scheme, the dialog plugin, and the worker. `main` runs
+/// it with the real window; the tests with Tauri's mock runtime.
+pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri::Builder<R> {
+    let run_worker = config.run_worker;
+    let state = AppState::new(config);
+    let for_setup = state.clone();
+    let for_scheme = state.clone();
+    builder
+        .plugin(tauri_plugin_dialog::init())
+        .manage(state)
+        .register_asynchronous_uri_scheme_protocol(protocol::SCHEME, move |_ctx, request, responder| {
+            let state = for_scheme.clone();
+            let path = request.uri().path().to_string();
+            // Decrypting takes a moment: keep it off the UI thread.
+            let spawned = std::thread::Builder::new().name("likeness-image".into()).spawn(move || responder.respond(protocol::serve(&state, &path)));
+            if spawned.is_err() {
+                // The responder moved into the closure that failed to start; the request just fails.
+            }
+        })
+        .setup(move |app| {
+            let state = for_setup.clone();
+            // Open the library (keyring, database, sweep of expired outputs) in the background so
+            // the window is interactive at once; commands wait for it if they come first.
+            let opener = state.clone();
+            std::thread::Builder::new().name("likeness-open".into()).spawn(move || {
+                if let Ok(lib) = opener.library() {
+                    let _ = lock_and_sweep(lib);
+                }
+            })?;
+            if run_worker {
+                worker::spawn(app.handle().clone(), state)?;
+            }
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            if let tauri::WindowEvent::Destroyed = event {
+                window.app_handle().state::<AppState>().shutdown();
+            }
+        })
+        .invoke_handler(tauri::generate_handler![
+            commands::app_info,
+            commands::acknowledge_privacy,
+            commands::pick_photos,
+            commands::stage_photo,
+            commands::unstage_photo,
+            commands::create_job,
+            commands::list_jobs,
+            commands::cancel_job,
+            commands::delete_job,
+            commands::delete_output,
+            commands::export_output,
+            commands::set_retention_days,
+            commands::delete_all_data,
+            commands::preview_photo,
+        ])
+}
+
+/// Outputs past their retention go at start-up (the sweeper also runs when retention changes).
+fn lock_and_sweep(lib: &std::sync::Arc<std::sync::Mutex<likeness_core::Library>>) -> Result<(), IpcError> {
+    state::lock(lib).sweep()?;
+    Ok(())
+}
+
+/// Runs the desktop app.
+pub fn run() -> Result<(), tauri::Error> {
+    let config = Config { run_worker: true, ..Config::default() };
+    builder(tauri::Builder::default(), config).run(tauri::generate_context!())
+}
