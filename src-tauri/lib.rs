@@ -28,11 +28,9 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri:
         .register_asynchronous_uri_scheme_protocol(protocol::SCHEME, move |_ctx, request, responder| {
             let state = for_scheme.clone();
             let path = request.uri().path().to_string();
-            // Decrypting takes a moment: keep it off the UI thread.
-            let spawned = std::thread::Builder::new().name("likeness-image".into()).spawn(move || responder.respond(protocol::serve(&state, &path)));
-            if spawned.is_err() {
-                // The responder moved into the closure that failed to start; the request just fails.
-            }
+            // Decrypting takes a moment: keep it off the UI thread. (If no thread can be started,
+            // the responder is dropped and the image request fails; the page shows no image.)
+            let _ = std::thread::Builder::new().name("likeness-image".into()).spawn(move || responder.respond(protocol::serve(&state, &path)));
         })
         .setup(move |app| {
             let state = for_setup.clone();
