@@ -130,7 +130,7 @@ fn generate_every_preset_and_backdrop() {
         let (w, h) = (rec["width"].as_f64().expect("w"), rec["height"].as_f64().expect("h"));
         assert!((w / h - ratio).abs() < 0.02, "{preset}: {w}x{h}");
     }
-    for bg in ["white", "#336699", "gradient:#dddddd:#555555", "blur", "image:studio-grey"] {
+    for bg in ["white", "#336699", "gradient:#dddddd:#555555", "blur", "image:mottled-grey"] {
         let o = run(&["generate", input.to_str().expect("utf8"), "--out", out.to_str().expect("utf8"), "--background", bg, "--json"], data.path());
         assert!(o.status.success(), "{bg}: {}", stderr(&o));
     }

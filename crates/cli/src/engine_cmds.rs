@@ -50,6 +50,19 @@ pub struct GenerateArgs {
     /// overwritten). They are kept in the encrypted library either way.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub style: StyleArgs,
+    /// Only record the jobs (encrypted in the library) and return; `likeness jobs run` works them.
+    #[arg(long, conflicts_with = "out")]
+    pub queue: bool,
+    /// Print JSON: {"outputs":[{"input","path","width","height"}],"failures":[...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The look, shared by `generate` and `batch`.
+#[derive(Args, Clone)]
+pub struct StyleArgs {
     /// Framing: square, portrait, passport-eu, us-passport or team.
     #[arg(long, default_value = "square")]
     pub preset: String,
@@ -73,12 +86,20 @@ pub struct GenerateArgs {
     /// Largest short side of the output in pixels.
     #[arg(long, default_value_t = 2048)]
     pub max_size: u32,
-    /// Only record the jobs (encrypted in the library) and return; `likeness jobs run` works them.
-    #[arg(long, conflicts_with = "out")]
-    pub queue: bool,
-    /// Print JSON: {"outputs":[{"input","path","width","height"}],"failures":[...]}.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl StyleArgs {
+    pub fn settings(&self) -> StudioSettings {
+        StudioSettings {
+            preset: self.preset.clone(),
+            backdrop: self.background.clone(),
+            format: self.format.clone(),
+            jpeg_quality: self.quality,
+            relight: self.relight,
+            retouch: self.retouch,
+            max_size: self.max_size,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -197,15 +218,7 @@ pub fn assets_dir() -> Option<PathBuf> {
 }
 
 pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
-    let settings = StudioSettings {
-        preset: a.preset.clone(),
-        backdrop: a.background.clone(),
-        format: a.format.clone(),
-        jpeg_quality: a.quality,
-        relight: a.relight,
-        retouch: a.retouch,
-        max_size: a.max_size,
-    };
+    let settings = a.style.settings();
     // Every option is checked (and an image backdrop read) before anything is queued.
     let req = settings.request(assets_dir().as_deref())?;
     // Models are checked before any job is recorded (a queue-only call leaves that to `jobs run`).

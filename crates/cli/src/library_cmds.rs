@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -99,7 +98,7 @@ pub fn jobs(global: &Global, cmd: JobsCmd) -> Result<ExitCode> {
                         println!("    {e}");
                     }
                     for o in &j.outputs {
-                        let days = (o.expires_at - OffsetDateTime::now_utc().unix_timestamp()).max(0) / 86_400;
+                        let days = ((o.expires_at - OffsetDateTime::now_utc().unix_timestamp()).max(0) + 86_399) / 86_400;
                         println!("    output {} {}x{} {}, deleted in {days} days", o.id, o.width, o.height, o.format);
                     }
                 }

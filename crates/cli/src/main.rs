@@ -3,6 +3,7 @@
 //! A thin layer over likeness-core and likeness-engine: argument parsing, progress display,
 //! exit codes. Every failure names the file and what to do, and exits non-zero.
 
+mod batch_cmd;
 mod engine_cmds;
 mod library_cmds;
 mod output;
@@ -48,6 +49,8 @@ enum Command {
     /// List or verify the installed models.
     #[command(subcommand)]
     Models(engine_cmds::ModelsCmd),
+    /// Make headshots of every photo in a folder (the same look for all).
+    Batch(batch_cmd::BatchArgs),
     /// List, run or cancel jobs in the library.
     #[command(subcommand)]
     Jobs(library_cmds::JobsCmd),
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
         Command::Models(c) => engine_cmds::models(&cli.global, c),
+        Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
         Command::Export(a) => library_cmds::export(&cli.global, a),
         Command::Sweep { as_of, json } => library_cmds::sweep(&cli.global, as_of, json),

@@ -34,6 +34,40 @@ impl DoctorReport {
 }
 
 impl Library {
+    /// Files in the vault that no row knows (a crash between writing a file and its row, temp
+    /// files), sorted. Unreadable without a row, and safe to remove while no job runs.
+    pub(crate) fn orphan_files(&self) -> Result<Vec<PathBuf>> {
+        let err = self.dberr();
+        let known: HashSet<String> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM blobs").map_err(&err)?;
+            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<HashSet<String>>>().map_err(&err)?;
+            v
+        };
+        let vault = self.paths.vault();
+        let read_dir = |dir: &PathBuf| std::fs::read_dir(dir).map_err(|e| CoreError::io("list", dir, e));
+        let mut orphans = Vec::new();
+        if vault.exists() {
+            for entry in read_dir(&vault)? {
+                let entry = entry.map_err(|e| CoreError::io("list", &vault, e))?;
+                let path = entry.path();
+                if !path.is_dir() {
+                    orphans.push(path);
+                    continue;
+                }
+                for file in read_dir(&path)? {
+                    let file = file.map_err(|e| CoreError::io("list", &path, e))?.path();
+                    let id = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".bin"));
+                    let belongs = id.is_some_and(|id| known.contains(id) && self.paths.blob(id) == file);
+                    if !belongs {
+                        orphans.push(file);
+                    }
+                }
+            }
+        }
+        orphans.sort();
+        Ok(orphans)
+    }
+
     /// Checks integrity, orphan files and missing files. With `repair`: removes orphan files,
     /// drops rows whose file is gone (failing unfinished jobs whose photo is gone) and finishes
     /// interrupted deletions. Run it while no job is running.
@@ -65,32 +99,7 @@ impl Library {
         let now = self.now();
         report.clock_ahead_secs = hw.and_then(|h| h.parse::<i64>().ok()).map_or(0, |h| (h - now).max(0));
 
-        let known: HashSet<String> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM blobs").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<HashSet<String>>>().map_err(&err)?;
-            v
-        };
-        let vault = self.paths.vault();
-        let read_dir = |dir: &PathBuf| std::fs::read_dir(dir).map_err(|e| CoreError::io("list", dir, e));
-        if vault.exists() {
-            for entry in read_dir(&vault)? {
-                let entry = entry.map_err(|e| CoreError::io("list", &vault, e))?;
-                let path = entry.path();
-                if !path.is_dir() {
-                    report.orphan_files.push(path);
-                    continue;
-                }
-                for file in read_dir(&path)? {
-                    let file = file.map_err(|e| CoreError::io("list", &path, e))?.path();
-                    let id = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".bin"));
-                    let belongs = id.is_some_and(|id| known.contains(id) && self.paths.blob(id) == file);
-                    if !belongs {
-                        report.orphan_files.push(file);
-                    }
-                }
-            }
-        }
-        report.orphan_files.sort();
+        report.orphan_files = self.orphan_files()?;
 
         let live: Vec<(String, String)> = {
             let mut stmt = self.conn.prepare("SELECT id, kind FROM blobs WHERE deleting = 0").map_err(&err)?;

@@ -32,3 +32,6 @@ pub use paths::{DataPaths, DATA_DIR_ENV};
 pub use retention::SweepReport;
 pub use vault::{FaultHook, FaultPoint};
 pub mod models;
+pub mod batch;
+pub mod files;
+pub mod worker;

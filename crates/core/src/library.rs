@@ -18,6 +18,12 @@ use crate::vault::{self, FaultHook, Vault};
 
 /// A job is claimed at most this many times; the next claim fails it with its last reason.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Overrides [`MAX_ATTEMPTS`] (an integer >= 1), for administrators and crash tests.
+pub const MAX_ATTEMPTS_ENV: &str = "LIKENESS_MAX_ATTEMPTS";
+
+fn max_attempts_from_env() -> u32 {
+    std::env::var(MAX_ATTEMPTS_ENV).ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&n| n >= 1).unwrap_or(MAX_ATTEMPTS)
+}
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub(crate) const DAY: i64 = 86_400;
 const INTERRUPTED: &str = "Likeness stopped while this job was running";
@@ -204,6 +210,8 @@ pub struct Library {
     key_kind: KeyKind,
     key_store: Option<Box<dyn KeyStore>>,
     vault_id: String,
+    /// How many times a job may be started; see [`MAX_ATTEMPTS`].
+    max_attempts: u32,
     _lock: File,
 }
 
@@ -350,7 +358,7 @@ impl Library {
             tx.commit().map_err(dberr)?;
         }
         let vault = Vault::new(paths.clone(), resolved.master);
-        Ok(Library {
+        let mut lib = Library {
             paths,
             conn,
             vault,
@@ -358,8 +366,21 @@ impl Library {
             key_kind: resolved.kind,
             key_store: resolved.store,
             vault_id,
+            max_attempts: max_attempts_from_env(),
             _lock: lock,
-        })
+        };
+        // We hold the folder's lock, so no other process is mid-write: a vault file without a row
+        // was left by a crash between writing it and committing its row. Remove it, and finish
+        // deletions a crash interrupted.
+        for file in lib.orphan_files()? {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CoreError::io("delete", file, e)),
+            }
+        }
+        lib.finish_deletions()?;
+        Ok(lib)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -524,7 +545,7 @@ impl Library {
                 .optional()
                 .map_err(err)?;
             let Some((id, attempts, error, settings_json, group_id)) = row else { break None };
-            if attempts >= MAX_ATTEMPTS {
+            if attempts >= self.max_attempts {
                 let reason = format!(
                     "gave up after {attempts} attempts; last error: {}",
                     error.as_deref().unwrap_or("unknown")

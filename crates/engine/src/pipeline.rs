@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::composite::{self, FaceRegions, StudioStyle};
@@ -163,7 +164,8 @@ pub fn studio_headshot(
             framing.outside_fraction * 100.0
         ));
     }
-    let crop = imgops::warp_rgb(&image, &framing.src_from_dst, framing.width, framing.height, Border::Replicate);
+    let mut crop = imgops::warp_rgb(&image, &framing.src_from_dst, framing.width, framing.height, Border::Replicate);
+    soften_extension(&mut crop, &framing, image.width(), image.height());
     let inside = inside_mask(&framing, image.width(), image.height());
     let regions = face_regions(&lm, &framing.src_from_dst)?;
     t.framing = s.elapsed();
@@ -211,6 +213,53 @@ fn inside_mask(framing: &Framing, img_w: u32, img_h: u32) -> Mask {
         let d = p[0].min(w - p[0]).min(p[1]).min(h - p[1]);
         image::Luma([d.clamp(0.0, 1.0)])
     })
+}
+
+/// Where the crop runs past the photo, the replicated edge pixels would show as streaks (the body
+/// below a photo cut at the chest, say). Blur them along the edge, more the farther from the photo,
+/// so the extension reads as smooth cloth and light.
+fn soften_extension(crop: &mut RgbImage, framing: &Framing, img_w: u32, img_h: u32) {
+    let w = crop.width() as usize;
+    if framing.outside_fraction <= 0.0 || w == 0 {
+        return;
+    }
+    let m = framing.src_from_dst;
+    // Output pixels per source pixel (the warp has no shear, so one number will do).
+    let px = {
+        let a = m.apply([0.0, 0.0]);
+        let b = m.apply([1.0, 0.0]);
+        1.0 / (b[0] - a[0]).hypot(b[1] - a[1]).max(1e-6)
+    };
+    let (iw, ih) = (img_w as f32, img_h as f32);
+    let max_r = (w / 12).max(1);
+    crop.as_mut().par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        let radius: Vec<usize> = (0..w)
+            .map(|x| {
+                let p = m.apply([x as f32 + 0.5, y as f32 + 0.5]);
+                let out = (-p[0]).max(p[0] - iw).max(-p[1]).max(p[1] - ih).max(0.0) * px;
+                ((out * 0.6) as usize).min(max_r)
+            })
+            .collect();
+        if radius.iter().all(|&r| r == 0) {
+            return;
+        }
+        let mut sum = vec![[0u32; 3]; w + 1];
+        for x in 0..w {
+            for k in 0..3 {
+                sum[x + 1][k] = sum[x][k] + u32::from(row[x * 3 + k]);
+            }
+        }
+        for (x, &r) in radius.iter().enumerate() {
+            if r == 0 {
+                continue;
+            }
+            let (a, b) = (x.saturating_sub(r), (x + r + 1).min(w));
+            let n = (b - a) as u32;
+            for k in 0..3 {
+                row[x * 3 + k] = ((sum[b][k] - sum[a][k] + n / 2) / n) as u8;
+            }
+        }
+    });
 }
 
 /// The face mesh polygons in output (crop) coordinates.

@@ -5,3 +5,4 @@ mod common;
 mod blazeface;
 mod facemesh;
 mod studio;
+mod selfie;

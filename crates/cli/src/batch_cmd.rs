@@ -1,0 +1,102 @@
+//! `likeness batch`: a folder of photos, the same look for all, a mirrored output tree.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::Result;
+use clap::Args;
+use likeness_core::batch::{self, BatchSpec};
+use likeness_engine::image_io::DecodeLimits;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::engine_cmds::{self, StyleArgs};
+use crate::library_cmds;
+use crate::Global;
+
+#[derive(Args)]
+pub struct BatchArgs {
+    /// The folder of photos.
+    pub input: PathBuf,
+    /// Where the headshots go; subfolders mirror the input's. Nothing there is overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Also take photos in subfolders (symbolic links are never followed).
+    #[arg(long)]
+    pub recursive: bool,
+    /// Photos processed at the same time.
+    #[arg(long = "jobs", default_value_t = 2)]
+    pub workers: usize,
+    /// Output file names: {stem} (the photo's name), {preset}, {n}; the extension is added.
+    #[arg(long, default_value = "{stem}-{preset}")]
+    pub name: String,
+    #[command(flatten)]
+    pub style: StyleArgs,
+    /// JSON lines: one per photo as it finishes, then a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
+    let settings = a.style.settings();
+    settings.request(engine_cmds::assets_dir().as_deref())?;
+    batch::check_template(&a.name)?;
+    let spec = BatchSpec {
+        input_dir: a.input.clone(),
+        output_dir: a.out.clone(),
+        recursive: a.recursive,
+        settings,
+        name_template: a.name.clone(),
+    };
+    let (input, output) = batch::check_folders(&spec)?;
+    let scan = batch::scan(&input, spec.recursive)?;
+    let models = engine_cmds::load_models(global)?;
+    let mut lib = library_cmds::open_library(global)?;
+    let (group, created, unreadable) = batch::queue(&mut lib, &spec, &input, &output, &scan, DecodeLimits::default().max_bytes)?;
+    if !a.json {
+        eprintln!(
+            "likeness: {} photos in {} ({} new or changed, {} not processed)",
+            scan.photos.len(),
+            a.input.display(),
+            created,
+            scan.skipped.len() + unreadable.len()
+        );
+    }
+    let lib = Mutex::new(lib);
+    let run = library_cmds::work_queue(&lib, &models, a.workers, !a.json);
+    let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
+    // Export what finished even when the run stopped early (a full disk, Ctrl-C): nothing is lost.
+    let rows = batch::export_and_report(&lib, &spec, &output, &group, &scan, &unreadable)?;
+    let stamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let (json_report, csv_report) = batch::write_report(&output, &stamp, &rows)?;
+    let report = run?;
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+    // Files that are not photos are listed in the report but do not fail the batch.
+    let ok = rows.iter().filter(|r| r.status != "not-processed").all(|r| r.status == "done" || r.status == "skipped");
+    if a.json {
+        for r in &rows {
+            println!("{}", json!({"event": "file", "file": r}));
+        }
+        println!(
+            "{}",
+            json!({"event": "summary", "group": group, "done": count("done"), "skipped": count("skipped"),
+                   "failed": count("failed"), "not_processed": count("not-processed"), "queued": count("queued"),
+                   "cancelled": count("cancelled"), "interrupted": report.requeued,
+                   "report_json": json_report, "report_csv": csv_report})
+        );
+    } else {
+        for r in rows.iter().filter(|r| r.status != "done" && r.status != "skipped") {
+            eprintln!("likeness: {}: {} ({})", r.input, r.status, r.reason.as_deref().unwrap_or(""));
+        }
+        println!(
+            "{} done, {} already done, {} failed, {} not processed; report: {}",
+            count("done"),
+            count("skipped"),
+            count("failed") + count("cancelled") + count("queued"),
+            count("not-processed"),
+            csv_report.display()
+        );
+    }
+    Ok(if ok && !crate::stop_requested() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

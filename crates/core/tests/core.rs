@@ -1,0 +1,17 @@
+//! Integration tests of likeness-core: job store, vault, keys, retention, doctor.
+//! Run: `cargo test --release -p likeness-core --test core`.
+
+#[path = "core/common.rs"]
+mod common;
+#[path = "core/disk_full.rs"]
+mod disk_full;
+#[path = "core/doctor.rs"]
+mod doctor;
+#[path = "core/keys.rs"]
+mod keys;
+#[path = "core/no_plaintext.rs"]
+mod no_plaintext;
+#[path = "core/retention.rs"]
+mod retention;
+#[path = "core/store.rs"]
+mod store;
