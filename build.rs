@@ -8,31 +8,28 @@ fn main() {
         // The UI is TypeScript compiled by `npm ci && npm run build` (tools/setup.sh does it).
         println!("cargo:warning=ui/public/js/main.js is missing: run `npm ci && npm run build` before building the app");
     }
-    let commands = likeness_commands();
-    let attrs = tauri_build::Attributes::new().app_manifest(tauri_build::AppManifest::new().commands(&commands));
+    let attrs = tauri_build::Attributes::new().app_manifest(tauri_build::AppManifest::new().commands(&COMMANDS));
     if let Err(e) = tauri_build::try_build(attrs) {
         eprintln!("tauri build step failed: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// Every command the UI may call (kept in step with `commands!` in src-tauri/lib.rs; a command
-/// missing here is refused at run time, which the mock-runtime tests catch).
-fn likeness_commands() -> [&'static str; 14] {
-    [
-        "app_info",
-        "acknowledge_privacy",
-        "pick_photos",
-        "stage_photo",
-        "unstage_photo",
-        "create_job",
-        "list_jobs",
-        "cancel_job",
-        "delete_job",
-        "delete_output",
-        "export_output",
-        "set_retention_days",
-        "delete_all_data",
-        "preview_photo",
-    ]
-}
+/// Every command the UI may call: the same list as `generate_handler!` in src-tauri/lib.rs and the
+/// `allow-*` grants in capabilities/default.json (tests/app/security.rs checks all three agree).
+const COMMANDS: [&str; 14] = [
+    "app_info",
+    "acknowledge_privacy",
+    "pick_photos",
+    "stage_photo",
+    "unstage_photo",
+    "create_job",
+    "list_jobs",
+    "cancel_job",
+    "delete_job",
+    "delete_output",
+    "export_output",
+    "set_retention_days",
+    "delete_all_data",
+    "preview_photo",
+];

@@ -327,16 +327,19 @@ pub fn create_job(photos: Vec<String>, settings: StudioSettings, state: State<'_
     // Every option is checked before anything is stored.
     settings.request(assets_dir().as_deref())?;
     let lib = state.library()?;
-    let inputs = {
+    let (inputs, before) = {
         let staged = lock(&state.staged);
         let mut inputs = Vec::with_capacity(photos.len());
+        let mut before = Vec::with_capacity(photos.len());
         for id in &photos {
             let s = staged.get(id).ok_or_else(|| IpcError::not_found(format!("photo {id} is no longer waiting; add it again")))?;
             inputs.push(NewInput { name: s.name.clone(), bytes: s.bytes.to_vec() });
+            before.push(s.bytes.clone());
         }
-        inputs
+        (inputs, before)
     };
     let id = lock(lib).create_job_with(NewJob { inputs, settings_json: settings.to_json(), group_id: None })?;
+    state.remember_before(id.clone(), before);
     let mut staged = lock(&state.staged);
     for p in &photos {
         staged.remove(p);
@@ -359,7 +362,9 @@ pub fn cancel_job(id: JobId, state: State<'_, AppState>) -> Res<JobState> {
 
 #[tauri::command]
 pub fn delete_job(id: JobId, state: State<'_, AppState>) -> Res<()> {
-    Ok(lock(state.library()?).delete_job(&id)?)
+    lock(state.library()?).delete_job(&id)?;
+    state.forget_before(Some(&id));
+    Ok(())
 }
 
 #[tauri::command]
@@ -422,6 +427,7 @@ pub fn set_retention_days(days: u32, state: State<'_, AppState>) -> Res<Settings
 #[tauri::command]
 pub fn delete_all_data(state: State<'_, AppState>) -> Res<()> {
     lock(&state.staged).clear();
+    state.forget_before(None);
     Ok(lock(state.library()?).delete_all_data()?)
 }
 

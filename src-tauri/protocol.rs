@@ -2,7 +2,8 @@
 //! decrypted from the vault in memory for each request and never written anywhere in the clear.
 //!
 //! - `likeness://localhost/output/<output id>`: a finished headshot
-//! - `likeness://localhost/input/<job id>/<n>`: a job's n-th photo (the "before")
+//! - `likeness://localhost/input/<job id>/<n>`: a job's n-th photo (the "before"; from memory for
+//!   jobs made in this session, else from the vault while a job still needs it)
 //! - `likeness://localhost/staged/<staged id>`: a photo picked or dropped, not yet in a job
 
 use likeness_core::{JobId, OutputId};
@@ -44,6 +45,10 @@ fn bytes_for(state: &AppState, path: &str) -> Result<Vec<u8>, IpcError> {
         ["output", id] => Ok(lock(state.library()?).get_output(&OutputId((*id).to_string()))?.to_vec()),
         ["input", job, n] => {
             let n: usize = n.parse().map_err(|_| IpcError::invalid(format!("'{n}' is not a photo number")))?;
+            let remembered = lock(&state.before).iter().find(|(j, _)| j.0 == *job).and_then(|(_, p)| p.get(n).map(|b| b.to_vec()));
+            if let Some(bytes) = remembered {
+                return Ok(bytes);
+            }
             let inputs = lock(state.library()?).job_inputs(&JobId((*job).to_string()))?;
             inputs
                 .get(n)

@@ -19,6 +19,8 @@ use crate::error::IpcError;
 pub const MAX_PHOTO_BYTES: usize = 40 * 1024 * 1024;
 /// Photos one job takes.
 pub const MAX_PHOTOS: usize = 3;
+/// Jobs whose photos are kept in memory for the before/after view.
+pub const MAX_BEFORE_JOBS: usize = 12;
 
 /// Where the app keeps its data and finds its models.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +56,10 @@ pub struct Inner {
     library: OnceLock<Result<Arc<Mutex<Library>>, IpcError>>,
     models: OnceLock<Result<Arc<StudioModels>, IpcError>>,
     pub staged: Mutex<HashMap<String, Staged>>,
+    /// The photos of jobs made in this session, for the gallery's before/after: the library deletes
+    /// a job's photos once no job needs them, so after a restart only the headshot remains.
+    /// Memory only, newest [`MAX_BEFORE_JOBS`] jobs.
+    pub before: Mutex<Vec<(likeness_core::JobId, Vec<Zeroizing<Vec<u8>>>)>>,
     next_id: AtomicU64,
     /// Set when there may be queued work; the worker sleeps on it.
     wake: (Mutex<bool>, Condvar),
@@ -67,6 +73,7 @@ impl AppState {
             library: OnceLock::new(),
             models: OnceLock::new(),
             staged: Mutex::new(HashMap::new()),
+            before: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             wake: (Mutex::new(true), Condvar::new()),
             stop: AtomicBool::new(false),
@@ -115,6 +122,21 @@ impl Inner {
 
     pub fn new_id(&self, prefix: &str) -> String {
         format!("{prefix}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn remember_before(&self, job: likeness_core::JobId, photos: Vec<Zeroizing<Vec<u8>>>) {
+        let mut before = lock(&self.before);
+        before.push((job, photos));
+        let excess = before.len().saturating_sub(MAX_BEFORE_JOBS);
+        before.drain(..excess);
+    }
+
+    pub fn forget_before(&self, job: Option<&likeness_core::JobId>) {
+        let mut before = lock(&self.before);
+        match job {
+            Some(id) => before.retain(|(j, _)| j != id),
+            None => before.clear(),
+        }
     }
 
     /// Tells the worker there is work.

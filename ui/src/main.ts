@@ -128,13 +128,25 @@ function renderStaged() {
   const list = $("staged");
   list.replaceChildren(
     ...staged.map((p) => {
-      const thumb = h("div", { class: "thumb" }, h("img", { src: img(`staged/${p.id}`), alt: `Your photo ${p.name}` }));
+      const photo = h("img", { src: img(`staged/${p.id}`), alt: `Your photo ${p.name}` });
+      const thumb = h("div", { class: "thumb" }, photo);
       const pv = previews.get(p.id);
       const notes: HTMLElement[] = [];
       if (pv === "loading") notes.push(h("p", { class: "note" }, "Finding your face…"));
       else if (typeof pv === "string") notes.push(h("p", { class: "note" }, pv));
       else if (pv) {
-        const svg = s("svg", { viewBox: `0 0 ${pv.width} ${pv.height}`, preserveAspectRatio: "xMidYMid meet", "aria-hidden": "true" });
+        // Show the whole crop, also where it reaches past the photo (that part is filled in).
+        const box = viewBox(pv);
+        thumb.style.aspectRatio = `${box.w} / ${box.h}`;
+        Object.assign(photo.style, {
+          left: `${(-box.x / box.w) * 100}%`,
+          top: `${(-box.y / box.h) * 100}%`,
+          width: `${(pv.width / box.w) * 100}%`,
+          height: `${(pv.height / box.h) * 100}%`,
+          objectFit: "fill",
+          inset: "auto",
+        });
+        const svg = s("svg", { viewBox: `${box.x} ${box.y} ${box.w} ${box.h}`, preserveAspectRatio: "none", "aria-hidden": "true" });
         for (const f of pv.faces.slice(0, 1)) svg.append(s("rect", { class: "face", x: f.x, y: f.y, width: f.w, height: f.h }));
         if (pv.crop) svg.append(s("polygon", { class: "crop", points: pv.crop.map((c) => c.join(",")).join(" ") }));
         thumb.append(svg);
@@ -154,6 +166,15 @@ function renderStaged() {
   const max = info?.max_photos ?? 3;
   ($("start") as HTMLButtonElement).disabled = staged.length === 0;
   $("start-help").textContent = staged.length === 0 ? "Add at least one photo to start." : `${staged.length} of ${max} photos. One headshot per photo.`;
+}
+
+/** The region covering the photo and its crop, in photo pixels. */
+function viewBox(pv: Preview): { x: number; y: number; w: number; h: number } {
+  const xs = [0, pv.width, ...(pv.crop ?? []).map((c) => c[0])];
+  const ys = [0, pv.height, ...(pv.crop ?? []).map((c) => c[1])];
+  const x = Math.min(...xs);
+  const y = Math.min(...ys);
+  return { x, y, w: Math.max(...xs) - x, h: Math.max(...ys) - y };
 }
 
 async function loadPreview(id: string) {
@@ -378,7 +399,8 @@ function renderGallery() {
       const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Before and after: slide to compare" }) as HTMLInputElement;
       const setClip = () => (before.style.clipPath = `inset(0 ${100 - Number(slider.value)}% 0 0)`);
       slider.addEventListener("input", setClip);
-      before.addEventListener("error", () => before.remove(), { once: true });
+      // Photos are kept only while a job needs them (and in memory for this session's jobs).
+      before.addEventListener("error", () => (before.remove(), slider.remove()), { once: true });
       const msg = h("p", { class: "meta", role: "status" });
       items.push(
         h(
