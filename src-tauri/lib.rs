@@ -18,9 +18,7 @@ pub use state::{AppState, Config};
 /// The app's builder: commands, the image scheme, the dialog plugin, and the worker. `main` runs
 /// it with the real window; the tests with Tauri's mock runtime.
 pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri::Builder<R> {
-    let run_worker = config.run_worker;
     let state = AppState::new(config);
-    let for_setup = state.clone();
     let for_scheme = state.clone();
     builder
         .plugin(tauri_plugin_dialog::init())
@@ -32,21 +30,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri:
             // the responder is dropped and the image request fails; the page shows no image.)
             let _ = std::thread::Builder::new().name("likeness-image".into()).spawn(move || responder.respond(protocol::serve(&state, &path)));
         })
-        .setup(move |app| {
-            let state = for_setup.clone();
-            // Open the library (keyring, database, sweep of expired outputs) in the background so
-            // the window is interactive at once; commands wait for it if they come first.
-            let opener = state.clone();
-            std::thread::Builder::new().name("likeness-open".into()).spawn(move || {
-                if let Ok(lib) = opener.library() {
-                    let _ = lock_and_sweep(lib);
-                }
-            })?;
-            if run_worker {
-                worker::spawn(app.handle().clone(), state)?;
-            }
-            Ok(())
-        })
+        .setup(|app| Ok(start(app.handle())?))
         .on_window_event(|window, event| {
             if let tauri::WindowEvent::Destroyed = event {
                 window.app_handle().state::<AppState>().shutdown();
@@ -68,6 +52,23 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri:
             commands::delete_all_data,
             commands::preview_photo,
         ])
+}
+
+/// The background threads: open the library (keyring, database, sweep of expired outputs) so
+/// the window is interactive at once (commands wait for it if they come first), and the worker.
+/// Runs when the event loop is ready; tests call it themselves (the mock runtime has no loop).
+pub fn start<R: Runtime>(app: &tauri::AppHandle<R>) -> std::io::Result<()> {
+    let state = app.state::<AppState>().inner().clone();
+    let opener = state.clone();
+    std::thread::Builder::new().name("likeness-open".into()).spawn(move || {
+        if let Ok(lib) = opener.library() {
+            let _ = lock_and_sweep(lib);
+        }
+    })?;
+    if state.config.run_worker {
+        worker::spawn(app.clone(), state)?;
+    }
+    Ok(())
 }
 
 /// Outputs past their retention go at start-up (the sweeper also runs when retention changes).

@@ -32,6 +32,8 @@ pub fn app_with(config_for: impl FnOnce(&tempfile::TempDir) -> Config) -> TestAp
     let config = config_for(&dir);
     let app = likeness_app::builder(mock_builder(), config).build(mock_context(noop_assets())).expect("mock app builds");
     let webview = WebviewWindowBuilder::new(&app, "main", Default::default()).build().expect("mock window");
+    // What the event loop's setup does in the real app.
+    likeness_app::start(app.handle()).expect("background threads");
     TestApp { app, webview, dir }
 }
 

@@ -402,11 +402,13 @@ function renderGallery() {
       // Photos are kept only while a job needs them (and in memory for this session's jobs).
       before.addEventListener("error", () => (before.remove(), slider.remove()), { once: true });
       const msg = h("p", { class: "meta", role: "status" });
+      const compare = h("div", { class: "compare" }, h("img", { class: "after", src: img(`output/${o.id}`), alt: `Headshot from ${j.inputs[n] ?? "your photo"}` }), before, slider);
+      compare.style.aspectRatio = `${o.width} / ${o.height}`;
       items.push(
         h(
           "li",
           { class: "output", "data-output": o.id },
-          h("div", { class: "compare" }, h("img", { class: "after", src: img(`output/${o.id}`), alt: `Headshot from ${j.inputs[n] ?? "your photo"}` }), before, slider),
+          compare,
           h("p", { class: "meta" }, `${o.width}×${o.height} ${o.format.toUpperCase()} · ${formatBytes(o.size)}`),
           h("p", { class: "meta muted", "data-role": "expiry" }, daysLeftLabel(o.expires_at, nowSec())),
           h(
