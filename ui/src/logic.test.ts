@@ -65,6 +65,7 @@ describe("durations, progress and remaining time", () => {
     expect(timeLine({ ...base, state: "queued", started_at: null }, now)).toBe("Waiting to start");
     expect(timeLine({ ...base, state: "running", started_at: now - 10, progress: 0.5 }, now)).toBe("Elapsed 10 s · about 10 s left");
     expect(timeLine({ ...base, state: "running", started_at: now - 10, progress: 0.01 }, now)).toBe("Elapsed 10 s");
+    expect(timeLine({ ...base, state: "running", started_at: now - 1, progress: 0.7 }, now)).toBe("Elapsed 1 s · almost done");
     expect(timeLine({ ...base, state: "done", started_at: now - 50, finished_at: now - 20, progress: 1 }, now)).toBe("Elapsed 30 s");
   });
 });

@@ -54,7 +54,8 @@ export function timeLine(job: JobTimes, nowSec: number): string {
   const elapsed = `Elapsed ${formatDuration(end - job.started_at)}`;
   if (job.state !== "running") return elapsed;
   const rem = remainingSeconds(job.progress, job.started_at, nowSec);
-  return rem === null ? elapsed : `${elapsed} · about ${formatDuration(rem)} left`;
+  if (rem === null) return elapsed;
+  return rem < 1 ? `${elapsed} · almost done` : `${elapsed} · about ${formatDuration(rem)} left`;
 }
 
 const STAGES: Record<string, string> = {
