@@ -11,9 +11,6 @@ use image::imageops;
 
 use crate::support::*;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// Every file under `dir` with its bytes (symbolic links recorded by target, not followed).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

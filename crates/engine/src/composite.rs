@@ -6,9 +6,12 @@
 //!   2013), computed at reduced resolution and applied at full resolution (He and Sun, "Fast Guided
 //!   Filter", 2015), which pulls the segmentation's soft edge onto the photo's real edges and keeps
 //!   fractional alpha in hair;
-//! - foreground colour estimation where alpha is fractional ("blur fusion", Forte and Pitié,
-//!   "Approximate Fast Foreground Colour Estimation", ICIP 2021), so the old background does not
-//!   survive as a halo;
+//! - alpha re-estimation and foreground colours in the soft band: the local person and background
+//!   colours are confidence-weighted means (in the spirit of "blur fusion", Forte and Pitié,
+//!   "Approximate Fast Foreground Colour Estimation", ICIP 2021, but weighting by a^4 and (1-a)^4
+//!   so a mis-estimated band does not feed itself); alpha is re-solved from the compositing
+//!   equation where those colours differ, and the old background's local colour is subtracted
+//!   from the foreground, so it does not survive as a halo;
 //! - relight: colour-temperature and luminance matching toward the backdrop, a soft key light on
 //!   the face, a light wrap at the edges;
 //! - retouch: edge-preserving smoothing (a luminance-guided filter) of mid-frequency skin detail
@@ -143,48 +146,54 @@ pub struct FaceRegions {
 const BANDS: usize = 8;
 
 /// Mean over a (2r+1) x (2r+1) window with clamp-to-edge borders, in place; `c` interleaved channels.
+///
+/// Running sums in f32 (two passes, each through a scratch buffer so no pass copies its input);
+/// the order of operations is fixed, so results do not depend on the thread count.
 fn box_blur(data: &mut [f32], w: usize, h: usize, c: usize, r: usize) {
-    if r == 0 || w == 0 || h == 0 || data.len() != w * h * c {
+    if r == 0 || w == 0 || h == 0 || c == 0 || data.len() != w * h * c {
         return;
     }
-    let norm = 1.0 / (2 * r + 1) as f64;
-    // Horizontal pass, one row at a time.
-    data.par_chunks_mut(w * c).for_each(|row| {
-        let src = row.to_vec();
-        let at = |x: isize, k: usize| f64::from(src[(x.clamp(0, w as isize - 1) as usize) * c + k]);
-        for k in 0..c {
-            let mut sum: f64 = (-(r as isize)..=r as isize).map(|x| at(x, k)).sum();
-            for x in 0..w {
-                row[x * c + k] = (sum * norm) as f32;
-                let xi = x as isize;
-                sum += at(xi + r as isize + 1, k) - at(xi - r as isize, k);
+    let norm = 1.0 / (2 * r + 1) as f32;
+    let stride = w * c;
+    let mut tmp = vec![0f32; data.len()];
+    // Horizontal pass: data -> tmp, one row at a time, all channels together.
+    tmp.par_chunks_mut(stride).zip(data.par_chunks(stride)).for_each(|(out, row)| {
+        let mut sum = vec![0f32; c];
+        for (k, s) in sum.iter_mut().enumerate() {
+            *s = row[k] * (r + 1) as f32;
+            for x in 1..=r {
+                *s += row[x.min(w - 1) * c + k];
+            }
+        }
+        for (x, o) in out.chunks_exact_mut(c).enumerate() {
+            let (ai, si) = ((x + r + 1).min(w - 1) * c, x.saturating_sub(r) * c);
+            for (k, (ov, s)) in o.iter_mut().zip(sum.iter_mut()).enumerate() {
+                *ov = *s * norm;
+                *s += row[ai + k] - row[si + k];
             }
         }
     });
-    // Vertical pass: each band keeps running column sums.
-    let src = data.to_vec();
-    let stride = w * c;
+    // Vertical pass: tmp -> data, in fixed horizontal bands, each keeping running column sums.
     let band_rows = h.div_ceil(BANDS).max(1);
     let row_at = |y: isize| {
         let y = y.clamp(0, h as isize - 1) as usize;
-        &src[y * stride..(y + 1) * stride]
+        &tmp[y * stride..(y + 1) * stride]
     };
     data.par_chunks_mut(band_rows * stride).enumerate().for_each(|(band, out)| {
-        let y0 = band * band_rows;
-        let mut sums = vec![0f64; stride];
-        for y in (y0 as isize - r as isize)..=(y0 as isize + r as isize) {
+        let y0 = (band * band_rows) as isize;
+        let ri = r as isize;
+        let mut sums = vec![0f32; stride];
+        for y in (y0 - ri)..=(y0 + ri) {
             for (s, v) in sums.iter_mut().zip(row_at(y)) {
-                *s += f64::from(*v);
+                *s += *v;
             }
         }
         for (dy, orow) in out.chunks_mut(stride).enumerate() {
-            for (o, s) in orow.iter_mut().zip(&sums) {
-                *o = (*s * norm) as f32;
-            }
-            let y = (y0 + dy) as isize;
-            let (add, sub) = (row_at(y + r as isize + 1), row_at(y - r as isize));
-            for ((s, a), b) in sums.iter_mut().zip(add).zip(sub) {
-                *s += f64::from(*a) - f64::from(*b);
+            let y = y0 + dy as isize;
+            let (add, sub) = (row_at(y + ri + 1), row_at(y - ri));
+            for (((o, s), a), b) in orow.iter_mut().zip(sums.iter_mut()).zip(add).zip(sub) {
+                *o = *s * norm;
+                *s += *a - *b;
             }
         }
     });
@@ -221,20 +230,32 @@ fn downsample(data: &[f32], w: usize, h: usize, c: usize, f: usize) -> (Vec<f32>
     (out, lw, lh)
 }
 
-/// Bilinear sample of a low-resolution buffer (block factor `f`) at full-resolution pixel (x, y).
+/// Bilinear taps (low index, next index, weight of the next) from each of `n` full-resolution
+/// positions onto a grid of `n_low` cells of `f` pixels each; computed once per axis so per-pixel
+/// sampling is a few multiply-adds.
+type Taps = Vec<(usize, usize, f32)>;
+
+fn taps(n: usize, n_low: usize, f: usize) -> Taps {
+    let last = n_low.saturating_sub(1);
+    (0..n)
+        .map(|x| {
+            let fx = ((x as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, last as f32);
+            let x0 = (fx.floor() as usize).min(last);
+            (x0, (x0 + 1).min(last), fx - x0 as f32)
+        })
+        .collect()
+}
+
+/// Bilinear sample of the `c`-channel grid `low` (`lw` cells wide) at taps `tx`, `ty`.
 #[inline]
-fn upsample_at(low: &[f32], lw: usize, lh: usize, c: usize, f: usize, x: usize, y: usize, out: &mut [f32]) {
-    let fx = ((x as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, (lw - 1) as f32);
-    let fy = ((y as f32 + 0.5) / f as f32 - 0.5).clamp(0.0, (lh - 1) as f32);
-    let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(lw - 1), (y0 + 1).min(lh - 1));
-    let (tx, ty) = (fx - x0 as f32, fy - y0 as f32);
+fn bilerp(low: &[f32], lw: usize, c: usize, tx: (usize, usize, f32), ty: (usize, usize, f32), out: &mut [f32]) {
+    let (x0, x1, fx) = tx;
+    let (y0, y1, fy) = ty;
+    let (r0, r1) = (y0 * lw, y1 * lw);
     for (k, o) in out.iter_mut().enumerate().take(c) {
-        let v00 = low[(y0 * lw + x0) * c + k];
-        let v01 = low[(y0 * lw + x1) * c + k];
-        let v10 = low[(y1 * lw + x0) * c + k];
-        let v11 = low[(y1 * lw + x1) * c + k];
-        *o = (v00 * (1.0 - tx) + v01 * tx) * (1.0 - ty) + (v10 * (1.0 - tx) + v11 * tx) * ty;
+        let top = low[(r0 + x0) * c + k] * (1.0 - fx) + low[(r0 + x1) * c + k] * fx;
+        let bot = low[(r1 + x0) * c + k] * (1.0 - fx) + low[(r1 + x1) * c + k] * fx;
+        *o = top * (1.0 - fy) + bot * fy;
     }
 }
 
@@ -279,11 +300,12 @@ fn guided_filter_rgb(guide: &[f32], p: &[f32], w: usize, h: usize, r: usize, eps
         o.copy_from_slice(&[ar, ag, ab_, mp - ar * mr - ag * mg - ab_ * mb]);
     });
     box_blur(&mut ab, lw, lh, 4, rl);
+    let (xt, yt) = (taps(w, lw, sub), taps(h, lh, sub));
     let mut q = vec![0f32; w * h];
     q.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
         let mut c = [0f32; 4];
         for (x, o) in row.iter_mut().enumerate() {
-            upsample_at(&ab, lw, lh, 4, sub, x, y, &mut c);
+            bilerp(&ab, lw, 4, xt[x], yt[y], &mut c);
             let g = &guide[(y * w + x) * 3..(y * w + x) * 3 + 3];
             *o = c[0] * g[0] + c[1] * g[1] + c[2] * g[2] + c[3];
         }
@@ -425,7 +447,12 @@ fn luma(c: [f32; 3]) -> f32 {
 fn refine_matte(img: &[f32], person: &[f32], w: usize, h: usize) -> Vec<f32> {
     let short = w.min(h);
     let r = (short / 80).max(2);
-    let sub = if short >= 384 { 2 } else { 1 };
+    // The coefficients are smooth, so they are computed on a coarser grid as the crop grows.
+    let sub = match short {
+        768.. => 4,
+        384.. => 2,
+        _ => 1,
+    };
     let mut a = guided_filter_rgb(img, person, w, h, r, 2e-3, sub);
     a.par_iter_mut().for_each(|v| *v = ((*v - 0.04) / 0.92).clamp(0.0, 1.0));
     a
@@ -434,15 +461,20 @@ fn refine_matte(img: &[f32], person: &[f32], w: usize, h: usize) -> Vec<f32> {
 /// Alpha where the crop left the photo: the person continues downward from the photo's last row
 /// (shoulders cut by the bottom edge), fades out sideways, and the top is backdrop.
 fn extend_alpha(alpha: &mut [f32], inside: &[f32], w: usize, h: usize) {
+    // The usual case: the crop lies wholly inside the photo.
+    if inside.iter().all(|&i| i >= 1.0) {
+        return;
+    }
     let mut ext = vec![0f32; w * h];
     let mut filled = vec![false; w * h];
-    for x in 0..w {
-        let mut last: Option<f32> = None;
-        for y in 0..h {
+    // Downward, row by row, carrying each column's last value inside the photo.
+    let mut last: Vec<Option<f32>> = vec![None; w];
+    for y in 0..h {
+        for (x, l) in last.iter_mut().enumerate() {
             let i = y * w + x;
             if inside[i] >= 0.5 {
-                last = Some(alpha[i]);
-            } else if let Some(a) = last {
+                *l = Some(alpha[i]);
+            } else if let Some(a) = *l {
                 ext[i] = a;
                 filled[i] = true;
             }
@@ -481,40 +513,261 @@ fn extend_alpha(alpha: &mut [f32], inside: &[f32], w: usize, h: usize) {
     });
 }
 
-/// Foreground colours with the old background removed from fractional-alpha pixels (blur fusion,
-/// two passes: a wide one for the colour context and a narrow one for detail).
-fn estimate_foreground(img: &[f32], alpha: &[f32], w: usize, h: usize) -> Vec<f32> {
-    let short = w.min(h);
-    let mut fg = img.to_vec();
-    let mut bg = img.to_vec();
-    for r in [(short / 24).max(3), (short / 300).max(1)] {
-        // Channels: F*a (3), a, B*(1-a) (3), 1-a.
-        let mut m = vec![0f32; w * h * 8];
-        m.par_chunks_mut(8).enumerate().for_each(|(i, o)| {
-            let a = alpha[i];
-            let (f, b) = (&fg[i * 3..i * 3 + 3], &bg[i * 3..i * 3 + 3]);
-            o.copy_from_slice(&[f[0] * a, f[1] * a, f[2] * a, a, b[0] * (1.0 - a), b[1] * (1.0 - a), b[2] * (1.0 - a), 1.0 - a]);
-        });
-        box_blur(&mut m, w, h, 8, r);
-        fg.par_chunks_mut(3).zip(bg.par_chunks_mut(3)).enumerate().for_each(|(i, (f, b))| {
-            let s = &m[i * 8..i * 8 + 8];
-            let a = alpha[i];
-            let px = &img[i * 3..i * 3 + 3];
-            for k in 0..3 {
-                let fb = s[k] / (s[3] + 1e-5);
-                let bb = s[4 + k] / (s[7] + 1e-5);
-                f[k] = (fb + a * (px[k] - a * fb - (1.0 - a) * bb)).clamp(0.0, 1.0);
-                b[k] = bb;
+/// Local person and background colours around every pixel: means of the photo weighted by
+/// confidence (a^4 for the person, (1-a)^4 for the background, so pixels whose alpha is doubtful
+/// hardly count), over a (2r+1)^2 window, computed at reduced resolution (they are smooth) and
+/// sampled bilinearly. Where a window holds few confident pixels (a stray strand of hair far from
+/// the head) the mean leans on a 4x wider window, and past that on the whole crop's mean.
+struct LocalColours {
+    /// Per low-resolution pixel: person RGB, 1, background RGB, 1.
+    m: Vec<f32>,
+    lw: usize,
+    /// Full-resolution columns and rows onto the low-resolution grid.
+    xt: Taps,
+    yt: Taps,
+}
+
+/// Mean confidence weight below which a window's own colour gives way to the wider one.
+const LOCAL_FALLBACK: f32 = 0.02;
+
+/// Normalises weighted sums (`s[0..3]` by `s[3]`, `s[4..7]` by `s[7]`), leaning on `fallback`
+/// (normalised, same layout) in proportion to `k` where the weight is small.
+fn lean_on(s: &mut [f32], fallback: &[f32], k: f32) {
+    for (k0, kw) in [(0, 3), (4, 7)] {
+        let den = s[kw] + k;
+        for j in k0..k0 + 3 {
+            s[j] = (s[j] + k * fallback[j]) / den;
+        }
+        s[kw] = 1.0;
+    }
+}
+
+impl LocalColours {
+    fn new(img: &[f32], alpha: &[f32], w: usize, h: usize, r: usize) -> LocalColours {
+        let sub = match w.min(h) {
+            768.. => 4,
+            256.. => 2,
+            _ => 1,
+        };
+        // Weighted colours, block-averaged straight into the low-resolution grid.
+        let (lw, lh) = (w.div_ceil(sub), h.div_ceil(sub));
+        let mut m = vec![0f32; lw * lh * 8];
+        m.par_chunks_mut(lw * 8).enumerate().for_each(|(ly, orow)| {
+            let ys = ly * sub..((ly + 1) * sub).min(h);
+            let rows = ys.len();
+            for y in ys {
+                for x in 0..w {
+                    let i = y * w + x;
+                    let (a, p) = (alpha[i], &img[i * 3..i * 3 + 3]);
+                    let (a2, b2) = (a * a, (1.0 - a) * (1.0 - a));
+                    let (wf, wb) = (a2 * a2, b2 * b2);
+                    let o = &mut orow[(x / sub) * 8..(x / sub) * 8 + 8];
+                    for k in 0..3 {
+                        o[k] += p[k] * wf;
+                        o[4 + k] += p[k] * wb;
+                    }
+                    o[3] += wf;
+                    o[7] += wb;
+                }
+            }
+            for (lx, o) in orow.chunks_exact_mut(8).enumerate() {
+                let cols = ((lx + 1) * sub).min(w) - lx * sub;
+                let inv = 1.0 / (rows * cols) as f32;
+                for v in o.iter_mut() {
+                    *v *= inv;
+                }
             }
         });
+        let rl = (r / sub).max(1);
+        // The wider level: the same radius on a 4x coarser grid.
+        let (mut c, cw, ch) = downsample(&m, lw, lh, 8, 4);
+        box_blur(&mut m, lw, lh, 8, rl);
+        box_blur(&mut c, cw, ch, 8, rl);
+        // The crop's overall means, in a fixed summation order.
+        let mut total = [0f64; 8];
+        for px in c.chunks_exact(8) {
+            for (t, v) in total.iter_mut().zip(px) {
+                *t += f64::from(*v);
+            }
+        }
+        let mut global = [0f32; 8];
+        for (k0, kw) in [(0, 3), (4, 7)] {
+            for j in k0..k0 + 3 {
+                global[j] = if total[kw] > 1e-9 { (total[j] / total[kw]) as f32 } else { 0.5 };
+            }
+        }
+        c.par_chunks_mut(8).for_each(|s| lean_on(s, &global, 1e-3));
+        let (cxt, cyt) = (taps(lw, cw, 4), taps(lh, ch, 4));
+        m.par_chunks_mut(8 * lw).enumerate().for_each(|(y, row)| {
+            let mut fb = [0f32; 8];
+            for (x, s) in row.chunks_exact_mut(8).enumerate() {
+                bilerp(&c, cw, 8, cxt[x], cyt[y], &mut fb);
+                lean_on(s, &fb, LOCAL_FALLBACK);
+            }
+        });
+        LocalColours { m, lw, xt: taps(w, lw, sub), yt: taps(h, lh, sub) }
     }
-    // Opaque pixels keep the photo exactly.
-    fg.par_chunks_mut(3).zip(img.par_chunks(3)).zip(alpha.par_iter()).for_each(|((f, p), &a)| {
-        if a >= 0.999 {
-            f.copy_from_slice(p);
+
+    /// (person colour, background colour) at full-resolution pixel (x, y).
+    #[inline]
+    fn at(&self, x: usize, y: usize) -> ([f32; 3], [f32; 3]) {
+        let mut s = [0f32; 8];
+        bilerp(&self.m, self.lw, 8, self.xt[x], self.yt[y], &mut s);
+        ([s[0], s[1], s[2]], [s[4], s[5], s[6]])
+    }
+}
+
+/// Radius of the local colour windows: wide enough to reach confident pixels across the
+/// segmenter's soft edge.
+fn local_radius(w: usize, h: usize) -> usize {
+    (w.min(h) / 40).max(3)
+}
+
+/// How far apart the local person and background colours are (squared RGB distance `d2`, RGB in
+/// [0, 1]), as a trust in [0, 1]: none below 0.08, full from 0.25.
+fn separation(d2: f32) -> f32 {
+    let t = ((d2.sqrt() - 0.08) / (0.25 - 0.08)).clamp(0.0, 1.0);
+    t * t * (3.0 - 2.0 * t)
+}
+
+/// Alpha re-estimated in the matte's soft band from the colours around each pixel.
+///
+/// The segmenter's edge is blurred (it runs at low resolution), so the matte can be fractional over
+/// pure background; any foreground estimate that trusts such an alpha must explain the pixel as part
+/// person and so brings the old background's colour along (a halo on the new backdrop). Here each
+/// band pixel's alpha is its projection on the line from the local background colour `B` to the
+/// local person colour `F` (the compositing equation I = aF + (1-a)B solved for a). The projection
+/// is trusted in proportion to how far apart `F` and `B` are, fully from a distance of 0.25 (RGB in
+/// [0, 1]); where they are alike (dark hair on a dark wall) the matte stands. Pixels outside the
+/// photo keep their extended alpha.
+fn unmix_alpha(img: &[f32], alpha: &[f32], inside: &[f32], local: &LocalColours, w: usize) -> Vec<f32> {
+    let mut out = alpha.to_vec();
+    out.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        for (x, o) in row.iter_mut().enumerate() {
+            let i = y * w + x;
+            let a = alpha[i];
+            // Only the soft band: opaque and empty pixels stay (up to the blur's rounding), with a
+            // smooth hand-over at the band's ends.
+            let band = (12.0 * a * (1.0 - a)).min(1.0) * inside[i];
+            if band <= 0.025 {
+                continue;
+            }
+            let (f, b) = local.at(x, y);
+            let (mut d2, mut dot) = (0f32, 0f32);
+            for k in 0..3 {
+                d2 += (f[k] - b[k]) * (f[k] - b[k]);
+                dot += (img[i * 3 + k] - b[k]) * (f[k] - b[k]);
+            }
+            let conf = separation(d2) * band;
+            let proj = (dot / d2.max(1e-6)).clamp(0.0, 1.0);
+            // Lowering a nearly opaque matte is trusted less: a person pixel darker or lighter
+            // than the local person mean (a dark lapel beside a white collar) also projects low,
+            // and a hole in the person is worse than a faint person-coloured haze.
+            let conf = if proj < a { conf * (2.5 * (1.0 - a)).min(1.0) } else { conf };
+            *o = a + conf * (proj - a);
+        }
+    });
+    out
+}
+
+/// Foreground colours with the old background removed from fractional-alpha pixels.
+///
+/// With the local background colour `B` and person colour `F0` (confidence-weighted, so the soft
+/// band does not feed its own mixed colours back in), F = F0 + r where r = I - a F0 - (1-a) B is
+/// what the pixel holds beyond that mix. The old background enters F only through r, i.e. only as
+/// far as the real background differs from its local mean (texture), scaled by a in the composite;
+/// its mean colour is gone, so no halo. The part of r along `F0 - B` is an alpha error rather than
+/// a colour in the soft band (after [`unmix_alpha`] it is left only where the colours could not be
+/// trusted) and is dropped there; toward opaque pixels it is kept, so F meets the photo at a = 1.
+fn estimate_foreground(img: &[f32], alpha: &[f32], local: &LocalColours, w: usize) -> Vec<f32> {
+    let mut fg = img.to_vec();
+    fg.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        for (x, f) in row.chunks_exact_mut(3).enumerate() {
+            let i = y * w + x;
+            let a = alpha[i];
+            // Opaque pixels keep the photo exactly; empty ones are never seen.
+            if !(0.001..0.999).contains(&a) {
+                continue;
+            }
+            let (f0, b) = local.at(x, y);
+            let r: [f32; 3] = std::array::from_fn(|k| img[i * 3 + k] - a * f0[k] - (1.0 - a) * b[k]);
+            let d: [f32; 3] = std::array::from_fn(|k| f0[k] - b[k]);
+            let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+            let along = if d2 > 1e-6 { (r[0] * d[0] + r[1] * d[1] + r[2] * d[2]) / d2 } else { 0.0 };
+            // As in `unmix_alpha`: the direction F0 - B means something only where they differ.
+            let a2 = a * a;
+            let drop = along * (1.0 - a2 * a2) * separation(d2);
+            for k in 0..3 {
+                f[k] = (f0[k] + r[k] - drop * d[k]).clamp(0.0, 1.0);
+            }
         }
     });
     fg
+}
+
+/// Person colours outside the photo: the crop there holds copies of the photo's edge pixels, which
+/// would run on as streaks (a medal on the jacket's last row becomes a stripe to the bottom). They
+/// fade, over a distance of about 1/12 of the crop's short side, into a wide blur (sigma ~ 1/8 of
+/// the short side) of the person's colours inside the photo, so cut-off shoulders continue as
+/// smooth cloth.
+fn smooth_outside(fg: &mut [f32], alpha: &[f32], inside: &[f32], w: usize, h: usize) {
+    if inside.iter().all(|&i| i >= 1.0) {
+        return;
+    }
+    let short = w.min(h);
+    let f = (short / 192).max(1);
+    // Channels: person colour * weight (3), weight, inside. Block-averaged into the coarse grid.
+    let (lw, lh) = (w.div_ceil(f), h.div_ceil(f));
+    let mut low = vec![0f32; lw * lh * 5];
+    low.par_chunks_mut(lw * 5).enumerate().for_each(|(ly, orow)| {
+        let ys = ly * f..((ly + 1) * f).min(h);
+        let rows = ys.len();
+        for y in ys {
+            for x in 0..w {
+                let i = y * w + x;
+                let wt = alpha[i] * inside[i];
+                let o = &mut orow[(x / f) * 5..(x / f) * 5 + 5];
+                for k in 0..3 {
+                    o[k] += fg[i * 3 + k] * wt;
+                }
+                o[3] += wt;
+                o[4] += inside[i];
+            }
+        }
+        for (lx, o) in orow.chunks_exact_mut(5).enumerate() {
+            let inv = 1.0 / (rows * (((lx + 1) * f).min(w) - lx * f)) as f32;
+            for v in o.iter_mut() {
+                *v *= inv;
+            }
+        }
+    });
+    // The colour needs a wide reach (it must cover the whole extension and average out stripes);
+    // the hand-over from the edge copies a narrow one.
+    let mut ins: Vec<f32> = low.chunks_exact(5).map(|c| c[4]).collect();
+    let mut col: Vec<f32> = low.chunks_exact(5).flat_map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    soft_blur(&mut col, lw, lh, 4, (short / 8 / f).max(1));
+    soft_blur(&mut ins, lw, lh, 1, (short / 24 / f).max(1));
+    let (xt, yt) = (taps(w, lw, f), taps(h, lh, f));
+    fg.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        let (mut s, mut ib) = ([0f32; 4], [0f32; 1]);
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let out = 1.0 - inside[y * w + x];
+            if out <= 0.0 {
+                continue;
+            }
+            bilerp(&col, lw, 4, xt[x], yt[y], &mut s);
+            if s[3] < 1e-5 {
+                continue;
+            }
+            bilerp(&ins, lw, 1, xt[x], yt[y], &mut ib);
+            // The blurred inside mask is 1/2 on the photo's edge and falls off outside it.
+            let t = ((0.5 - ib[0]) * 2.0).clamp(0.0, 1.0);
+            let m = out * t * t * (3.0 - 2.0 * t);
+            for k in 0..3 {
+                px[k] += m * (s[k] / s[3] - px[k]);
+            }
+        }
+    });
 }
 
 /// Area-average (downscale) or bilinear (upscale) resize of `img` to cover `w x h`, centred.
@@ -587,31 +840,54 @@ fn render_backdrop(b: &Backdrop, img: &[f32], alpha: &[f32], inside: &[f32], w: 
         Backdrop::Blur => {
             // Normalised convolution of the background part (inside the photo only), so the
             // person's place and the area outside the photo fill from the surrounding background.
-            let mut m = vec![0f32; w * h * 4];
-            m.par_chunks_mut(4).enumerate().for_each(|(i, o)| {
-                let wt = (1.0 - alpha[i]).powi(2) * inside[i].clamp(0.0, 1.0);
-                o.copy_from_slice(&[img[i * 3] * wt, img[i * 3 + 1] * wt, img[i * 3 + 2] * wt, wt]);
+            // The blur is wide (sigma ~ short side / 14), so it runs on a grid ~192 px across
+            // (filled straight from the photo, block means) and is sampled back bilinearly.
+            let short = w.min(h);
+            let f = (short / 192).max(1);
+            let (lw, lh) = (w.div_ceil(f), h.div_ceil(f));
+            let mut low = vec![0f32; lw * lh * 4];
+            low.par_chunks_mut(lw * 4).enumerate().for_each(|(ly, orow)| {
+                let ys = ly * f..((ly + 1) * f).min(h);
+                let rows = ys.len();
+                for y in ys {
+                    for x in 0..w {
+                        let i = y * w + x;
+                        let wt = (1.0 - alpha[i]).powi(2) * inside[i].clamp(0.0, 1.0);
+                        let o = &mut orow[(x / f) * 4..(x / f) * 4 + 4];
+                        for k in 0..3 {
+                            o[k] += img[i * 3 + k] * wt;
+                        }
+                        o[3] += wt;
+                    }
+                }
+                for (lx, o) in orow.chunks_exact_mut(4).enumerate() {
+                    let inv = 1.0 / (rows * (((lx + 1) * f).min(w) - lx * f)) as f32;
+                    for v in o.iter_mut() {
+                        *v *= inv;
+                    }
+                }
             });
-            let rows: Vec<[f64; 4]> = m
-                .par_chunks(w * 4)
-                .map(|row| {
-                    row.chunks_exact(4).fold([0f64; 4], |a, p| {
-                        [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2]), a[3] + f64::from(p[3])]
-                    })
-                })
-                .collect();
-            let tot = rows.iter().fold([0f64; 4], |a, r| [a[0] + r[0], a[1] + r[1], a[2] + r[2], a[3] + r[3]]);
-            let mean = if tot[3] > 1.0 {
+            // The background's mean colour (over the grid's cells, in a fixed order) fills where
+            // no background is in reach.
+            let tot = low.chunks_exact(4).fold([0f64; 4], |a, p| {
+                [a[0] + f64::from(p[0]), a[1] + f64::from(p[1]), a[2] + f64::from(p[2]), a[3] + f64::from(p[3])]
+            });
+            let mean = if tot[3] * (f * f) as f64 > 1.0 {
                 [(tot[0] / tot[3]) as f32, (tot[1] / tot[3]) as f32, (tot[2] / tot[3]) as f32]
             } else {
                 rgb_f32(STUDIO_TOP)
             };
-            soft_blur(&mut m, w, h, 4, (w.min(h) / 14).max(2));
+            soft_blur(&mut low, lw, lh, 4, (short / 14 / f).max(2));
             let k = 2e-3;
+            let (xt, yt) = (taps(w, lw, f), taps(h, lh, f));
             let mut out = vec![0f32; w * h * 3];
-            out.par_chunks_mut(3).zip(m.par_chunks(4)).for_each(|(o, s)| {
-                for c in 0..3 {
-                    o[c] = (s[c] + k * mean[c]) / (s[3] + k);
+            out.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+                let mut s = [0f32; 4];
+                for (x, o) in row.chunks_exact_mut(3).enumerate() {
+                    bilerp(&low, lw, 4, xt[x], yt[y], &mut s);
+                    for c in 0..3 {
+                        o[c] = (s[c] + k * mean[c]) / (s[3] + k);
+                    }
                 }
             });
             out
@@ -761,13 +1037,16 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
     let inside_v: Vec<f32> = inside.as_raw().iter().map(|v| if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }).collect();
     let person_v: Vec<f32> = person.as_raw().iter().map(|v| if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }).collect();
 
-    // 1. Matte: edge-aware refinement, extension beyond the photo, a one-pixel feather.
+    // 1. Matte: edge-aware refinement, extension beyond the photo, a one-pixel feather, then alpha
+    //    re-estimated from the local colours where they tell person and background apart.
     let mut alpha = refine_matte(&img, &person_v, w, h);
     extend_alpha(&mut alpha, &inside_v, w, h);
     box_blur(&mut alpha, w, h, 1, 1);
+    let local = LocalColours::new(&img, &alpha, w, h, local_radius(w, h));
+    let alpha = unmix_alpha(&img, &alpha, &inside_v, &local, w);
 
     // 2. Foreground colours without the old background, then the retouch on top.
-    let mut fg = estimate_foreground(&img, &alpha, w, h);
+    let mut fg = estimate_foreground(&img, &alpha, &local, w);
     if let Some(rt) = retouch(&img, w, h, face, retouch_strength) {
         for y in 0..rt.bh {
             let row = &mut fg[((rt.y0 + y) * w + rt.x0) * 3..((rt.y0 + y) * w + rt.x0 + rt.bw) * 3];
@@ -776,6 +1055,8 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
             }
         }
     }
+
+    smooth_outside(&mut fg, &alpha, &inside_v, w, h);
 
     // 3. Backdrop.
     let backdrop = render_backdrop(&style.backdrop, &img, &alpha, &inside_v, w, h)?;
@@ -789,28 +1070,36 @@ pub fn studio(crop: &RgbImage, inside: &Mask, person: &Mask, face: &FaceRegions,
     };
     let key = [fc[0] - 0.3 * fwid, fc[1] - 0.2 * fwid];
     let sigma2 = 2.0 * (0.9 * fwid).powi(2);
-    let mut wrap = alpha.clone();
-    box_blur(&mut wrap, w, h, 1, (w.min(h) / 100).max(1));
+    // The wrap is a soft falloff, so its blur runs on a grid 4x coarser (sampled back bilinearly).
+    let wf = if w.min(h) >= 256 { 4 } else { 1 };
+    let (mut wrap_low, wlw, wlh) = downsample(&alpha, w, h, 1, wf);
+    box_blur(&mut wrap_low, wlw, wlh, 1, (w.min(h) / 100 / wf).max(1));
+    let (wxt, wyt) = (taps(w, wlw, wf), taps(h, wlh, wf));
 
+    // The key light's Gaussian is separable: exp(-(dx^2 + dy^2)/s) = exp(-dx^2/s) exp(-dy^2/s).
+    let gauss = |d: f32| (-d * d / sigma2).exp();
+    let gx: Vec<f32> = (0..w).map(|x| gauss(x as f32 + 0.5 - key[0])).collect();
     let mut out = RgbImage::new(wu, hu);
     out.as_mut().par_chunks_mut(w * 3).enumerate().for_each(|(y, orow)| {
         let yf = y as f32 + 0.5;
+        let gy = gauss(yf - key[1]);
         let fall = ((yf - chin) / (h as f32 - chin).max(1.0)).clamp(0.0, 1.0);
         let fall = fall * fall * (3.0 - 2.0 * fall);
+        let mut wrap = [0f32; 1];
         for x in 0..w {
             let i = y * w + x;
             let a = alpha[i];
-            let xf = x as f32 + 0.5;
-            let d2 = (xf - key[0]).powi(2) + (yf - key[1]).powi(2);
-            let light = 1.0 + relight * (0.10 * (-d2 / sigma2).exp() - 0.08 * fall);
-            let wr = relight * 0.35 * (1.0 - wrap[i]).clamp(0.0, 1.0);
+            bilerp(&wrap_low, wlw, 1, wxt[x], wyt[y], &mut wrap);
+            let light = 1.0 + relight * (0.10 * gx[x] * gy - 0.08 * fall);
+            let wr = relight * 0.35 * (1.0 - wrap[0]).clamp(0.0, 1.0);
             let dither = (BAYER4[(y % 4) * 4 + x % 4] + 0.5) / 16.0 - 0.5;
             for k in 0..3 {
                 let bk = backdrop[i * 3 + k];
                 let mut f = fg[i * 3 + k] * gains[k] * light;
                 f += wr * (bk - f);
                 let v = a * f + (1.0 - a) * bk;
-                orow[x * 3 + k] = (v * 255.0 + dither).round().clamp(0.0, 255.0) as u8;
+                // Round half up by truncation (non-negative after the clamp); `round()` is a libm call.
+                orow[x * 3 + k] = (v * 255.0 + dither + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
     });
@@ -860,6 +1149,34 @@ mod tests {
             }
         }
         assert!((d[10 * w + 10] - s / 9.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn box_blur_matches_a_naive_clamped_mean() {
+        // Sizes around the radius and the band count, borders included.
+        for (w, h, c, r) in [(9usize, 5usize, 3usize, 2usize), (4, 17, 2, 6), (31, 12, 1, 3)] {
+            let src: Vec<f32> = (0..w * h * c).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
+            let mut d = src.clone();
+            box_blur(&mut d, w, h, c, r);
+            let ri = r as isize;
+            for y in 0..h {
+                for x in 0..w {
+                    for k in 0..c {
+                        let mut s = 0.0;
+                        for dy in -ri..=ri {
+                            for dx in -ri..=ri {
+                                let yy = (y as isize + dy).clamp(0, h as isize - 1) as usize;
+                                let xx = (x as isize + dx).clamp(0, w as isize - 1) as usize;
+                                s += src[(yy * w + xx) * c + k];
+                            }
+                        }
+                        let want = s / ((2 * r + 1) * (2 * r + 1)) as f32;
+                        let got = d[(y * w + x) * c + k];
+                        assert!((got - want).abs() < 1e-5, "{w}x{h}x{c} r{r} at ({x},{y},{k}): {got} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub enum Preset {
     PassportEu,
     /// 2x2 in passport photo (United States).
     UsPassport,
-    /// 4:5 with a fixed head size and eye line, so a team page's portraits line up.
+    /// 1:1 (team pages commonly show 600x600) with a fixed head size and eye line, so a team
+    /// page's portraits line up.
     Team,
 }
 
@@ -51,8 +52,8 @@ impl Preset {
     /// Output aspect ratio as (width, height).
     pub fn aspect(&self) -> (u32, u32) {
         match self {
-            Preset::Square | Preset::UsPassport => (1, 1),
-            Preset::Portrait | Preset::Team => (4, 5),
+            Preset::Square | Preset::UsPassport | Preset::Team => (1, 1),
+            Preset::Portrait => (4, 5),
             Preset::PassportEu => (35, 45),
         }
     }
@@ -130,8 +131,10 @@ pub struct Framing {
 const CROWN_OVER_CHIN: f32 = 0.95;
 /// Crown above the forehead point, as a multiple of eye-to-chin.
 const CROWN_OVER_FOREHEAD: f32 = 0.40;
-/// The smallest output short side worth producing.
-const MIN_OUTPUT_SIDE: u32 = 16;
+/// The smallest output short side worth producing, and the smallest face crop (in source pixels)
+/// worth framing: the same 64 px the decoder's default limits ask of a whole photo. A face whose
+/// crop is smaller than this is a distant face in a crowd, not a headshot.
+const MIN_OUTPUT_SIDE: u32 = 64;
 
 /// Upright-frame measurements of a face (rotated so the eyes are level).
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +187,9 @@ pub fn estimate_crown(face: &FaceGeometry) -> Result<[f32; 2]> {
 /// Frames `face` in an `img_w x img_h` photo for `preset`.
 ///
 /// The output's short side is the crop's own resolution in source pixels, capped at
-/// `max_short_side` (no upscaling here; the caller upscales small crops).
+/// `max_short_side` (no upscaling here; the caller upscales small crops). A face whose crop
+/// spans fewer than 64 source pixels is refused with [`EngineError::TooSmall`] (reporting the
+/// crop's size), as is a `max_short_side` below 64 with [`EngineError::InvalidOption`].
 pub fn frame(face: &FaceGeometry, img_w: u32, img_h: u32, preset: Preset, max_short_side: u32) -> Result<Framing> {
     if max_short_side < MIN_OUTPUT_SIDE {
         return Err(EngineError::InvalidOption(format!(
@@ -203,10 +208,10 @@ pub fn frame(face: &FaceGeometry, img_w: u32, img_h: u32, preset: Preset, max_sh
     let crop_h = head_src / spec.head;
     let crop_w = crop_h * aspect;
     let short_src = crop_w.min(crop_h);
-    let out_short = (short_src.floor() as u32).min(max_short_side);
-    if out_short < MIN_OUTPUT_SIDE {
+    if !(short_src >= MIN_OUTPUT_SIDE as f32) {
         return Err(EngineError::TooSmall { width: crop_w as u32, height: crop_h as u32, min: MIN_OUTPUT_SIDE });
     }
+    let out_short = (short_src.floor() as u32).min(max_short_side);
     let (width, height) = if aw <= ah {
         (out_short, ((out_short as f32) * ah as f32 / aw as f32).round() as u32)
     } else {

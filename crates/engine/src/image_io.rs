@@ -221,7 +221,8 @@ fn hex_prefix(bytes: &[u8]) -> String {
 
 fn to_rgb_over_white(img: DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
-        return img.to_rgb8();
+        // `into_rgb8` hands an RGB8 buffer over without copying it.
+        return img.into_rgb8();
     }
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();

@@ -231,13 +231,13 @@ fn soften_extension(crop: &mut RgbImage, framing: &Framing, img_w: u32, img_h: u
         1.0 / (b[0] - a[0]).hypot(b[1] - a[1]).max(1e-6)
     };
     let (iw, ih) = (img_w as f32, img_h as f32);
-    let max_r = (w / 12).max(1);
+    let max_r = (w / 5).max(1);
     crop.as_mut().par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
         let radius: Vec<usize> = (0..w)
             .map(|x| {
                 let p = m.apply([x as f32 + 0.5, y as f32 + 0.5]);
                 let out = (-p[0]).max(p[0] - iw).max(-p[1]).max(p[1] - ih).max(0.0) * px;
-                ((out * 0.6) as usize).min(max_r)
+                if out > 0.0 { ((out * 1.5 + 0.02 * w as f32) as usize).min(max_r) } else { 0 }
             })
             .collect();
         if radius.iter().all(|&r| r == 0) {

@@ -170,8 +170,10 @@ fn huge_png_header_is_refused_fast() {
     let dt = t.elapsed().as_secs_f32();
     assert!(matches!(err, EngineError::TooManyPixels { width: 60000, height: 60000, .. }), "{err}");
     assert!(dt < 0.2, "refusal took {dt} s");
-    let err = decode(&bytes, &DecodeLimits { max_bytes: 100, ..DecodeLimits::default() }).expect_err("bytes");
-    assert!(matches!(err, EngineError::TooManyBytes { max_bytes: 100, .. }), "{err}");
+    // The header-only file is 65 bytes: a cap one byte below its size must refuse it by size.
+    let (len, cap) = (bytes.len() as u64, bytes.len() as u64 - 1);
+    let err = decode(&bytes, &DecodeLimits { max_bytes: cap, ..DecodeLimits::default() }).expect_err("bytes");
+    assert!(matches!(err, EngineError::TooManyBytes { bytes, max_bytes } if bytes == len && max_bytes == cap), "{err}");
     let small = png_of(&[7u8; 32 * 32 * 3], 32, 32, ExtendedColorType::Rgb8);
     let err = decode(&small, &DecodeLimits::default()).expect_err("small");
     assert!(matches!(err, EngineError::TooSmall { width: 32, height: 32, min: 64 }), "{err}");
@@ -237,14 +239,16 @@ fn decode_converts_grey_rgba_and_16_bit() {
     let d = decode(&png_of(la.as_raw(), 64, 64, ExtendedColorType::La8), &limits).expect("la");
     assert_eq!(d.image.get_pixel(0, 0).0, [255, 255, 255], "fully transparent becomes white");
 
-    let deep: Vec<u8> = (0..64 * 64).flat_map(|_| [0x80u8, 0x80, 0x20, 0x00, 0xFF, 0xFF]).collect();
+    // `ImageEncoder::write_image` takes 16-bit samples in native byte order (the PNG encoder
+    // swaps them to big-endian), so build the buffer from u16 values.
+    let deep: Vec<u8> = (0..64 * 64).flat_map(|_| [0x8080u16, 0x2000, 0xFFFF]).flat_map(u16::to_ne_bytes).collect();
     let d = decode(&png_of(&deep, 64, 64, ExtendedColorType::Rgb16), &limits).expect("16-bit");
     assert_eq!(d.image.get_pixel(9, 9).0, [128, 32, 255]);
 
-    let grey16: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_pixel(64, 64, Luma([0xFFFF]));
-    let raw: Vec<u8> = grey16.as_raw().iter().flat_map(|v| v.to_be_bytes()).collect();
+    let grey16: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_pixel(64, 64, Luma([0x4000]));
+    let raw: Vec<u8> = grey16.as_raw().iter().flat_map(|v| v.to_ne_bytes()).collect();
     let d = decode(&png_of(&raw, 64, 64, ExtendedColorType::L16), &limits).expect("grey16");
-    assert_eq!(d.image.get_pixel(1, 1).0, [255, 255, 255]);
+    assert_eq!(d.image.get_pixel(1, 1).0, [64, 64, 64]);
 }
 
 #[test]
@@ -303,10 +307,12 @@ fn to_dst(fr: &likeness_engine::framing::Framing, p: [f32; 2]) -> [f32; 2] {
 
 #[test]
 fn framing_levels_eyes_and_sizes_heads_per_preset() {
+    // Eye distance 380 px: every preset's crop holds more than 1024 source pixels on its short
+    // side (the tightest, passport-eu, about 1060), and fits inside the 6000x4500 photo.
     for roll in [-14.0f32, 0.0, 9.0] {
-        let face = face_at([2000.0, 1400.0], 260.0, roll);
+        let face = face_at([3000.0, 1900.0], 380.0, roll);
         for preset in Preset::ALL {
-            let fr = frame(&face, 4000, 3000, preset, 1024).expect("frame");
+            let fr = frame(&face, 6000, 4500, preset, 1024).expect("frame");
             let (aw, ah) = preset.aspect();
             let ratio = fr.width as f32 / fr.height as f32;
             assert!((ratio - aw as f32 / ah as f32).abs() < 0.005, "{preset}: {}x{}", fr.width, fr.height);
@@ -342,6 +348,21 @@ fn framing_levels_eyes_and_sizes_heads_per_preset() {
             }
         }
     }
+}
+
+#[test]
+fn framing_keeps_the_crops_own_resolution_below_1024() {
+    // Eye distance 260 px: the passport-eu crop (head 34/45 of the height, 35:45) spans only about
+    // 726 source pixels across, so the output keeps that resolution (no upscaling) while the looser
+    // presets still reach 1024.
+    let face = face_at([2000.0, 1400.0], 260.0, 0.0);
+    let eu = frame(&face, 4000, 3000, Preset::PassportEu, 1024).expect("eu");
+    let scale = eu.src_from_dst.a.hypot(eu.src_from_dst.d);
+    assert!(eu.width > 700 && eu.width < 1024, "{}x{}", eu.width, eu.height);
+    assert!(scale >= 1.0 && scale < 1.0 + 2.0 / eu.width as f32, "source px per output px {scale}");
+    let sq = frame(&face, 4000, 3000, Preset::Square, 1024).expect("square");
+    assert_eq!((sq.width, sq.height), (1024, 1024));
+    assert!(sq.src_from_dst.a.hypot(sq.src_from_dst.d) > 1.0);
 }
 
 #[test]
