@@ -147,7 +147,7 @@ fn preset_label(p: Preset) -> &'static str {
         Preset::Portrait => "Portrait 4:5",
         Preset::PassportEu => "Passport 35x45 mm (EU)",
         Preset::UsPassport => "Passport 2x2 in (US)",
-        Preset::Team => "Team page 4:5 (aligned eyes)",
+        Preset::Team => "Team page 1:1 (aligned eyes)",
     }
 }
 

@@ -100,6 +100,29 @@ def drive_save_dialog(path, errors):
         errors.append(f"driving the save dialog failed: {e}")
 
 
+def drive_open_dialog(path, errors):
+    """Picks `path` in the GTK open dialog titled "Choose 1 to 3 photos of yourself"."""
+    try:
+        win = subprocess.run(
+            ["xdotool", "search", "--sync", "--name", "Choose 1 to 3 photos"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        if not win:
+            errors.append("the open dialog did not appear")
+            return
+        time.sleep(0.8)
+        subprocess.run(["xdotool", "windowfocus", "--sync", win[-1]], check=True, timeout=10)
+        # Ctrl+L opens GTK's location bar; give it a moment before typing the path.
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+l"], check=True, timeout=10)
+        time.sleep(0.6)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+a"], check=True, timeout=10)
+        subprocess.run(["xdotool", "type", "--delay", "20", path], check=True, timeout=30)
+        time.sleep(0.5)
+        screen_shot("09-open-dialog")
+        subprocess.run(["xdotool", "key", "Return"], check=True, timeout=10)
+    except Exception as e:
+        errors.append(f"driving the open dialog failed: {e}")
+
+
 def main(app):
     results = []
     export_dir = Path(tempfile.mkdtemp(prefix="likeness-e2e-export-"))
@@ -208,19 +231,35 @@ def main(app):
 
         step("export through the native save dialog", export)
 
+        def pick_with_dialog():
+            click(driver, "#tab-create")
+            errors = []
+            t = threading.Thread(target=drive_open_dialog, args=(str(PHOTO), errors))
+            t.start()
+            click(driver, "#pick")
+            t.join(90)
+            assert not errors, errors
+            wait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 1)
+            name = driver.find_element(By.CSS_SELECTOR, "#staged li .name").get_attribute("title")
+            assert name == PHOTO.name, name
+
+        step("choose a photo with the native open dialog", pick_with_dialog)
+
         def delete_all():
             click(driver, "#tab-prefs")
-            shot(driver, "09-preferences")
+            shot(driver, "10-preferences")
             click(driver, "#delete-all")
             wait(driver).until(lambda d: d.execute_script("return document.getElementById('confirm-delete').open"))
-            shot(driver, "10-confirm-delete")
+            shot(driver, "11-confirm-delete")
             click(driver, "#confirm-yes")
             wait(driver, 30).until(lambda d: "deleted" in d.find_element(By.ID, "delete-msg").text)
             click(driver, "#tab-gallery")
             wait(driver).until(lambda d: d.find_element(By.ID, "gallery-empty").is_displayed())
             assert not driver.find_elements(By.CSS_SELECTOR, "#outputs li")
             assert exported.is_file(), "exported files are the person's: delete all must not touch them"
-            shot(driver, "11-after-delete-all")
+            shot(driver, "12-after-delete-all")
+            click(driver, "#tab-create")
+            assert not driver.find_elements(By.CSS_SELECTOR, "#staged li"), "photos waiting for a job are data too"
 
         step("delete all my data, with confirmation", delete_all)
     finally:
@@ -233,7 +272,7 @@ def main(app):
             time.sleep(0.5)
             assert not d2.execute_script("return document.getElementById('privacy').open"), "notice shown again"
             assert not d2.find_elements(By.CSS_SELECTOR, "#jobs li")
-            shot(d2, "12-restart")
+            shot(d2, "13-restart")
         finally:
             d2.quit()
 
