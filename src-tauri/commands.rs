@@ -39,6 +39,8 @@ pub struct AppInfo {
     pub privacy_acknowledged: bool,
     pub retention_days: Option<u32>,
     pub key_kind: Option<&'static str>,
+    /// Where the encrypted data lives, for Preferences (shown, never sent back).
+    pub data_dir: Option<String>,
     pub presets: Vec<Choice>,
     pub backdrops: Vec<Choice>,
     pub formats: Vec<Choice>,
@@ -195,7 +197,9 @@ pub fn app_info(state: State<'_, AppState>) -> AppInfo {
         Err(e) => (Some(e), None, None),
     };
     let privacy_acknowledged = privacy_file(&state).map(|p| p.is_file()).unwrap_or(false);
+    let data_dir = state.data_dir().ok().map(|d| d.display().to_string());
     AppInfo {
+        data_dir,
         version: env!("CARGO_PKG_VERSION"),
         library_error,
         privacy_acknowledged,

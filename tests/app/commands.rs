@@ -12,6 +12,7 @@ fn app_info_and_privacy_notice_acknowledged_once() {
     assert_eq!(info["privacy_acknowledged"], false);
     assert_eq!(info["retention_days"], 30);
     assert_eq!(info["key_kind"], "passphrase");
+    assert_eq!(info["data_dir"].as_str(), Some(t.dir.path().join("data").to_string_lossy().as_ref()));
     assert_eq!(info["max_photos"], 3);
     let presets: Vec<&str> = info["presets"].as_array().expect("presets").iter().filter_map(|p| p["value"].as_str()).collect();
     assert!(presets.contains(&"square") && presets.contains(&"passport-eu"), "{presets:?}");

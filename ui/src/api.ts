@@ -29,6 +29,7 @@ export interface AppInfo {
   privacy_acknowledged: boolean;
   retention_days: number | null;
   key_kind: string | null;
+  data_dir: string | null;
   presets: Choice[];
   backdrops: Choice[];
   formats: Choice[];

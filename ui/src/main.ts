@@ -497,6 +497,7 @@ async function start() {
   fillSelect("format", info.formats);
   updateSwatch();
   $input("retention").value = String(info.retention_days ?? 30);
+  $("data-dir").textContent = info.data_dir ?? "";
   $("key-kind").textContent = info.key_kind === "passphrase" ? "key from your passphrase" : "key in the OS keyring";
   renderStaged();
   if (!info.privacy_acknowledged) {
