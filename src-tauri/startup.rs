@@ -1,4 +1,4 @@
-//! Start-up timing for `likeness-startup-bench`: with `LIKENESS_STARTUP_LOG=1`, the page's first
+//! Start-up timing for the `startup_bench` example: with `LIKENESS_STARTUP_LOG=1`, the page's first
 //! call (made once the UI is drawn and its handlers are attached) prints one line to stderr.
 
 use std::sync::Once;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the desktop app in a real window (Xvfb + tauri-driver + WebKitWebDriver), then
-# the start-up benchmark. Needs the release build of likeness-app and likeness-startup-bench
-# (`cargo build --release -p likeness-app --bins`) and the selenium venv (tools/setup.sh).
+# the start-up benchmark. Needs the release build of likeness-app (`cargo build --release -p
+# likeness-app --bins`), the bench example (built by `cargo test --workspace --release`, or
+# `cargo build --release -p likeness-app --example startup_bench`) and the selenium venv (tools/setup.sh).
 # A private data folder and passphrase each run; inside tools/test.sh's D-Bus session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ run() {
     .ci/venv/bin/python tests/e2e/test_e2e.py "$0" || rc=$?
     kill $TD 2>/dev/null; wait $TD 2>/dev/null || true
     # Start-up: median time to the page'"'"'s first command over 5 launches (target < 2 s).
-    target/release/likeness-startup-bench "$0" 5 || rc=$?
+    target/release/examples/startup_bench "$0" 5 || rc=$?
     exit $rc' "$APP"
 }
 

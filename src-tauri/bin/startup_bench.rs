@@ -2,7 +2,7 @@
 //! the median time from process start to the page's first command, i.e. an interactive window.
 //! Needs a display (run it under `xvfb-run`).
 //!
-//! Usage: likeness-startup-bench [APP_BINARY] [RUNS]   (defaults: the sibling likeness-app, 7)
+//! Usage: startup_bench [APP_BINARY] [RUNS]   (defaults: target/release/likeness-app, 7)
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,7 +18,11 @@ const TARGET: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let app = args.next().map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("likeness-app"))).unwrap_or_else(|| PathBuf::from("likeness-app"))
+        // target/release/examples/startup_bench -> target/release/likeness-app
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().and_then(|d| d.parent()).map(|d| d.join("likeness-app")))
+            .unwrap_or_else(|| PathBuf::from("likeness-app"))
     });
     let runs: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(7).max(1);
     let mut times = Vec::with_capacity(runs);
@@ -29,7 +33,7 @@ fn main() -> ExitCode {
                 times.push(t);
             }
             Err(e) => {
-                eprintln!("likeness-startup-bench: run {}: {e}", i + 1);
+                eprintln!("startup_bench: run {}: {e}", i + 1);
                 return ExitCode::FAILURE;
             }
         }
