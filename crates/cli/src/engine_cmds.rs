@@ -201,21 +201,7 @@ pub fn segment(global: &Global, a: SegmentArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bundled assets folder: $LIKENESS_ASSETS_DIR, next to the executable, or the source tree.
-pub fn assets_dir() -> Option<PathBuf> {
-    let mut c = Vec::new();
-    if let Some(d) = std::env::var_os("LIKENESS_ASSETS_DIR") {
-        c.push(PathBuf::from(d));
-    }
-    if let Some(exe) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
-        c.push(exe.join("assets"));
-        c.push(exe.join("../share/likeness/assets"));
-        c.push(exe.join("../lib/likeness/assets"));
-        c.push(exe.join("../Resources/assets"));
-    }
-    c.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    c.into_iter().find(|p| p.join("backdrops").is_dir())
-}
+pub use likeness_core::models::assets_dir;
 
 pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
     let settings = a.style.settings();

@@ -135,7 +135,12 @@ pub fn work_queue(
     threads: usize,
     show: bool,
 ) -> Result<likeness_core::worker::RunReport> {
-    let queued = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?.list_jobs()?;
+    let queued = {
+        let mut l = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
+        // The retention sweeper runs whenever work starts (and with `likeness sweep`).
+        l.sweep()?;
+        l.list_jobs()?
+    };
     let pending = queued.iter().filter(|j| !j.state.is_finished()).count();
     crate::catch_ctrl_c();
     let bar = JobBar::new(pending, show);
@@ -272,24 +277,11 @@ pub fn fill_template(template: &str, job: &JobInfo, o: &OutputInfo, n: usize) ->
         .unwrap_or_else(|| "headshot".into());
     let preset = StudioSettings::from_json(&job.settings_json).map(|s| s.preset).unwrap_or_else(|_| "headshot".into());
     let date = rfc3339(o.created_at).get(..10).unwrap_or_default().to_string();
-    let mut s = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        s.push_str(&rest[..start]);
-        let end = rest[start..].find('}').map(|e| start + e).with_context(|| format!("--name '{template}': a '{{' is not closed"))?;
-        match &rest[start + 1..end] {
-            "input" => s.push_str(&input),
-            "preset" => s.push_str(&preset),
-            "n" => s.push_str(&n.to_string()),
-            "job" => s.push_str(&job.id.0),
-            "id" => s.push_str(&o.id.0),
-            "date" => s.push_str(&date),
-            other => anyhow::bail!("--name: unknown placeholder {{{other}}}; use {{input}}, {{preset}}, {{n}}, {{job}}, {{id}} or {{date}}"),
-        }
-        rest = &rest[end + 1..];
-    }
-    s.push_str(rest);
-    Ok(output::safe_stem(&s))
+    let n = n.to_string();
+    Ok(likeness_core::files::fill_template(
+        template,
+        &[("input", &input), ("preset", &preset), ("n", &n), ("job", &job.id.0), ("id", &o.id.0), ("date", &date)],
+    )?)
 }
 
 /// Exports outputs to `dir` under names from `template`; returns (output id, path) pairs.

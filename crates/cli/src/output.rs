@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use likeness_core::files::safe_stem;
-
 /// See [`likeness_core::files::write_new`]: never overwrites, never follows a planted symlink.
 pub fn write_new(dir: &Path, stem: &str, ext: &str, bytes: &[u8]) -> Result<PathBuf> {
     Ok(likeness_core::files::write_new(dir, stem, ext, bytes)?)

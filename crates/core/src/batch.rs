@@ -287,28 +287,8 @@ fn output_ext(format: &str) -> &str {
 
 fn fill(template: &str, rel: &Path, preset: &str, n: usize) -> Result<String> {
     let stem = rel.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "headshot".into());
-    let mut s = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        s.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .map(|e| start + e)
-            .ok_or_else(|| CoreError::InvalidSettings(format!("name template '{template}': a '{{' is not closed")))?;
-        match &rest[start + 1..end] {
-            "stem" | "input" => s.push_str(&stem),
-            "preset" => s.push_str(preset),
-            "n" => s.push_str(&n.to_string()),
-            other => {
-                return Err(CoreError::InvalidSettings(format!(
-                    "name template: unknown placeholder {{{other}}}; use {{stem}}, {{preset}} or {{n}}"
-                )))
-            }
-        }
-        rest = &rest[end + 1..];
-    }
-    s.push_str(rest);
-    Ok(files::safe_stem(&s))
+    let n = n.to_string();
+    files::fill_template(template, &[("stem", &stem), ("input", &stem), ("preset", preset), ("n", &n)])
 }
 
 /// Checks a name template before anything runs.

@@ -84,9 +84,14 @@ pub(crate) fn connect(path: &Path) -> Result<Connection> {
     let err = |e| CoreError::db(path, e);
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+    // Every statement of this crate is prepared once per connection and reused.
+    conn.set_prepared_statement_cache_capacity(96);
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(CoreError::Database { path: path.into(), detail: format!("could not enable WAL (journal mode is {mode})") });
+        return Err(CoreError::Database {
+            path: path.into(),
+            detail: format!("could not enable WAL (journal mode is {mode})"),
+        });
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;").map_err(err)?;
     Ok(conn)

@@ -29,7 +29,10 @@ pub struct DoctorReport {
 
 impl DoctorReport {
     pub fn is_healthy(&self) -> bool {
-        self.integrity_ok && self.orphan_files.is_empty() && self.missing_files.is_empty() && self.pending_deletions == 0
+        self.integrity_ok
+            && self.orphan_files.is_empty()
+            && self.missing_files.is_empty()
+            && self.pending_deletions == 0
     }
 }
 
@@ -39,8 +42,12 @@ impl Library {
     pub(crate) fn orphan_files(&self) -> Result<Vec<PathBuf>> {
         let err = self.dberr();
         let known: HashSet<String> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM blobs").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<HashSet<String>>>().map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("SELECT id FROM blobs").map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<HashSet<String>>>()
+                .map_err(&err)?;
             v
         };
         let vault = self.paths.vault();
@@ -75,13 +82,17 @@ impl Library {
         let err = self.dberr();
         let mut report = DoctorReport::default();
         let mut msgs: Vec<String> = {
-            let mut stmt = self.conn.prepare("PRAGMA integrity_check").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("PRAGMA integrity_check").map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(&err)?;
             v
         };
         msgs.retain(|m| m != "ok");
         {
-            let mut stmt = self.conn.prepare("PRAGMA foreign_key_check").map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("PRAGMA foreign_key_check").map_err(&err)?;
             let fk = stmt
                 .query_map([], |r| Ok(format!("foreign key violation in table {}", r.get::<_, String>(0)?)))
                 .map_err(&err)?
@@ -91,37 +102,49 @@ impl Library {
         }
         report.integrity_ok = msgs.is_empty();
         report.integrity_messages = msgs;
-        report.pending_deletions =
-            self.conn.query_row("SELECT COUNT(*) FROM blobs WHERE deleting = 1", [], |r| r.get::<_, i64>(0)).map_err(&err)? as usize;
-        let hw: Option<String> =
-            rusqlite::OptionalExtension::optional(self.conn.query_row("SELECT value FROM meta WHERE key = 'high_water'", [], |r| r.get(0)))
-                .map_err(&err)?;
+        report.pending_deletions = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM blobs WHERE deleting = 1")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(&err)? as usize;
+        let hw: Option<String> = rusqlite::OptionalExtension::optional(
+            self.conn
+                .prepare_cached("SELECT value FROM meta WHERE key = 'high_water'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0))),
+        )
+        .map_err(&err)?;
         let now = self.now();
         report.clock_ahead_secs = hw.and_then(|h| h.parse::<i64>().ok()).map_or(0, |h| (h - now).max(0));
 
         report.orphan_files = self.orphan_files()?;
 
         let live: Vec<(String, String)> = {
-            let mut stmt = self.conn.prepare("SELECT id, kind FROM blobs WHERE deleting = 0").map_err(&err)?;
-            let v = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(&err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("SELECT id, kind FROM blobs WHERE deleting = 0").map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&err)?;
             v
         };
         let missing: Vec<(String, String)> = live.into_iter().filter(|(id, _)| !self.paths.blob(id).exists()).collect();
         for (blob, kind) in &missing {
             let what: Option<String> = if kind == "output" {
-                rusqlite::OptionalExtension::optional(self.conn.query_row(
-                    "SELECT 'output ' || id FROM outputs WHERE blob_id = ?1",
-                    [blob],
-                    |r| r.get(0),
-                ))
+                rusqlite::OptionalExtension::optional(
+                    self.conn
+                        .prepare_cached("SELECT 'output ' || id FROM outputs WHERE blob_id = ?1")
+                        .and_then(|mut s| s.query_row([blob], |r| r.get(0))),
+                )
                 .map_err(&err)?
             } else {
-                rusqlite::OptionalExtension::optional(self.conn.query_row(
-                    "SELECT 'input ' || i.name || ' of job ' || COALESCE(ji.job_id, '-') FROM inputs i
+                rusqlite::OptionalExtension::optional(
+                    self.conn
+                        .prepare_cached(
+                            "SELECT 'input ' || i.name || ' of job ' || COALESCE(ji.job_id, '-') FROM inputs i
                      LEFT JOIN job_inputs ji ON ji.input_id = i.id WHERE i.blob_id = ?1 LIMIT 1",
-                    [blob],
-                    |r| r.get(0),
-                ))
+                        )
+                        .and_then(|mut s| s.query_row([blob], |r| r.get(0))),
+                )
                 .map_err(&err)?
             };
             report.missing_files.push(what.unwrap_or_else(|| format!("{kind} file {blob}")));
@@ -141,13 +164,10 @@ impl Library {
                 let err = |e| CoreError::db(&path, e);
                 let tx = db::immediate(&mut self.conn).map_err(err)?;
                 for (blob, _) in &missing {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'failed', error = 'a photo of this job is missing from the vault; add the photo again',
+                    tx.prepare_cached("UPDATE jobs SET state = 'failed', error = 'a photo of this job is missing from the vault; add the photo again',
                          finished_at = ?2, updated_at = ?2
                          WHERE state IN ('queued', 'running') AND id IN (
-                            SELECT ji.job_id FROM job_inputs ji JOIN inputs i ON i.id = ji.input_id WHERE i.blob_id = ?1)",
-                        rusqlite::params![blob, now],
-                    )
+                            SELECT ji.job_id FROM job_inputs ji JOIN inputs i ON i.id = ji.input_id WHERE i.blob_id = ?1)").and_then(|mut s| s.execute(rusqlite::params![blob, now]))
                     .map_err(err)?;
                 }
                 let ids: Vec<String> = missing.iter().map(|(b, _)| b.clone()).collect();

@@ -11,13 +11,10 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 pub enum CoreError {
     #[error("the disk holding {path} is full; free some space (or delete old jobs) and try again - nothing was saved half-way")]
     DiskFull { path: PathBuf },
-    #[error("could not {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message (not a `source`), so it is shown once however the
+    // error is printed.
+    #[error("could not {action} {path}: {err}")]
+    Io { action: &'static str, path: PathBuf, err: std::io::Error },
     #[error("the job database {path} failed: {detail}; run `likeness doctor` to check it")]
     Database { path: PathBuf, detail: String },
     #[error("the job database {path} was written by a newer Likeness (schema version {found}, this build knows up to {supported}); update Likeness")]
@@ -58,7 +55,7 @@ impl CoreError {
         if is_disk_full(&source) {
             CoreError::DiskFull { path }
         } else {
-            CoreError::Io { action, path, source }
+            CoreError::Io { action, path, err: source }
         }
     }
 
@@ -75,6 +72,20 @@ impl CoreError {
 
 /// ENOSPC and EDQUOT both mean "no room left" to the user.
 pub(crate) fn is_disk_full(err: &std::io::Error) -> bool {
-    err.kind() == std::io::ErrorKind::StorageFull
-        || matches!(err.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(err.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    }
+    // ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+    #[cfg(windows)]
+    {
+        matches!(err.raw_os_error(), Some(39 | 112))
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        false
+    }
 }

@@ -73,6 +73,29 @@ pub fn replace_own_file(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Fills a file name template such as `{input}-{preset}-{n}` from `values` (placeholder, value)
+/// and makes the result a safe file name stem (see [`safe_stem`]).
+pub fn fill_template(template: &str, values: &[(&str, &str)]) -> Result<String> {
+    let known = || values.iter().map(|(k, _)| format!("{{{k}}}")).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .map(|e| start + e)
+            .ok_or_else(|| CoreError::InvalidSettings(format!("name template '{template}': a '{{' is not closed")))?;
+        let key = &rest[start + 1..end];
+        match values.iter().find(|(k, _)| *k == key) {
+            Some((_, v)) => out.push_str(v),
+            None => return Err(CoreError::InvalidSettings(format!("name template: unknown placeholder {{{key}}}; use {}", known()))),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(safe_stem(&out))
+}
+
 /// A file name stem made safe for any file system (no separators, no control or reserved characters).
 pub fn safe_stem(s: &str) -> String {
     let cleaned: String = s.chars().map(|c| if c.is_control() || "/\\:*?\"<>|".contains(c) { '_' } else { c }).collect();
@@ -86,7 +109,13 @@ pub fn safe_stem(s: &str) -> String {
 
 /// Reads a user's photo, refusing folders and oversized files before reading them.
 pub fn read_photo(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).map_err(|e| CoreError::io("open the photo", path, e))?;
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CoreError::InvalidInput(format!("{}: cannot open the photo: there is no such file", path.display())),
+        io::ErrorKind::PermissionDenied => {
+            CoreError::InvalidInput(format!("{}: cannot open the photo: permission denied; check the file's permissions", path.display()))
+        }
+        _ => CoreError::io("open the photo", path, e),
+    })?;
     if meta.is_dir() {
         return Err(CoreError::InvalidInput(format!("{}: is a folder, not a photo (use `likeness batch` for folders)", path.display())));
     }

@@ -109,9 +109,7 @@ impl MemoryKeyStore {
         }
     }
     fn map(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>>> {
-        self.entries
-            .lock()
-            .map_err(|_| CoreError::KeyringUnavailable { detail: "in-memory key store poisoned".into() })
+        self.entries.lock().map_err(|_| CoreError::KeyringUnavailable { detail: "in-memory key store poisoned".into() })
     }
 }
 
@@ -232,7 +230,12 @@ pub(crate) fn resolve(
                 Ok(_) => from_store(store, paths, vault_id, existing),
                 Err(e) => match passphrase {
                     Some(p) => from_passphrase(&p, paths, vault_id, existing),
-                    None => Err(CoreError::NoKeySource { keyring_detail: e.to_string() }),
+                    None => Err(CoreError::NoKeySource {
+                        keyring_detail: match e {
+                            CoreError::KeyringUnavailable { detail } => detail,
+                            other => other.to_string(),
+                        },
+                    }),
                 },
             },
         },
@@ -261,8 +264,10 @@ fn from_store(
                     location: format!("{location}; this library was created with {PASSPHRASE_ENV}"),
                 });
             }
-            let bytes = stored.ok_or_else(|| CoreError::KeyMissing { data_dir: paths.root.clone(), location: location.clone() })?;
-            let key = to_key(&bytes).ok_or_else(|| CoreError::WrongKey { data_dir: paths.root.clone(), location: location.clone() })?;
+            let bytes = stored
+                .ok_or_else(|| CoreError::KeyMissing { data_dir: paths.root.clone(), location: location.clone() })?;
+            let key = to_key(&bytes)
+                .ok_or_else(|| CoreError::WrongKey { data_dir: paths.root.clone(), location: location.clone() })?;
             if !vault::verify_key_check(&key, vault_id, &record.check) {
                 return Err(CoreError::WrongKey { data_dir: paths.root.clone(), location });
             }
@@ -306,7 +311,8 @@ fn from_passphrase(
                     location: format!("{PASSPHRASE_ENV}; this library keeps its key in the OS keyring"),
                 });
             }
-            let salt = salt.ok_or_else(|| CoreError::KeyMissing { data_dir: paths.root.clone(), location: location.clone() })?;
+            let salt =
+                salt.ok_or_else(|| CoreError::KeyMissing { data_dir: paths.root.clone(), location: location.clone() })?;
             let key = derive(passphrase, &salt)?;
             if !vault::verify_key_check(&key, vault_id, &record.check) {
                 return Err(CoreError::WrongKey { data_dir: paths.root.clone(), location });
@@ -332,8 +338,6 @@ fn derive(passphrase: &str, salt: &[u8]) -> Result<MasterKey> {
     let params = argon2::Params::new(64 * 1024, 3, 1, Some(32)).map_err(|e| CoreError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
-        .map_err(|e| CoreError::Kdf(e.to_string()))?;
+    argon.hash_password_into(passphrase.as_bytes(), salt, key.as_mut()).map_err(|e| CoreError::Kdf(e.to_string()))?;
     Ok(key)
 }

@@ -16,13 +16,20 @@ use crate::keys::{self, KeyKind, KeyRecord, KeySource, KeyStore};
 use crate::paths::DataPaths;
 use crate::vault::{self, FaultHook, Vault};
 
+/// id, attempts, last error, settings, group id of a queued job.
+type QueuedRow = (String, u32, Option<String>, String, Option<String>);
+
 /// A job is claimed at most this many times; the next claim fails it with its last reason.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Overrides [`MAX_ATTEMPTS`] (an integer >= 1), for administrators and crash tests.
 pub const MAX_ATTEMPTS_ENV: &str = "LIKENESS_MAX_ATTEMPTS";
 
 fn max_attempts_from_env() -> u32 {
-    std::env::var(MAX_ATTEMPTS_ENV).ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&n| n >= 1).unwrap_or(MAX_ATTEMPTS)
+    std::env::var(MAX_ATTEMPTS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(MAX_ATTEMPTS)
 }
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub(crate) const DAY: i64 = 86_400;
@@ -222,12 +229,17 @@ impl std::fmt::Debug for Library {
 }
 
 fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)))
+        .optional()
 }
 
 fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
-        .map(|_| ())
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute([key, value]))
+    .map(|_| ())
 }
 
 /// Records `now` in the high-water mark and returns the mark: the latest time this library has
@@ -323,7 +335,10 @@ impl Library {
         };
         // Encrypted data without a key record would be a damaged database; never pair it with a new key.
         if record.is_none() {
-            let blobs: i64 = conn.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0)).map_err(dberr)?;
+            let blobs: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM blobs")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(dberr)?;
             if blobs > 0 {
                 return Err(CoreError::KeyMissing {
                     data_dir: paths.root.clone(),
@@ -343,17 +358,17 @@ impl Library {
             // A job still `running` belongs to a process that was killed: queue it again (the
             // attempt limit in `claim_next_job` stops a job that crashes the app every time).
             let tx = db::immediate(&mut conn).map_err(dberr)?;
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
                  WHERE state = 'running' AND cancel_requested = 1",
-                [now],
             )
+            .and_then(|mut s| s.execute([now]))
             .map_err(dberr)?;
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?1, progress = 0, stage = NULL
                  WHERE state = 'running'",
-                params![now, INTERRUPTED],
             )
+            .and_then(|mut s| s.execute(params![now, INTERRUPTED]))
             .map_err(dberr)?;
             tx.commit().map_err(dberr)?;
         }
@@ -410,7 +425,8 @@ impl Library {
     pub fn settings(&self) -> Result<Settings> {
         let days: Option<String> = self
             .conn
-            .query_row("SELECT value FROM settings WHERE key = 'retention_days'", [], |r| r.get(0))
+            .prepare_cached("SELECT value FROM settings WHERE key = 'retention_days'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let retention_days = days.and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_RETENTION_DAYS);
@@ -426,17 +442,15 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO settings (key, value) VALUES ('retention_days', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [days.to_string()],
         )
+        .and_then(|mut s| s.execute([days.to_string()]))
         .map_err(err)?;
-        tx.execute(
-            "UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)",
-            [i64::from(days) * DAY],
-        )
-        .map_err(err)?;
+        tx.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)")
+            .and_then(|mut s| s.execute([i64::from(days) * DAY]))
+            .map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -465,41 +479,26 @@ impl Library {
             }
         }
         let settings = validate_settings(&job.settings_json)?;
-        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
-        for input in &job.inputs {
-            let blob_id = vault::random_id();
-            match self.vault.store(&blob_id, &input.bytes) {
-                Ok(wrapped) => stored.push((blob_id, wrapped)),
-                Err(e) => {
-                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
-                    return Err(e);
-                }
-            }
-        }
+        let stored = self.store_files(job.inputs.iter().map(|i| i.bytes.as_slice()))?;
         let now = self.now();
         let job_id = JobId(vault::random_id());
         let result = (|| -> rusqlite::Result<()> {
             let tx = db::immediate(&mut self.conn)?;
             observe(&tx, now)?;
-            tx.execute(
-                "INSERT INTO jobs (id, settings, state, created_at, updated_at, group_id) VALUES (?1, ?2, 'queued', ?3, ?3, ?4)",
-                params![job_id.0, settings, now, job.group_id],
-            )?;
+            tx.prepare_cached("INSERT INTO jobs (id, settings, state, created_at, updated_at, group_id) VALUES (?1, ?2, 'queued', ?3, ?3, ?4)").and_then(|mut s| s.execute(params![job_id.0, settings, now, job.group_id]))?;
             for (pos, (input, (blob_id, wrapped))) in job.inputs.iter().zip(&stored).enumerate() {
                 let size = input.bytes.len() as i64;
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'input', ?2, ?3, ?4)",
-                    params![blob_id, wrapped, size, now],
-                )?;
+                )
+                .and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
                 let input_id = vault::random_id();
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO inputs (id, blob_id, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![input_id, blob_id, input.name, size, now],
-                )?;
-                tx.execute(
-                    "INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![job_id.0, pos as i64, input.name, input_id],
-                )?;
+                )
+                .and_then(|mut s| s.execute(params![input_id, blob_id, input.name, size, now]))?;
+                tx.prepare_cached("INSERT INTO job_inputs (job_id, position, name, input_id) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut s| s.execute(params![job_id.0, pos as i64, input.name, input_id]))?;
             }
             tx.commit()
         })();
@@ -511,6 +510,23 @@ impl Library {
     }
 
     /// Best effort: removes files whose rows were never written (doctor finds any that stay).
+    /// Encrypts each of `items` into its own vault file (written and fsynced); returns (blob id,
+    /// wrapped key) pairs. On a failure (a full disk) the files already written are removed.
+    fn store_files<'b>(&mut self, items: impl Iterator<Item = &'b [u8]>) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+        for bytes in items {
+            let blob_id = vault::random_id();
+            match self.vault.store(&blob_id, bytes) {
+                Ok(wrapped) => stored.push((blob_id, wrapped)),
+                Err(e) => {
+                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(stored)
+    }
+
     fn discard_files<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         for id in ids {
             let _ = std::fs::remove_file(self.paths.blob(id));
@@ -519,8 +535,9 @@ impl Library {
 
     fn job_state(&self, id: &JobId) -> Result<(JobState, bool)> {
         self.conn
-            .query_row("SELECT state, cancel_requested FROM jobs WHERE id = ?1", [&id.0], |r| {
-                Ok((JobState::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0))
+            .prepare_cached("SELECT state, cancel_requested FROM jobs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([&id.0], |r| Ok((JobState::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? != 0)))
             })
             .optional()
             .map_err(self.dberr())?
@@ -536,36 +553,36 @@ impl Library {
         let mut gave_up = false;
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let claimed = loop {
-            let row: Option<(String, u32, Option<String>, String, Option<String>)> = tx
-                .query_row(
-                    "SELECT id, attempts, error, settings, group_id FROM jobs WHERE state = 'queued' ORDER BY rowid LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
+            let row: Option<QueuedRow> = tx
+                .prepare_cached("SELECT id, attempts, error, settings, group_id FROM jobs WHERE state = 'queued' ORDER BY rowid LIMIT 1").and_then(|mut s| s.query_row([],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
                 .optional()
                 .map_err(err)?;
             let Some((id, attempts, error, settings_json, group_id)) = row else { break None };
             if attempts >= self.max_attempts {
-                let reason = format!(
-                    "gave up after {attempts} attempts; last error: {}",
-                    error.as_deref().unwrap_or("unknown")
-                );
-                tx.execute(
+                let reason =
+                    format!("gave up after {attempts} attempts; last error: {}", error.as_deref().unwrap_or("unknown"));
+                tx.prepare_cached(
                     "UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?1",
-                    params![id, reason, now],
                 )
+                .and_then(|mut s| s.execute(params![id, reason, now]))
                 .map_err(err)?;
                 gave_up = true;
                 continue;
             }
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2, updated_at = ?2,
                  progress = 0, stage = NULL WHERE id = ?1",
-                params![id, now],
             )
+            .and_then(|mut s| s.execute(params![id, now]))
             .map_err(err)?;
-            let mut stmt = tx.prepare("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
-            let input_names = stmt.query_map([&id], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+            let mut stmt =
+                tx.prepare_cached("SELECT name FROM job_inputs WHERE job_id = ?1 ORDER BY position").map_err(err)?;
+            let input_names = stmt
+                .query_map([&id], |r| r.get(0))
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(err)?;
             drop(stmt);
             break Some(ClaimedJob { id: JobId(id), attempt: attempts + 1, settings_json, input_names, group_id });
         };
@@ -595,7 +612,7 @@ impl Library {
         let rows: Vec<(String, String, Vec<u8>)> = {
             let mut stmt = self
                 .conn
-                .prepare(
+                .prepare_cached(
                     "SELECT ji.name, b.id, b.wrapped_key FROM job_inputs ji
                      JOIN inputs i ON i.id = ji.input_id JOIN blobs b ON b.id = i.blob_id
                      WHERE ji.job_id = ?1 AND b.deleting = 0 ORDER BY ji.position",
@@ -620,15 +637,19 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .execute(
+            .prepare_cached(
                 "UPDATE jobs SET progress = ?2, stage = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'running'",
-                params![id.0, f64::from(progress), stage, now],
             )
+            .and_then(|mut s| s.execute(params![id.0, f64::from(progress), stage, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, cancel) = self.job_state(id)?;
         if n == 0 {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job has progress" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job has progress",
+            });
         }
         Ok(cancel)
     }
@@ -639,11 +660,19 @@ impl Library {
     pub fn complete_job(&mut self, id: &JobId, outputs: Vec<NewOutput>) -> Result<Vec<OutputId>> {
         let (state, cancel) = self.job_state(id)?;
         if state != JobState::Running {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job can be completed" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job can be completed",
+            });
         }
         if cancel {
             self.mark_cancelled(id)?;
-            return Err(CoreError::JobState { id: id.0.clone(), state: "cancelled".into(), what: "its outputs were discarded" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: "cancelled".into(),
+                what: "its outputs were discarded",
+            });
         }
         if outputs.is_empty() {
             return Err(CoreError::InvalidInput("a finished job needs at least one output".into()));
@@ -657,17 +686,7 @@ impl Library {
                 return Err(CoreError::InvalidInput("an output image is empty".into()));
             }
         }
-        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
-        for o in &outputs {
-            let blob_id = vault::random_id();
-            match self.vault.store(&blob_id, &o.bytes) {
-                Ok(wrapped) => stored.push((blob_id, wrapped)),
-                Err(e) => {
-                    self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
-                    return Err(e);
-                }
-            }
-        }
+        let stored = self.store_files(outputs.iter().map(|o| o.bytes.as_slice()))?;
         let now = self.now();
         let retention = i64::from(self.settings()?.retention_days) * DAY;
         let ids: Vec<OutputId> = outputs.iter().map(|_| OutputId(vault::random_id())).collect();
@@ -675,27 +694,24 @@ impl Library {
             let tx = db::immediate(&mut self.conn)?;
             observe(&tx, now)?;
             let state: Option<String> = tx
-                .query_row("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0", [&id.0], |r| r.get(0))
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND cancel_requested = 0")
+                .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
                 .optional()?;
             if state.as_deref() != Some("running") {
                 return Ok(false);
             }
             for (pos, ((o, (blob_id, wrapped)), out_id)) in outputs.iter().zip(&stored).zip(&ids).enumerate() {
                 let size = o.bytes.len() as i64;
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO blobs (id, kind, wrapped_key, size, created_at) VALUES (?1, 'output', ?2, ?3, ?4)",
-                    params![blob_id, wrapped, size, now],
-                )?;
-                tx.execute(
-                    "INSERT INTO outputs (id, job_id, position, blob_id, format, size, width, height, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)],
-                )?;
+                )
+                .and_then(|mut s| s.execute(params![blob_id, wrapped, size, now]))?;
+                tx.prepare_cached("INSERT INTO outputs (id, job_id, position, blob_id, format, size, width, height, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").and_then(|mut s| s.execute(params![out_id.0, id.0, pos as i64, blob_id, o.format, size, o.width, o.height, now, now.saturating_add(retention)]))?;
             }
-            tx.execute(
-                "UPDATE jobs SET state = 'done', progress = 1, finished_at = ?2, updated_at = ?2, error = NULL WHERE id = ?1",
-                params![id.0, now],
-            )?;
+            tx.prepare_cached("UPDATE jobs SET state = 'done', progress = 1, finished_at = ?2, updated_at = ?2, error = NULL WHERE id = ?1").and_then(|mut s| s.execute(params![id.0, now]))?;
+            // Its photos go in the same transaction, unless another unfinished job shares them.
+            crate::retention::mark_unneeded_inputs(&tx)?;
             tx.commit()?;
             Ok(true)
         })();
@@ -704,34 +720,50 @@ impl Library {
             Ok(false) => {
                 self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
                 let (state, _) = self.job_state(id)?;
-                return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "it changed while its outputs were saved; they were discarded" });
+                return Err(CoreError::JobState {
+                    id: id.0.clone(),
+                    state: state.to_string(),
+                    what: "it changed while its outputs were saved; they were discarded",
+                });
             }
             Err(e) => {
                 self.discard_files(stored.iter().map(|(id, _)| id.as_str()));
                 return Err(CoreError::db(self.paths.db(), e));
             }
         }
-        self.release_inputs()?;
+        self.finish_deletions()?;
         Ok(ids)
     }
 
-    fn finish(&mut self, id: &JobId, from: &[JobState], to: JobState, error: Option<&str>, what: &'static str) -> Result<()> {
+    fn finish(
+        &mut self,
+        id: &JobId,
+        from: &[JobState],
+        to: JobState,
+        error: Option<&str>,
+        what: &'static str,
+    ) -> Result<()> {
         let now = self.now();
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        let state: Option<String> = tx.query_row("SELECT state FROM jobs WHERE id = ?1", [&id.0], |r| r.get(0)).optional().map_err(err)?;
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
+            .optional()
+            .map_err(err)?;
         let state = JobState::parse(&state.ok_or_else(|| CoreError::JobNotFound(id.0.clone()))?);
         if !from.contains(&state) {
             return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what });
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), finished_at = ?4, updated_at = ?4 WHERE id = ?1",
-            params![id.0, to.as_str(), error, now],
         )
+        .and_then(|mut s| s.execute(params![id.0, to.as_str(), error, now]))
         .map_err(err)?;
+        crate::retention::mark_unneeded_inputs(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
-        self.release_inputs().map(|_| ())
+        self.finish_deletions().map(|_| ())
     }
 
     /// The worker gave up on a running job: it is failed for good (a job the user cancelled meanwhile
@@ -740,7 +772,13 @@ impl Library {
         if self.job_state(id)?.1 {
             return self.mark_cancelled(id);
         }
-        self.finish(id, &[JobState::Running, JobState::Queued], JobState::Failed, Some(message), "only a queued or running job can fail")
+        self.finish(
+            id,
+            &[JobState::Running, JobState::Queued],
+            JobState::Failed,
+            Some(message),
+            "only a queued or running job can fail",
+        )
     }
 
     /// A running job hit a passing problem: queue it again with `reason` as its last error. After
@@ -751,11 +789,11 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let n = tx
-            .execute(
+            .prepare_cached(
                 "UPDATE jobs SET state = 'queued', error = ?2, updated_at = ?3, progress = 0, stage = NULL
                  WHERE id = ?1 AND state = 'running' AND cancel_requested = 0",
-                params![id.0, reason, now],
             )
+            .and_then(|mut s| s.execute(params![id.0, reason, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         if n == 0 {
@@ -763,7 +801,11 @@ impl Library {
             if cancel && state == JobState::Running {
                 return self.mark_cancelled(id);
             }
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "only a running job can be re-queued" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "only a running job can be re-queued",
+            });
         }
         Ok(())
     }
@@ -776,12 +818,13 @@ impl Library {
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'queued'",
-            params![id.0, now],
         )
+        .and_then(|mut s| s.execute(params![id.0, now]))
         .map_err(err)?;
-        tx.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'", params![id.0, now])
+        tx.prepare_cached("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1 AND state = 'running'")
+            .and_then(|mut s| s.execute(params![id.0, now]))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let (state, _) = self.job_state(id)?;
@@ -797,7 +840,13 @@ impl Library {
 
     /// The worker stopped a running job the user cancelled.
     pub fn mark_cancelled(&mut self, id: &JobId) -> Result<()> {
-        self.finish(id, &[JobState::Running, JobState::Queued], JobState::Cancelled, None, "only a queued or running job can be cancelled")
+        self.finish(
+            id,
+            &[JobState::Running, JobState::Queued],
+            JobState::Cancelled,
+            None,
+            "only a queued or running job can be cancelled",
+        )
     }
 
     pub fn get_job(&self, id: &JobId) -> Result<JobInfo> {
@@ -821,7 +870,7 @@ impl Library {
                     j.progress, j.stage, j.error, j.attempts, j.cancel_requested
              FROM jobs j {filter} ORDER BY j.rowid"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(&err)?;
         let mut jobs = stmt
             .query_map(args, |r| {
                 Ok(JobInfo {
@@ -847,11 +896,13 @@ impl Library {
             .map_err(&err)?;
         let mut in_stmt = self
             .conn
-            .prepare("SELECT ji.name, i.size FROM job_inputs ji LEFT JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1 ORDER BY ji.position")
+            .prepare_cached("SELECT ji.name, i.size FROM job_inputs ji LEFT JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1 ORDER BY ji.position")
             .map_err(&err)?;
         for job in &mut jobs {
             job.inputs = in_stmt
-                .query_map([&job.id.0], |r| Ok(InputInfo { name: r.get(0)?, size: r.get::<_, Option<i64>>(1)?.map(|s| s as u64) }))
+                .query_map([&job.id.0], |r| {
+                    Ok(InputInfo { name: r.get(0)?, size: r.get::<_, Option<i64>>(1)?.map(|s| s as u64) })
+                })
                 .map_err(&err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(&err)?;
@@ -866,7 +917,7 @@ impl Library {
             "SELECT o.id, o.job_id, o.format, o.size, o.width, o.height, o.created_at, o.expires_at
              FROM outputs o {filter} ORDER BY o.job_id, o.position"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(&err)?;
         let rows = stmt
             .query_map([arg], |r| {
                 Ok(OutputInfo {
@@ -899,11 +950,8 @@ impl Library {
     pub fn get_output(&self, id: &OutputId) -> Result<Zeroizing<Vec<u8>>> {
         let row: Option<(String, Vec<u8>)> = self
             .conn
-            .query_row(
-                "SELECT b.id, b.wrapped_key FROM outputs o JOIN blobs b ON b.id = o.blob_id WHERE o.id = ?1 AND b.deleting = 0",
-                [&id.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT b.id, b.wrapped_key FROM outputs o JOIN blobs b ON b.id = o.blob_id WHERE o.id = ?1 AND b.deleting = 0").and_then(|mut s| s.query_row([&id.0],
+                |r| Ok((r.get(0)?, r.get(1)?))))
             .optional()
             .map_err(self.dberr())?;
         let (blob, key) = row.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
@@ -913,7 +961,8 @@ impl Library {
     pub fn delete_output(&mut self, id: &OutputId) -> Result<()> {
         let blob: Option<String> = self
             .conn
-            .query_row("SELECT blob_id FROM outputs WHERE id = ?1", [&id.0], |r| r.get(0))
+            .prepare_cached("SELECT blob_id FROM outputs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
         let blob = blob.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
@@ -926,28 +975,44 @@ impl Library {
     pub fn delete_job(&mut self, id: &JobId) -> Result<()> {
         let (state, _) = self.job_state(id)?;
         if state == JobState::Running {
-            return Err(CoreError::JobState { id: id.0.clone(), state: state.to_string(), what: "cancel it before deleting it" });
+            return Err(CoreError::JobState {
+                id: id.0.clone(),
+                state: state.to_string(),
+                what: "cancel it before deleting it",
+            });
         }
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let mut blobs: Vec<String> = Vec::new();
         {
-            let mut stmt = tx.prepare("SELECT blob_id FROM outputs WHERE job_id = ?1").map_err(err)?;
-            blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
+            let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE job_id = ?1").map_err(err)?;
+            blobs.extend(
+                stmt.query_map([&id.0], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?,
+            );
             // This job's photos, unless another unfinished job still uses them.
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT i.blob_id FROM job_inputs ji JOIN inputs i ON i.id = ji.input_id WHERE ji.job_id = ?1
                      AND NOT EXISTS (SELECT 1 FROM job_inputs o JOIN jobs j ON j.id = o.job_id
                                      WHERE o.input_id = i.id AND o.job_id <> ?1 AND j.state IN ('queued', 'running'))",
                 )
                 .map_err(err)?;
-            blobs.extend(stmt.query_map([&id.0], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?);
+            blobs.extend(
+                stmt.query_map([&id.0], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?,
+            );
         }
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;
-        tx.execute("DELETE FROM job_inputs WHERE job_id = ?1", [&id.0]).map_err(err)?;
-        tx.execute("DELETE FROM jobs WHERE id = ?1", [&id.0]).map_err(err)?;
+        tx.prepare_cached("DELETE FROM job_inputs WHERE job_id = ?1")
+            .and_then(|mut s| s.execute([&id.0]))
+            .map_err(err)?;
+        tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").and_then(|mut s| s.execute([&id.0])).map_err(err)?;
         tx.commit().map_err(err)?;
         self.finish_deletions()?;
         Ok(())
@@ -959,14 +1024,31 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         let blobs: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT id FROM blobs WHERE deleting = 0").map_err(err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+            let mut stmt = tx.prepare_cached("SELECT id FROM blobs WHERE deleting = 0").map_err(err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(err)?;
             v
         };
         crate::retention::mark_blobs(&tx, &blobs).map_err(err)?;
-        tx.execute_batch("DELETE FROM job_inputs; DELETE FROM outputs; DELETE FROM inputs; DELETE FROM jobs;").map_err(err)?;
+        tx.execute_batch(
+            "DELETE FROM job_inputs; DELETE FROM outputs; DELETE FROM inputs; DELETE FROM jobs;
+             DELETE FROM meta WHERE key LIKE 'backup_v%_at';",
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         self.finish_deletions()?;
+        // Pre-upgrade copies of the database hold old rows (names, wrapped keys): they go too.
+        for v in 0..=db::SCHEMA_VERSION {
+            let backup = self.paths.db_backup(v);
+            match std::fs::remove_file(&backup) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CoreError::io("delete", backup, e)),
+            }
+        }
         Ok(())
     }
 
@@ -978,29 +1060,67 @@ impl Library {
         let account = keys::account(&self.vault_id);
         let Library { paths, conn, key_store, _lock, .. } = self;
         drop(conn);
-        let remove = |p: PathBuf| match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CoreError::io("delete", p, e)),
-        };
-        for name in ["likeness.db", "likeness.db-wal", "likeness.db-shm", "likeness.db-journal"] {
-            remove(paths.root.join(name))?;
-        }
-        for v in 0..=db::SCHEMA_VERSION {
-            remove(paths.db_backup(v))?;
-        }
-        match std::fs::remove_dir_all(paths.vault()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CoreError::io("delete", paths.vault(), e)),
-        }
-        remove(paths.salt())?;
-        if let Some(store) = key_store {
-            store.delete(&account)?;
-        }
-        drop(_lock);
-        remove(paths.lock())?;
-        vault::sync_dir(&paths.root).map_err(|e| CoreError::io("sync the folder", &paths.root, e))?;
-        Ok(())
+        remove_library_files(&paths, _lock, key_store.as_deref().map(|s| (s, account.as_str())))
     }
+
+    /// Deletes a library that can't be opened, e.g. because its master key is lost (the
+    /// `KeyMissing` error's "purge" advice): every file Likeness keeps in the data folder and, when
+    /// the library kept its key in a keyring, the key from `key_store` (pass the OS keyring). Without
+    /// the key (or once it is deleted) any copy of the files left on the disk is unreadable.
+    /// Fails with `Locked` while another process has the library open. Files exported outside the
+    /// data folder are not touched.
+    pub fn purge_data_dir(data_dir: Option<&Path>, key_store: Option<&dyn KeyStore>) -> Result<()> {
+        let paths = DataPaths::resolve(data_dir)?;
+        if !paths.root.is_dir() {
+            return Ok(());
+        }
+        let lock = lock_file(&paths)?;
+        // Which keyring entry belongs to this library, if the database still says.
+        let (vault_id, kind) = if paths.db().is_file() {
+            let read = |conn: &Connection| -> rusqlite::Result<(Option<String>, Option<String>)> {
+                Ok((meta_get(conn, "vault_id")?, meta_get(conn, "key_kind")?))
+            };
+            match Connection::open(paths.db()) {
+                Ok(conn) => read(&conn).unwrap_or((None, None)),
+                Err(_) => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+        let uses_keyring = kind.as_deref().and_then(KeyKind::parse) != Some(KeyKind::Passphrase);
+        let account = vault_id.map(|id| keys::account(&id));
+        let key = match (key_store, account.as_deref()) {
+            (Some(store), Some(account)) if uses_keyring => Some((store, account)),
+            _ => None,
+        };
+        remove_library_files(&paths, lock, key)
+    }
+}
+
+/// Removes the database (with its WAL and backups), the vault, the salt and then the key; the lock
+/// file goes last, once `lock` is released. The data folder itself stays.
+fn remove_library_files(paths: &DataPaths, lock: File, key: Option<(&dyn KeyStore, &str)>) -> Result<()> {
+    let remove = |p: PathBuf| match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("delete", p, e)),
+    };
+    for name in ["likeness.db", "likeness.db-wal", "likeness.db-shm", "likeness.db-journal"] {
+        remove(paths.root.join(name))?;
+    }
+    for v in 0..=db::SCHEMA_VERSION {
+        remove(paths.db_backup(v))?;
+    }
+    match std::fs::remove_dir_all(paths.vault()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CoreError::io("delete", paths.vault(), e)),
+    }
+    remove(paths.salt())?;
+    if let Some((store, account)) = key {
+        store.delete(account)?;
+    }
+    drop(lock);
+    remove(paths.lock())?;
+    vault::sync_dir(&paths.root).map_err(|e| CoreError::io("sync the folder", &paths.root, e))
 }

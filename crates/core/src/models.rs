@@ -24,8 +24,8 @@ pub enum ModelError {
     Missing { id: String, path: PathBuf },
     #[error("model '{id}': file {path} is corrupt or not the expected file (sha256 {actual}, expected {expected}); reinstall Likeness or re-import the model")]
     Corrupt { id: String, path: PathBuf, actual: String, expected: String },
-    #[error("model '{id}': cannot read {path}: {source}")]
-    Io { id: String, path: PathBuf, source: std::io::Error },
+    #[error("model '{id}': cannot read {path}: {err}")]
+    Io { id: String, path: PathBuf, err: std::io::Error },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +141,7 @@ impl ModelStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ModelError::Missing { id: id.into(), path }),
-            Err(source) => return Err(ModelError::Io { id: id.into(), path, source }),
+            Err(err) => return Err(ModelError::Io { id: id.into(), path, err }),
         };
         let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&file.sha256) {
@@ -177,19 +177,32 @@ impl ModelStore {
     }
 }
 
-fn candidate_dirs() -> Vec<PathBuf> {
+/// Where an installed folder of Likeness (`models`, `assets`) may be: `$ENV`, next to the
+/// executable and the usual package locations, then the source tree this binary was built from
+/// (development and tests).
+pub fn install_dirs(name: &str, env: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(env) = std::env::var_os("LIKENESS_MODELS_DIR") {
-        dirs.push(PathBuf::from(env));
+    if let Some(v) = std::env::var_os(env) {
+        dirs.push(PathBuf::from(v));
     }
     if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
-        dirs.push(exe_dir.join("models"));
-        dirs.push(exe_dir.join("../share/likeness/models"));
-        dirs.push(exe_dir.join("../lib/likeness/models"));
-        dirs.push(exe_dir.join("../Resources/models"));
+        dirs.push(exe_dir.join(name));
+        dirs.push(exe_dir.join("../share/likeness").join(name));
+        dirs.push(exe_dir.join("../lib/likeness").join(name));
+        dirs.push(exe_dir.join("../Resources").join(name));
     }
-    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")));
+    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(name));
     dirs
+}
+
+fn candidate_dirs() -> Vec<PathBuf> {
+    install_dirs("models", "LIKENESS_MODELS_DIR")
+}
+
+/// The bundled assets folder (backdrops, license texts): `$LIKENESS_ASSETS_DIR`, next to the
+/// executable, or the source tree.
+pub fn assets_dir() -> Option<PathBuf> {
+    install_dirs("assets", "LIKENESS_ASSETS_DIR").into_iter().find(|p| p.join("backdrops").is_dir())
 }
 
 #[cfg(test)]

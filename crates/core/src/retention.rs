@@ -45,17 +45,27 @@ pub struct SweepReport {
 /// Step 1: hide the rows and shred the keys of `blob_ids`.
 pub(crate) fn mark_blobs(tx: &Transaction<'_>, blob_ids: &[String]) -> rusqlite::Result<()> {
     for id in blob_ids {
-        tx.execute("DELETE FROM outputs WHERE blob_id = ?1", [id])?;
-        tx.execute("UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)", [id])?;
-        tx.execute("DELETE FROM inputs WHERE blob_id = ?1", [id])?;
-        tx.execute("UPDATE blobs SET deleting = 1, wrapped_key = X'' WHERE id = ?1", [id])?;
+        tx.prepare_cached("DELETE FROM outputs WHERE blob_id = ?1")?.execute([id])?;
+        tx.prepare_cached(
+            "UPDATE job_inputs SET input_id = NULL WHERE input_id IN (SELECT id FROM inputs WHERE blob_id = ?1)",
+        )?
+        .execute([id])?;
+        tx.prepare_cached("DELETE FROM inputs WHERE blob_id = ?1")?.execute([id])?;
+        tx.prepare_cached("UPDATE blobs SET deleting = 1, wrapped_key = X'' WHERE id = ?1")?.execute([id])?;
     }
     Ok(())
 }
 
+/// Step 1 for the photos no queued or running job needs any more, inside the caller's transaction.
+pub(crate) fn mark_unneeded_inputs(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
+    let blobs = unneeded_inputs(tx)?;
+    mark_blobs(tx, &blobs)?;
+    Ok(blobs.len())
+}
+
 /// Photos no queued or running job needs any more.
 fn unneeded_inputs(tx: &Transaction<'_>) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT i.blob_id FROM inputs i WHERE NOT EXISTS (
             SELECT 1 FROM job_inputs ji JOIN jobs j ON j.id = ji.job_id
             WHERE ji.input_id = i.id AND j.state IN ('queued', 'running'))",
@@ -72,16 +82,22 @@ impl Library {
     /// Steps 2-4 for every marked row. Returns the number of files handled.
     pub(crate) fn finish_deletions(&mut self) -> Result<usize> {
         let err = self.dberr();
-        db::checkpoint(&self.conn).map_err(&err)?;
         let ids: Vec<String> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM blobs WHERE deleting = 1").map_err(&err)?;
-            let v = stmt.query_map([], |r| r.get(0)).map_err(&err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)?;
+            let mut stmt = self.conn.prepare_cached("SELECT id FROM blobs WHERE deleting = 1").map_err(&err)?;
+            let v = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(&err)?;
             v
         };
-        drop(err);
         if ids.is_empty() {
             return Ok(0);
         }
+        // The marked rows' old keys may still sit in WAL frames: fold them into the (securely
+        // overwritten) database file before anything else.
+        db::checkpoint(&self.conn).map_err(&err)?;
+        drop(err);
         self.fault(FaultPoint::DeleteMarked)?;
         let mut dirs = BTreeSet::new();
         for id in &ids {
@@ -102,7 +118,9 @@ impl Library {
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
         for id in &ids {
-            tx.execute("DELETE FROM blobs WHERE id = ?1 AND deleting = 1", [id]).map_err(err)?;
+            tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND deleting = 1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.fault(FaultPoint::DeleteRowsGone)?;
@@ -150,8 +168,12 @@ impl Library {
             let judged_at = observe(&tx, now).map_err(err)?;
             report.judged_at = judged_at;
             let expired: Vec<String> = {
-                let mut stmt = tx.prepare("SELECT blob_id FROM outputs WHERE expires_at <= ?1").map_err(err)?;
-                let v = stmt.query_map([judged_at], |r| r.get(0)).map_err(err)?.collect::<rusqlite::Result<Vec<String>>>().map_err(err)?;
+                let mut stmt = tx.prepare_cached("SELECT blob_id FROM outputs WHERE expires_at <= ?1").map_err(err)?;
+                let v = stmt
+                    .query_map([judged_at], |r| r.get(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(err)?;
                 v
             };
             let inputs = unneeded_inputs(&tx).map_err(err)?;
@@ -159,7 +181,8 @@ impl Library {
             report.inputs_released = inputs.len();
             mark_blobs(&tx, &expired).map_err(err)?;
             mark_blobs(&tx, &inputs).map_err(err)?;
-            let mut stmt = tx.prepare("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
+            let mut stmt =
+                tx.prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'backup_v%_at'").map_err(err)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(err)?
@@ -168,7 +191,8 @@ impl Library {
             drop(stmt);
             for (key, at) in rows {
                 let at: i64 = at.parse().unwrap_or(i64::MIN);
-                let version: Option<i64> = key.strip_prefix("backup_v").and_then(|k| k.strip_suffix("_at")).and_then(|v| v.parse().ok());
+                let version: Option<i64> =
+                    key.strip_prefix("backup_v").and_then(|k| k.strip_suffix("_at")).and_then(|v| v.parse().ok());
                 if let Some(version) = version {
                     if at.saturating_add(BACKUP_KEEP_SECS) <= judged_at {
                         backups.push((key, version));
@@ -186,7 +210,9 @@ impl Library {
                 Err(e) => return Err(CoreError::io("delete", file, e)),
             }
             let tx = db::immediate(&mut self.conn).map_err(err)?;
-            tx.execute("DELETE FROM meta WHERE key = ?1", params![key]).map_err(err)?;
+            tx.prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut s| s.execute(params![key]))
+                .map_err(err)?;
             tx.commit().map_err(err)?;
         }
         Ok(report)

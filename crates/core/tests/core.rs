@@ -1,6 +1,9 @@
 //! Integration tests of likeness-core: job store, vault, keys, retention, doctor.
 //! Run: `cargo test --release -p likeness-core --test core`.
 
+// A test states what it expects by unwrapping.
+#![allow(clippy::unwrap_used)]
+
 #[path = "core/common.rs"]
 mod common;
 #[path = "core/disk_full.rs"]
@@ -15,3 +18,5 @@ mod no_plaintext;
 mod retention;
 #[path = "core/store.rs"]
 mod store;
+#[path = "core/worker.rs"]
+mod worker;

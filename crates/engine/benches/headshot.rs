@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use likeness_engine::composite::StudioStyle;
 use likeness_engine::framing::Preset;
 use likeness_engine::image_io::{DecodeLimits, OutputFormat};

@@ -183,6 +183,18 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded> {
         return Err(EngineError::Corrupt { detail: "JPEG data ends before the end-of-image marker".into() });
     }
 
+    // PNG's IHDR sits at a fixed place: check its size before the decoder reads further (it wants
+    // the first IDAT), so an oversized header is named as such even when the data is cut short.
+    if format == InputFormat::Png {
+        if let (Some(b"IHDR"), Some(w), Some(h)) = (bytes.get(12..16), bytes.get(16..20), bytes.get(20..24)) {
+            let be = |b: &[u8]| b.iter().fold(0u32, |acc, &x| (acc << 8) | u32::from(x));
+            let (width, height) = (be(w), be(h));
+            if u64::from(width) * u64::from(height) > limits.max_pixels {
+                return Err(EngineError::TooManyPixels { width, height, max_pixels: limits.max_pixels });
+            }
+        }
+    }
+
     // Dimension limits are checked by hand below (to report the size); the allocation cap is a
     // second fence for decoders that buffer more than the output (16-bit RGBA is 8 bytes/pixel).
     let mut decoder_limits = Limits::no_limits();

@@ -26,7 +26,8 @@ pub fn tmp() -> tempfile::TempDir {
 pub const T0: i64 = 1_800_000_000;
 
 pub fn open(dir: &Path, store: &MemoryKeyStore) -> Library {
-    Library::open_with_clock(Some(dir), KeySource::store(store.clone()), Arc::new(ManualClock::new(T0))).expect("open library")
+    Library::open_with_clock(Some(dir), KeySource::store(store.clone()), Arc::new(ManualClock::new(T0)))
+        .expect("open library")
 }
 
 pub fn open_clock(dir: &Path, store: &MemoryKeyStore, clock: &ManualClock) -> Library {

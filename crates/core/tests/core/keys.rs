@@ -44,8 +44,11 @@ fn passphrase_library_round_trip() {
     assert!(matches!(err, CoreError::WrongKey { .. }), "{err}");
     assert!(store.is_empty());
     // Auto-style source without the passphrase: says which variable to set.
-    let err = Library::open(Some(dir.path()), KeySource::StoreOrPassphrase { store: Box::new(store.clone()), passphrase: None })
-        .unwrap_err();
+    let err = Library::open(
+        Some(dir.path()),
+        KeySource::StoreOrPassphrase { store: Box::new(store.clone()), passphrase: None },
+    )
+    .unwrap_err();
     assert!(matches!(err, CoreError::KeyMissing { .. }), "{err}");
     assert!(err.to_string().contains(PASSPHRASE_ENV), "{err}");
     // ... and with it, falls back to the passphrase.
@@ -122,7 +125,10 @@ fn missing_key_is_never_replaced() {
 #[test]
 fn no_key_source_names_both_options() {
     let dir = tmp();
-    let source = KeySource::StoreOrPassphrase { store: Box::new(MemoryKeyStore::unavailable("no D-Bus session")), passphrase: None };
+    let source = KeySource::StoreOrPassphrase {
+        store: Box::new(MemoryKeyStore::unavailable("no D-Bus session")),
+        passphrase: None,
+    };
     let err = Library::open(Some(dir.path()), source).unwrap_err();
     assert!(matches!(err, CoreError::NoKeySource { .. }), "{err}");
     let msg = err.to_string();
@@ -211,4 +217,44 @@ fn real_secret_service() {
     lib.purge_all().unwrap();
     assert!(OsKeyring.get(&account).unwrap().is_none(), "purge removes the master key from the keyring");
     OsKeyring.delete(&account).unwrap();
+}
+
+#[test]
+fn purge_a_library_whose_key_is_lost() {
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    {
+        let mut lib = Library::open(Some(dir.path()), KeySource::store(store.clone())).unwrap();
+        make_job(&mut lib);
+    }
+    let account = account(dir.path());
+    // The key is lost: the library can't be opened, and the error points at purge.
+    let lost = MemoryKeyStore::new();
+    let err = Library::open(Some(dir.path()), KeySource::store(lost.clone())).unwrap_err();
+    assert!(err.to_string().contains("purge"), "{err}");
+    // Purging needs no key and refuses while the folder is in use.
+    let open_lib = Library::open(Some(dir.path()), KeySource::store(store.clone())).unwrap();
+    let err = Library::purge_data_dir(Some(dir.path()), Some(&lost)).unwrap_err();
+    assert!(matches!(err, CoreError::Locked { .. }), "{err}");
+    drop(open_lib);
+    Library::purge_data_dir(Some(dir.path()), Some(&lost)).unwrap();
+    assert!(crate::common::all_files(dir.path()).is_empty());
+    assert!(store.get(&account).unwrap().is_some(), "another store's entry is not touched");
+    // With the store that has the key, the key goes too; a purged folder purges again harmlessly.
+    {
+        let mut lib = Library::open(Some(dir.path()), KeySource::store(store.clone())).unwrap();
+        make_job(&mut lib);
+    }
+    let account = self::account(dir.path());
+    Library::purge_data_dir(Some(dir.path()), Some(&store)).unwrap();
+    assert!(store.get(&account).unwrap().is_none());
+    assert!(crate::common::all_files(dir.path()).is_empty());
+    Library::purge_data_dir(Some(dir.path()), Some(&store)).unwrap();
+    // A passphrase library: no keyring is asked (an unavailable one would fail).
+    {
+        let mut lib = Library::open(Some(dir.path()), KeySource::passphrase("pw")).unwrap();
+        make_job(&mut lib);
+    }
+    Library::purge_data_dir(Some(dir.path()), Some(&MemoryKeyStore::unavailable("no D-Bus"))).unwrap();
+    assert!(crate::common::all_files(dir.path()).is_empty());
 }

@@ -22,6 +22,11 @@ const DAY: i64 = 86_400;
 const YEAR: i64 = 365 * DAY;
 const HISTORIES: u64 = 10_000;
 
+fn histories() -> u64 {
+    // More (never fewer) histories on request, e.g. for a long soak.
+    std::env::var("LIKENESS_RETENTION_HISTORIES").ok().and_then(|v| v.parse().ok()).unwrap_or(HISTORIES)
+}
+
 /// SplitMix64: small, seeded, good enough to pick operations.
 struct Rng(u64);
 impl Rng {
@@ -55,9 +60,10 @@ struct History {
     retention_days: i64,
     /// The latest time any operation that records time has seen.
     high_water: i64,
-    seed: u64,
     log: Vec<String>,
     crashes: usize,
+    /// Outputs the sweeps deleted.
+    expired: usize,
 }
 
 impl History {
@@ -165,8 +171,12 @@ impl History {
         let first = self.lib().sweep_at(now);
         self.high_water = self.high_water.max(now);
         self.log.push(format!("sweep at {} crash_at {crash_at}", now - T0));
+        let mut first_expired = None;
         match first {
-            Ok(_) => self.lib().set_fault_hook(None),
+            Ok(r) => {
+                self.lib().set_fault_hook(None);
+                first_expired = Some(r.outputs_expired);
+            }
             Err(e) => {
                 assert!(matches!(e, CoreError::Io { .. }), "{e}");
                 self.crashes += 1;
@@ -178,12 +188,19 @@ impl History {
         let report = self.lib().sweep_at(now).unwrap();
         assert_eq!(report.judged_at, self.high_water, "judged against the latest time seen");
         let hw = self.high_water;
+        let before = self.outputs.len();
         self.outputs.retain(|_, o| o.expires_at > hw);
+        self.expired += before - self.outputs.len();
+        if let Some(n) = first_expired {
+            assert_eq!(n, before - self.outputs.len(), "the sweep's count of expired outputs");
+        }
         self.check_all();
         // Sweeping again changes nothing.
         let again = self.lib().sweep_at(now).unwrap();
         assert_eq!((again.outputs_expired, again.inputs_released, again.files_removed), (0, 0, 0), "second sweep");
-        self.check_all();
+        let mut listed: Vec<OutputId> = self.lib().list_outputs().unwrap().into_iter().map(|o| o.id).collect();
+        listed.sort();
+        assert!(listed.iter().eq(self.outputs.keys()), "a second sweep keeps the same outputs");
     }
 
     fn check_visible(&mut self) {
@@ -229,15 +246,14 @@ impl History {
     }
 }
 
-#[test]
-fn retention_property_random_histories() {
-    let start = Instant::now();
-    let mut crashes = 0;
-    let mut expired_total = 0usize;
-    for seed in 0..HISTORIES {
+/// Runs the histories with `seed % workers == worker`; returns (crashes, outputs expired).
+fn run_histories(worker: u64, workers: u64, n: u64, store: &MemoryKeyStore, template_db: &[u8]) -> (usize, usize) {
+    let (mut crashes, mut expired) = (0, 0);
+    for seed in (worker..n).step_by(workers as usize) {
         let clock = ManualClock::new(T0);
-        let store = MemoryKeyStore::new();
+        let store = store.clone();
         let dir = tmp();
+        std::fs::write(dir.path().join("likeness.db"), template_db).unwrap();
         let lib = Some(open_clock(dir.path(), &store, &clock));
         let mut h = History {
             rng: Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED),
@@ -249,22 +265,47 @@ fn retention_property_random_histories() {
             queued: Vec::new(),
             retention_days: 30,
             high_water: i64::MIN,
-            seed,
             log: Vec::new(),
             crashes: 0,
+            expired: 0,
         };
-        let made_before = h.log.len();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            h.run();
-        }));
-        if let Err(e) = result {
-            panic!("history seed {} failed after: {:?}\n{e:?}", h.seed, h.log);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.run()));
+        if result.is_err() {
+            panic!("history seed {seed} failed; its steps: {:?}", h.log);
         }
-        let _ = made_before;
         crashes += h.crashes;
-        expired_total += h.log.iter().filter(|l| l.starts_with("outputs")).count();
+        expired += h.expired;
     }
+    (crashes, expired)
+}
+
+#[test]
+fn retention_property_random_histories() {
+    let start = Instant::now();
+    let n = histories();
+    // Every history starts from a copy of one fresh, closed library (same key store), which
+    // saves creating the schema 10,000 times.
+    let store = MemoryKeyStore::new();
+    let template = tmp();
+    drop(open_clock(template.path(), &store, &ManualClock::new(T0)));
+    let template_db = std::fs::read(template.path().join("likeness.db")).unwrap();
+    assert!(!template.path().join("likeness.db-wal").exists(), "closed cleanly");
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, 4) as u64;
+    let results: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (store, db) = (&store, &template_db);
+                scope.spawn(move || run_histories(w, workers, n, store, db))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let crashes: usize = results.iter().map(|r| r.0).sum();
+    let expired: usize = results.iter().map(|r| r.1).sum();
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{HISTORIES} histories, {crashes} simulated crashes, {expired_total} output batches, {secs:.1} s");
-    assert!(crashes > HISTORIES as usize / 4, "crashes were injected ({crashes})");
+    eprintln!(
+        "{n} histories on {workers} threads: {crashes} simulated crashes, {expired} outputs expired, {secs:.1} s"
+    );
+    assert!(crashes > n as usize / 5, "crashes were injected ({crashes})");
+    assert!(expired > n as usize / 5, "outputs did expire ({expired})");
 }

@@ -1,7 +1,8 @@
 //! The job store and the vault on a real SQLite file.
 
 use likeness_core::{
-    CoreError, JobState, MemoryKeyStore, NewInput, NewJob, DEFAULT_RETENTION_DAYS, MAX_ATTEMPTS, MIGRATIONS, SCHEMA_VERSION,
+    CoreError, JobState, MemoryKeyStore, NewInput, NewJob, DEFAULT_RETENTION_DAYS, MAX_ATTEMPTS, MIGRATIONS,
+    SCHEMA_VERSION,
 };
 
 use crate::common::{all_files, contains, open, output, photo, raw_db, tmp, vault_files, T0};
@@ -46,8 +47,9 @@ fn upgrade_from_version_1_keeps_a_backup() {
     let db = raw_db(dir.path());
     let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    let has_group: i64 =
-        db.query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'group_id'", [], |r| r.get(0)).unwrap();
+    let has_group: i64 = db
+        .query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'group_id'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(has_group, 1);
     drop(db);
     let backup = dir.path().join("likeness.db.bak-v1");
@@ -81,7 +83,8 @@ fn newer_schema_is_refused() {
         let db = raw_db(dir.path());
         db.pragma_update(None, "user_version", SCHEMA_VERSION + 5).unwrap();
     }
-    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(MemoryKeyStore::new())).unwrap_err();
+    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(MemoryKeyStore::new()))
+        .unwrap_err();
     assert!(matches!(err, CoreError::SchemaTooNew { .. }), "{err}");
     assert!(err.to_string().contains("update Likeness"), "{err}");
 }
@@ -290,7 +293,10 @@ fn deletes_and_purge() {
 
     let running = lib.claim_next_job().unwrap().unwrap();
     assert_eq!(running.id, queued);
-    assert!(matches!(lib.delete_job(&queued).unwrap_err(), CoreError::JobState { .. }), "a running job is cancelled first");
+    assert!(
+        matches!(lib.delete_job(&queued).unwrap_err(), CoreError::JobState { .. }),
+        "a running job is cancelled first"
+    );
     lib.cancel_job(&queued).unwrap();
     lib.mark_cancelled(&queued).unwrap();
     lib.delete_job(&queued).unwrap();
@@ -317,7 +323,8 @@ fn one_process_per_data_folder() {
     let dir = tmp();
     let store = MemoryKeyStore::new();
     let _lib = open(dir.path(), &store);
-    let err = likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(store.clone())).unwrap_err();
+    let err =
+        likeness_core::Library::open(Some(dir.path()), likeness_core::KeySource::store(store.clone())).unwrap_err();
     assert!(matches!(err, CoreError::Locked { .. }), "{err}");
 }
 
@@ -332,7 +339,11 @@ fn retention_setting_never_extends() {
     assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 30 * DAY);
     lib.set_retention_days(7).unwrap();
     assert_eq!(lib.settings().unwrap().retention_days, 7);
-    assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 7 * DAY, "shorter retention applies to existing outputs");
+    assert_eq!(
+        lib.output_info(&out).unwrap().expires_at,
+        T0 + 7 * DAY,
+        "shorter retention applies to existing outputs"
+    );
     lib.set_retention_days(90).unwrap();
     assert_eq!(lib.output_info(&out).unwrap().expires_at, T0 + 7 * DAY, "longer retention never extends");
     assert!(matches!(lib.set_retention_days(0).unwrap_err(), CoreError::InvalidInput(_)));
@@ -375,4 +386,110 @@ fn deleted_rows_leave_no_wrapped_key_behind() {
     std::fs::write(&blob, &leftover).unwrap();
     assert!(lib.get_output(&out).is_err());
     assert!(!lib.doctor(false).unwrap().orphan_files.is_empty());
+}
+
+#[test]
+fn delete_all_data_removes_upgrade_backups() {
+    let dir = tmp();
+    {
+        let db = raw_db(dir.path());
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let store = MemoryKeyStore::new();
+    let mut lib = open(dir.path(), &store);
+    assert!(dir.path().join("likeness.db.bak-v1").is_file());
+    lib.delete_all_data().unwrap();
+    assert!(!dir.path().join("likeness.db.bak-v1").exists());
+}
+
+#[test]
+fn exported_copies_are_never_touched() {
+    let dir = tmp();
+    let export = tmp();
+    let store = MemoryKeyStore::new();
+    let mut lib = open(dir.path(), &store);
+    let id = lib.create_job("a.jpg", b"photo", "{}").unwrap();
+    lib.claim_next_job().unwrap();
+    let out = lib.complete_job(&id, vec![output(b"headshot".to_vec(), "png")]).unwrap().remove(0);
+    let copy = export.path().join("headshot.png");
+    std::fs::write(&copy, lib.get_output(&out).unwrap().as_slice()).unwrap();
+    lib.sweep_at(T0 + 400 * DAY).unwrap();
+    assert!(lib.get_output(&out).is_err(), "expired in the library");
+    lib.doctor(true).unwrap();
+    lib.purge_all().unwrap();
+    assert_eq!(std::fs::read(&copy).unwrap(), b"headshot", "the exported copy is untouched");
+}
+
+#[test]
+fn data_dir_resolution() {
+    use likeness_core::{DataPaths, DATA_DIR_ENV};
+    let _lock = crate::common::env_lock();
+    let old = std::env::var_os(DATA_DIR_ENV);
+    let explicit = tmp();
+    let from_env = tmp();
+    std::env::set_var(DATA_DIR_ENV, from_env.path());
+    assert_eq!(DataPaths::resolve(Some(explicit.path())).unwrap().root, explicit.path(), "explicit wins");
+    assert_eq!(DataPaths::resolve(None).unwrap().root, from_env.path(), "then LIKENESS_DATA_DIR");
+    std::env::remove_var(DATA_DIR_ENV);
+    let os = DataPaths::resolve(None);
+    match old {
+        Some(v) => std::env::set_var(DATA_DIR_ENV, v),
+        None => std::env::remove_var(DATA_DIR_ENV),
+    }
+    // Then the OS data folder (HOME is set here), never the working directory.
+    let os = os.unwrap();
+    assert!(os.root.is_absolute() && os.root.to_string_lossy().to_lowercase().contains("likeness"), "{:?}", os.root);
+    let p = DataPaths::new("/d");
+    assert_eq!(p.db(), std::path::Path::new("/d/likeness.db"));
+    assert_eq!(p.blob("abcdef"), std::path::Path::new("/d/vault/ab/abcdef.bin"));
+    assert_eq!(p.salt(), std::path::Path::new("/d/salt"));
+}
+
+#[test]
+fn library_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<likeness_core::Library>();
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let lib = std::sync::Mutex::new(open(dir.path(), &store));
+    std::thread::scope(|s| {
+        s.spawn(|| lib.lock().unwrap().create_job("a.jpg", b"a", "{}").unwrap());
+    });
+    assert_eq!(lib.lock().unwrap().list_jobs().unwrap().len(), 1);
+}
+
+#[test]
+fn sweep_uses_the_library_clock_and_a_backwards_clock_keeps_nothing_longer() {
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let clock = likeness_core::ManualClock::new(T0);
+    let mut lib = crate::common::open_clock(dir.path(), &store, &clock);
+    let make = |lib: &mut likeness_core::Library| {
+        let id = lib.create_job("a.jpg", b"a", "{}").unwrap();
+        lib.claim_next_job().unwrap();
+        lib.complete_job(&id, vec![output(b"o".to_vec(), "png")]).unwrap().remove(0)
+    };
+    let first = make(&mut lib);
+    clock.advance(29 * DAY);
+    assert_eq!(lib.sweep().unwrap().outputs_expired, 0);
+    clock.advance(DAY);
+    let report = lib.sweep().unwrap();
+    assert_eq!((report.outputs_expired, report.judged_at), (1, T0 + 30 * DAY));
+    assert!(lib.get_output(&first).is_err());
+
+    // The clock goes back 40 days: an output made now gets the usual expiry on paper, but it is
+    // judged against the latest time seen, so it can't outlive 30 days of that time.
+    let second = make(&mut lib);
+    clock.set(T0 - 10 * DAY);
+    let third = make(&mut lib);
+    assert_eq!(lib.output_info(&third).unwrap().expires_at, T0 + 20 * DAY);
+    let report = lib.sweep().unwrap();
+    assert_eq!(report.judged_at, T0 + 30 * DAY, "the backwards clock is not believed");
+    assert_eq!(report.outputs_expired, 1, "the third output's expiry is already past");
+    assert!(lib.get_output(&second).is_ok());
+    // The clock comes back: the second output still expires on its own date, not later.
+    clock.set(T0 + 60 * DAY);
+    assert_eq!(lib.sweep().unwrap().outputs_expired, 1);
+    assert!(lib.list_outputs().unwrap().is_empty());
 }
