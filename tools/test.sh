@@ -15,5 +15,9 @@ dbus-run-session -- bash -c '
   set -euo pipefail
   eval "$(printf likeness-ci | gnome-keyring-daemon --unlock --components=secrets)" >/dev/null
   export LIKENESS_TEST_SECRET_SERVICE=1
+  npx vitest run
   cargo test --workspace --release --locked
+  # The E2E drives the app as shipped: rebuild it without the mock runtime the tests compiled in.
+  cargo build --release --locked -p likeness-app --bins
+  tools/e2e.sh
 '

@@ -1,0 +1,108 @@
+//! A real job through the worker (bundled models, the sample photo): events, the gallery's images
+//! through the `likeness:` scheme, export, delete.
+
+use std::time::{Duration, Instant};
+
+use likeness_core::OutputId;
+use serde_json::{json, Value};
+use tauri::Listener;
+
+use crate::support::{app_with, code, config, photo, settings};
+
+fn wait_for_done(t: &crate::support::TestApp, id: &Value) -> Value {
+    let start = Instant::now();
+    loop {
+        let job = t.jobs().into_iter().find(|j| &j["id"] == id).expect("job listed");
+        match job["state"].as_str() {
+            Some("done") => return job,
+            Some("failed") | Some("cancelled") => panic!("job ended {job}"),
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "job not done after 180 s: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_job_runs_to_a_headshot_that_can_be_seen_exported_and_deleted() {
+    let t = app_with(|d| config(d, true));
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = events.clone();
+    t.app.listen_any("job-event", move |e| {
+        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
+            sink.lock().expect("events").push(v);
+        }
+    });
+
+    let a = t.stage("grace.jpg", photo()).expect("stage");
+    let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": settings()})).expect("create");
+    let job = wait_for_done(&t, &id);
+    let outputs = job["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), 1, "{job}");
+    let out = &outputs[0];
+    assert_eq!(out["format"], "png");
+    assert_eq!((out["width"].as_u64(), out["height"].as_u64()), (Some(512), Some(512)));
+    let days = (out["expires_at"].as_i64().unwrap_or(0) - out["created_at"].as_i64().unwrap_or(0)) / 86_400;
+    assert_eq!(days, 30);
+
+    // Events: started, throttled progress, finished with the output.
+    std::thread::sleep(Duration::from_millis(200));
+    let ev = events.lock().expect("events").clone();
+    let kinds: Vec<&str> = ev.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    assert!(kinds.contains(&"progress"), "{kinds:?}");
+    let fin = ev.iter().find(|e| e["kind"] == "finished").expect("finished event");
+    assert_eq!(fin["state"], "done");
+    assert_eq!(fin["outputs"][0], out["id"]);
+
+    // The gallery's images: decrypted in memory, served by the scheme.
+    let state = t.state();
+    let oid = out["id"].as_str().expect("id").to_string();
+    let r = likeness_app::protocol::serve(&state, &format!("/output/{oid}"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.body().starts_with(b"\x89PNG"));
+    let before = likeness_app::protocol::serve(&state, &format!("/input/{}/0", id.as_str().expect("id")));
+    assert_eq!(before.status(), 200);
+    assert_eq!(before.body(), &photo());
+    assert_eq!(likeness_app::protocol::serve(&state, &format!("/input/{}/5", id.as_str().expect("id"))).status(), 404);
+
+    // Export writes the decrypted file where the dialog pointed.
+    let dest = t.dir.path().join("exported.png");
+    let res = likeness_app::commands::write_export(&state, &OutputId(oid.clone()), &dest).expect("export");
+    assert!(res.saved);
+    assert_eq!(res.file_name.as_deref(), Some("exported.png"));
+    assert_eq!(std::fs::read(&dest).expect("exported file"), r.body().clone());
+    let bad = likeness_app::commands::write_export(&state, &OutputId(oid.clone()), &t.dir.path().join("no/such/dir/x.png"));
+    assert_eq!(bad.map_err(|e| e.code), Err("io"));
+
+    t.invoke("delete_output", json!({"id": oid})).expect("delete output");
+    assert_eq!(code(t.invoke("delete_output", json!({"id": oid}))), "not_found");
+    assert_eq!(likeness_app::protocol::serve(&state, &format!("/output/{oid}")).status(), 404);
+    assert!(t.jobs()[0]["outputs"].as_array().is_some_and(|o| o.is_empty()));
+    // The exported copy is the person's: deleting the output leaves it.
+    assert!(dest.is_file());
+    state.shutdown();
+}
+
+#[test]
+fn a_photo_without_a_face_fails_in_plain_words() {
+    let t = app_with(|d| config(d, true));
+    let cup = std::fs::read(crate::support::repo_file("assets/photos/coffee.png")).expect("coffee photo");
+    let a = t.stage("coffee.png", cup).expect("stage");
+    let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": settings()})).expect("create");
+    let start = Instant::now();
+    let job = loop {
+        let job = t.jobs().into_iter().find(|j| j["id"] == id).expect("job");
+        if job["state"] == "failed" {
+            break job;
+        }
+        assert_ne!(job["state"], "done", "a coffee cup made a headshot: {job}");
+        assert!(start.elapsed() < Duration::from_secs(120), "{job}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = job["error"].as_str().expect("error message");
+    assert!(err.contains("coffee.png") && err.to_lowercase().contains("face"), "{err}");
+    t.state().shutdown();
+}

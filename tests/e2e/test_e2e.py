@@ -1,0 +1,291 @@
+"""End-to-end test of the Likeness desktop app in a real window.
+
+Xvfb + tauri-driver + WebKitWebDriver drive the release binary through: the first-start privacy
+notice, dropping the sample photo (a File made from the photo's bytes, dropped on the drop zone as a
+person's drag and drop delivers it), generating, the result in the gallery, exporting it through the
+native save dialog (driven with xdotool), deleting all data, and a restart (the notice stays
+acknowledged). Screenshots of each screen go to target/e2e-screenshots/.
+
+Usage: python tests/e2e/test_e2e.py target/release/likeness-app   (tools/e2e.sh sets up the rest)
+"""
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.common.options import ArgOptions
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "target" / "e2e-screenshots"
+PHOTO = ROOT / "assets" / "photos" / "grace_hopper_512x512.jpg"
+DRIVER = os.environ.get("TAURI_DRIVER_URL", "http://127.0.0.1:4444")
+
+DROP_JS = """
+const [b64, name, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+const bin = atob(b64);
+const bytes = new Uint8Array(bin.length);
+for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+const file = new File([bytes], name, { type: "image/jpeg" });
+const dt = new DataTransfer();
+dt.items.add(file);
+const zone = document.getElementById("dropzone");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+}
+done(dt.files.length);
+"""
+
+
+def session(app):
+    opts = ArgOptions()
+    opts.set_capability("browserName", "wry")
+    opts.set_capability("tauri:options", {"application": str(app)})
+    return webdriver.Remote(command_executor=DRIVER, options=opts)
+
+
+def shot(driver, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def screen_shot(name):
+    """The whole X screen (native dialogs are not part of the webview's screenshot)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["import", "-window", "root", str(SHOTS / f"{name}.png")], check=False, timeout=20)
+
+
+def wait(driver, seconds=20):
+    return WebDriverWait(driver, seconds, poll_frequency=0.2)
+
+
+def ready(driver):
+    wait(driver).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+
+
+def click(driver, css):
+    el = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css)))
+    el.click()
+    return el
+
+
+def drive_save_dialog(path, errors):
+    """Types `path` into the GTK save dialog titled "Export headshot" and presses Enter."""
+    try:
+        win = subprocess.run(
+            ["xdotool", "search", "--sync", "--name", "Export headshot"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        if not win:
+            errors.append("the save dialog did not appear")
+            return
+        w = win[-1]
+        time.sleep(0.8)  # let GTK finish mapping the dialog before typing into it
+        subprocess.run(["xdotool", "windowfocus", "--sync", w], check=True, timeout=10)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+a"], check=True, timeout=10)
+        subprocess.run(["xdotool", "type", "--delay", "20", path], check=True, timeout=30)
+        time.sleep(0.3)
+        screen_shot("06-export-dialog")
+        subprocess.run(["xdotool", "key", "Return"], check=True, timeout=10)
+    except Exception as e:  # reported by the test that waits for the file
+        errors.append(f"driving the save dialog failed: {e}")
+
+
+def drive_open_dialog(path, errors):
+    """Picks `path` in the GTK open dialog titled "Choose 1 to 3 photos of yourself"."""
+    try:
+        win = subprocess.run(
+            ["xdotool", "search", "--sync", "--name", "Choose 1 to 3 photos"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        if not win:
+            errors.append("the open dialog did not appear")
+            return
+        time.sleep(0.8)
+        subprocess.run(["xdotool", "windowfocus", "--sync", win[-1]], check=True, timeout=10)
+        # Ctrl+L opens GTK's location bar; give it a moment before typing the path.
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+l"], check=True, timeout=10)
+        time.sleep(0.6)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+a"], check=True, timeout=10)
+        subprocess.run(["xdotool", "type", "--delay", "20", path], check=True, timeout=30)
+        time.sleep(0.5)
+        screen_shot("09-open-dialog")
+        subprocess.run(["xdotool", "key", "Return"], check=True, timeout=10)
+    except Exception as e:
+        errors.append(f"driving the open dialog failed: {e}")
+
+
+def main(app):
+    results = []
+    export_dir = Path(tempfile.mkdtemp(prefix="likeness-e2e-export-"))
+    exported = export_dir / "my-headshot.png"
+
+    def step(name, fn):
+        t0 = time.monotonic()
+        try:
+            fn()
+            results.append((name, True, ""))
+            print(f"ok   {name} ({time.monotonic() - t0:.1f} s)", flush=True)
+        except Exception:
+            results.append((name, False, traceback.format_exc()))
+            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+            raise
+
+    driver = session(app)
+    try:
+
+        def first_start():
+            ready(driver)
+            wait(driver).until(lambda d: d.execute_script("return document.getElementById('privacy').open"))
+            shot(driver, "01-privacy-notice")
+            # Keyboard only: the dialog's button has focus; Enter acknowledges.
+            driver.switch_to.active_element.send_keys(Keys.ENTER)
+            wait(driver).until(lambda d: not d.execute_script("return document.getElementById('privacy').open"))
+
+        step("first start shows the privacy notice, acknowledged once", first_start)
+
+        def layout_and_keyboard():
+            size = driver.get_window_size()
+            assert size["width"] <= 1030 and size["height"] <= 710, size
+            overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"horizontal overflow of {overflow}px at {size}"
+            driver.find_element(By.ID, "tab-create").click()
+            driver.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+            assert driver.execute_script("return document.activeElement.id") == "tab-queue"
+            assert driver.find_element(By.ID, "tab-queue").get_attribute("aria-selected") == "true"
+            driver.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+            assert driver.find_element(By.ID, "create").is_displayed()
+            # Every form control has a label.
+            unlabeled = driver.execute_script(
+                "return [...document.querySelectorAll('select, input')].filter(e => !e.labels?.length && !e.getAttribute('aria-label')).map(e => e.id)"
+            )
+            assert unlabeled == [], unlabeled
+            shot(driver, "02-create-empty")
+
+        step("1024x700 window, keyboard tabs, labelled controls", layout_and_keyboard)
+
+        def drop_photo():
+            b64 = base64.b64encode(PHOTO.read_bytes()).decode()
+            n = driver.execute_async_script(DROP_JS, b64, PHOTO.name)
+            assert n == 1, n
+            wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 1)
+            # The preview: the face found and the crop drawn over the photo.
+            wait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#staged svg .face"))
+            assert driver.find_elements(By.CSS_SELECTOR, "#staged svg .crop")
+            loaded = driver.execute_script("const i = document.querySelector('#staged img'); return i.complete && i.naturalWidth")
+            assert loaded == 512, f"staged photo not shown through the likeness: scheme ({loaded})"
+            assert driver.find_element(By.ID, "start").is_enabled()
+            shot(driver, "03-create-photo-preview")
+
+        step("drop the sample photo: preview with face and crop", drop_photo)
+
+        def generate():
+            Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
+            Select(driver.find_element(By.ID, "preset")).select_by_value("portrait")
+            Select(driver.find_element(By.ID, "backdrop")).select_by_value("navy")
+            click(driver, "#start")
+            wait(driver).until(lambda d: d.find_element(By.ID, "queue").is_displayed())
+            wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li.job"))
+            shot(driver, "04-queue")
+            wait(driver, 240).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li.job[data-state='done']"))
+            shot(driver, "05-queue-done")
+
+        step("generate: the job runs to done in the queue", generate)
+
+        def gallery():
+            click(driver, "#tab-gallery")
+            wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#outputs li.output"))
+            sizes = wait(driver, 30).until(
+                lambda d: d.execute_script(
+                    "const a = document.querySelector('#outputs img.after'), b = document.querySelector('#outputs img.before');"
+                    "return a && b && a.complete && b.complete && a.naturalWidth > 0 && b.naturalWidth > 0 ? [a.naturalWidth, a.naturalHeight, b.naturalWidth] : null"
+                )
+            )
+            # Portrait 4:5, shown next to the 512x512 original.
+            assert abs(sizes[1] / sizes[0] - 1.25) < 0.02 and sizes[2] == 512, sizes
+            expiry = driver.find_element(By.CSS_SELECTOR, "#outputs [data-role='expiry']").text
+            assert "30 days" in expiry, expiry
+            shot(driver, "07-gallery")
+
+        step("the headshot in the gallery with before/after and days left", gallery)
+
+        def export():
+            errors = []
+            t = threading.Thread(target=drive_save_dialog, args=(str(exported), errors))
+            t.start()
+            click(driver, "#outputs [data-action='export']")
+            t.join(90)
+            assert not errors, errors
+            wait(driver, 30).until(lambda d: "Saved as my-headshot.png" in d.find_element(By.CSS_SELECTOR, "#outputs .output p[role='status']").text)
+            data = exported.read_bytes()
+            assert data.startswith(b"\x89PNG"), data[:8]
+            shot(driver, "08-exported")
+
+        step("export through the native save dialog", export)
+
+        def pick_with_dialog():
+            click(driver, "#tab-create")
+            errors = []
+            t = threading.Thread(target=drive_open_dialog, args=(str(PHOTO), errors))
+            t.start()
+            click(driver, "#pick")
+            t.join(90)
+            assert not errors, errors
+            wait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 1)
+            name = driver.find_element(By.CSS_SELECTOR, "#staged li .name").get_attribute("title")
+            assert name == PHOTO.name, name
+
+        step("choose a photo with the native open dialog", pick_with_dialog)
+
+        def delete_all():
+            click(driver, "#tab-prefs")
+            shot(driver, "10-preferences")
+            click(driver, "#delete-all")
+            wait(driver).until(lambda d: d.execute_script("return document.getElementById('confirm-delete').open"))
+            shot(driver, "11-confirm-delete")
+            click(driver, "#confirm-yes")
+            wait(driver, 30).until(lambda d: "deleted" in d.find_element(By.ID, "delete-msg").text)
+            click(driver, "#tab-gallery")
+            wait(driver).until(lambda d: d.find_element(By.ID, "gallery-empty").is_displayed())
+            assert not driver.find_elements(By.CSS_SELECTOR, "#outputs li")
+            assert exported.is_file(), "exported files are the person's: delete all must not touch them"
+            shot(driver, "12-after-delete-all")
+            click(driver, "#tab-create")
+            assert not driver.find_elements(By.CSS_SELECTOR, "#staged li"), "photos waiting for a job are data too"
+
+        step("delete all my data, with confirmation", delete_all)
+    finally:
+        driver.quit()
+
+    def restart():
+        d2 = session(app)
+        try:
+            ready(d2)
+            time.sleep(0.5)
+            assert not d2.execute_script("return document.getElementById('privacy').open"), "notice shown again"
+            assert not d2.find_elements(By.CSS_SELECTOR, "#jobs li")
+            shot(d2, "13-restart")
+        finally:
+            d2.quit()
+
+    step("restart: the notice stays acknowledged, the data stays deleted", restart)
+    passed = sum(1 for _, ok, _ in results if ok)
+    print(f"{passed} passed, {len(results) - passed} failed; screenshots in {SHOTS}")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    app = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "target" / "release" / "likeness-app").resolve()
+    try:
+        sys.exit(main(app))
+    except Exception:
+        print("E2E stopped at the first failure", flush=True)
+        sys.exit(1)

@@ -1,0 +1,130 @@
+import { describe, expect, it } from "vitest";
+import {
+  DAY,
+  daysLeft,
+  daysLeftLabel,
+  errorText,
+  failureHint,
+  formatBytes,
+  formatDuration,
+  imageUrl,
+  parseRetention,
+  percent,
+  remainingSeconds,
+  stageLabel,
+  stateLabel,
+  timeLine,
+  validatePhotos,
+} from "./logic.js";
+
+const now = 1_700_000_000;
+
+describe("days left before automatic deletion", () => {
+  it("rounds partial days up", () => {
+    expect(daysLeft(now + 30 * DAY, now)).toBe(30);
+    expect(daysLeft(now + 29 * DAY + 1, now)).toBe(30);
+    expect(daysLeft(now + 1, now)).toBe(1);
+  });
+  it("is 0 once due or past", () => {
+    expect(daysLeft(now, now)).toBe(0);
+    expect(daysLeft(now - 5 * DAY, now)).toBe(0);
+  });
+  it("labels today, tomorrow and later", () => {
+    expect(daysLeftLabel(now - 1, now)).toBe("Deleted automatically today");
+    expect(daysLeftLabel(now + 3600, now)).toBe("Deleted automatically tomorrow");
+    expect(daysLeftLabel(now + 12 * DAY, now)).toBe("Deleted automatically in 12 days");
+  });
+});
+
+describe("durations, progress and remaining time", () => {
+  it("formats seconds, minutes and hours", () => {
+    expect(formatDuration(0)).toBe("0 s");
+    expect(formatDuration(42.4)).toBe("42 s");
+    expect(formatDuration(185)).toBe("3 min 05 s");
+    expect(formatDuration(3720)).toBe("1 h 02 min");
+    expect(formatDuration(-3)).toBe("0 s");
+  });
+  it("clamps progress to whole percent", () => {
+    expect(percent(0.456)).toBe(46);
+    expect(percent(-1)).toBe(0);
+    expect(percent(2)).toBe(100);
+    expect(percent(Number.NaN)).toBe(0);
+  });
+  it("extrapolates the remaining time from the time spent", () => {
+    expect(remainingSeconds(0.25, now - 10, now)).toBeCloseTo(30);
+    expect(remainingSeconds(0.5, now - 8, now)).toBeCloseTo(8);
+  });
+  it("gives no estimate too early, when done or when not started", () => {
+    expect(remainingSeconds(0.01, now - 10, now)).toBeNull();
+    expect(remainingSeconds(1, now - 10, now)).toBeNull();
+    expect(remainingSeconds(0.5, null, now)).toBeNull();
+    expect(remainingSeconds(0.5, now, now)).toBeNull();
+  });
+  it("describes a job's time", () => {
+    const base = { created_at: now - 60, finished_at: null, progress: 0 };
+    expect(timeLine({ ...base, state: "queued", started_at: null }, now)).toBe("Waiting to start");
+    expect(timeLine({ ...base, state: "running", started_at: now - 10, progress: 0.5 }, now)).toBe("Elapsed 10 s · about 10 s left");
+    expect(timeLine({ ...base, state: "running", started_at: now - 10, progress: 0.01 }, now)).toBe("Elapsed 10 s");
+    expect(timeLine({ ...base, state: "running", started_at: now - 1, progress: 0.7 }, now)).toBe("Elapsed 1 s · almost done");
+    expect(timeLine({ ...base, state: "done", started_at: now - 50, finished_at: now - 20, progress: 1 }, now)).toBe("Elapsed 30 s");
+  });
+});
+
+describe("labels", () => {
+  it("names stages and states in plain words", () => {
+    expect(stageLabel("segment")).toBe("Separating you from the background");
+    expect(stageLabel(null)).toBe("");
+    expect(stageLabel("new-stage")).toBe("new-stage");
+    expect(stateLabel("queued")).toBe("Waiting");
+    expect(stateLabel("failed")).toBe("Failed");
+  });
+  it("explains failures with what to do", () => {
+    expect(failureHint("grace.jpg: no face found in the photo")).toMatch(/clearly visible/);
+    expect(failureHint("the photo is too small (100x100)")).toMatch(/larger photo/);
+    expect(failureHint(null)).toMatch(/Try again/);
+  });
+  it("turns IPC errors into sentences", () => {
+    expect(errorText({ code: "not_found", message: "job x does not exist" })).toBe("job x does not exist");
+    expect(errorText({ code: "disk_full", message: "free space" })).toBe("The disk is full. free space");
+    expect(errorText(new Error("boom"))).toBe("boom");
+    expect(errorText("plain")).toBe("plain");
+  });
+  it("formats sizes", () => {
+    expect(formatBytes(512)).toBe("512 B");
+    expect(formatBytes(2048)).toBe("2 KB");
+    expect(formatBytes(3 * 1024 * 1024)).toBe("3.0 MB");
+  });
+});
+
+describe("validation", () => {
+  const f = (name: string, size = 1000, type = "image/jpeg") => ({ name, size, type });
+  it("accepts JPEG, PNG and WebP up to the limit", () => {
+    const r = validatePhotos([f("a.jpg"), f("b.png", 10, "image/png"), f("c.webp", 10, "")], 0, 3, 5000);
+    expect(r.accepted.map((x) => x.name)).toEqual(["a.jpg", "b.png", "c.webp"]);
+    expect(r.errors).toEqual([]);
+  });
+  it("refuses other types, empty and oversized files, and a fourth photo", () => {
+    const r = validatePhotos([f("doc.pdf", 10, "application/pdf"), f("e.jpg", 0), f("big.jpg", 9000), f("ok.jpg"), f("more.jpg")], 2, 3, 5000);
+    expect(r.accepted.map((x) => x.name)).toEqual(["ok.jpg"]);
+    expect(r.errors).toHaveLength(4);
+    expect(r.errors[0]).toMatch(/not a JPEG/);
+    expect(r.errors[1]).toMatch(/empty/);
+    expect(r.errors[2]).toMatch(/larger than/);
+    expect(r.errors[3]).toMatch(/at most 3/);
+  });
+  it("parses retention days", () => {
+    expect(parseRetention(" 14 ")).toEqual({ days: 14 });
+    expect(parseRetention("0")).toHaveProperty("error");
+    expect(parseRetention("4000")).toHaveProperty("error");
+    expect(parseRetention("1.5")).toHaveProperty("error");
+    expect(parseRetention("")).toHaveProperty("error");
+  });
+});
+
+describe("image URLs", () => {
+  it("uses the likeness scheme, encoding each part", () => {
+    expect(imageUrl("output/abc", false)).toBe("likeness://localhost/output/abc");
+    expect(imageUrl("input/a b/0", false)).toBe("likeness://localhost/input/a%20b/0");
+    expect(imageUrl("output/abc", true)).toBe("http://likeness.localhost/output/abc");
+  });
+});

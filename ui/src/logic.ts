@@ -1,0 +1,179 @@
+// Pure logic of the UI (no DOM, no IPC): formatting, progress and time estimates, validation.
+// Unit-tested by Vitest (logic.test.ts).
+
+export const DAY = 86_400;
+
+/** Whole days (rounded up) until an output is deleted; 0 once it is due. */
+export function daysLeft(expiresAt: number, nowSec: number): number {
+  const left = expiresAt - nowSec;
+  return left <= 0 ? 0 : Math.ceil(left / DAY);
+}
+
+export function daysLeftLabel(expiresAt: number, nowSec: number): string {
+  const d = daysLeft(expiresAt, nowSec);
+  if (d === 0) return "Deleted automatically today";
+  if (d === 1) return "Deleted automatically tomorrow";
+  return `Deleted automatically in ${d} days`;
+}
+
+/** "42 s", "3 min 05 s", "1 h 02 min". */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+}
+
+/** Progress as a whole percentage in [0, 100]. */
+export function percent(fraction: number): number {
+  if (!Number.isFinite(fraction)) return 0;
+  return Math.round(Math.min(1, Math.max(0, fraction)) * 100);
+}
+
+/** Seconds left, extrapolated from the time spent so far; null until it means something. */
+export function remainingSeconds(fraction: number, startedAt: number | null, nowSec: number): number | null {
+  if (startedAt === null || !Number.isFinite(fraction) || fraction < 0.05 || fraction >= 1) return null;
+  const spent = nowSec - startedAt;
+  if (spent <= 0) return null;
+  return (spent * (1 - fraction)) / fraction;
+}
+
+export interface JobTimes {
+  state: string;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  progress: number;
+}
+
+/** "Elapsed 12 s · about 30 s left" for a running job; the total time for a finished one. */
+export function timeLine(job: JobTimes, nowSec: number): string {
+  if (job.started_at === null) return job.state === "queued" ? "Waiting to start" : "";
+  const end = job.finished_at ?? nowSec;
+  const elapsed = `Elapsed ${formatDuration(end - job.started_at)}`;
+  if (job.state !== "running") return elapsed;
+  const rem = remainingSeconds(job.progress, job.started_at, nowSec);
+  if (rem === null) return elapsed;
+  return rem < 1 ? `${elapsed} · almost done` : `${elapsed} · about ${formatDuration(rem)} left`;
+}
+
+const STAGES: Record<string, string> = {
+  decode: "Reading the photo",
+  detect: "Finding the face",
+  landmarks: "Mapping the face",
+  framing: "Framing",
+  segment: "Separating you from the background",
+  composite: "Building the studio look",
+  encode: "Saving",
+};
+
+export function stageLabel(stage: string | null | undefined): string {
+  if (!stage) return "";
+  return STAGES[stage] ?? stage;
+}
+
+const STATES: Record<string, string> = {
+  queued: "Waiting",
+  running: "Working",
+  done: "Done",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+
+export function stateLabel(state: string): string {
+  return STATES[state] ?? state;
+}
+
+export interface IpcError {
+  code: string;
+  message: string;
+}
+
+export function isIpcError(e: unknown): e is IpcError {
+  return typeof e === "object" && e !== null && typeof (e as IpcError).code === "string" && typeof (e as IpcError).message === "string";
+}
+
+/** Plain words for an error from a command. */
+export function errorText(e: unknown): string {
+  if (isIpcError(e)) {
+    const lead: Record<string, string> = {
+      key_unavailable: "Likeness cannot unlock its encrypted storage.",
+      library_locked: "Likeness is already open in another window.",
+      disk_full: "The disk is full.",
+      models_missing: "The face models are missing.",
+      library_damaged: "Likeness's storage is damaged.",
+    };
+    return lead[e.code] ? `${lead[e.code]} ${e.message}` : e.message;
+  }
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+/** What a failed job's message means for the person, with what to do. */
+export function failureHint(message: string | null | undefined): string {
+  const m = (message ?? "").toLowerCase();
+  if (m.includes("no face")) return "No face was found. Use a photo where your face is clearly visible, facing the camera.";
+  if (m.includes("too small")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
+  if (m.includes("not an image") || m.includes("format") || m.includes("decode"))
+    return "The file could not be read as a photo. Use a JPEG, PNG or WebP photo.";
+  if (m.includes("full")) return "The disk is full. Free some space and start the job again.";
+  return "Something went wrong. Try again, or try another photo.";
+}
+
+export interface PhotoCandidate {
+  name: string;
+  size: number;
+  type: string;
+}
+
+const TYPES = ["image/jpeg", "image/png", "image/webp"];
+const EXTS = [".jpg", ".jpeg", ".png", ".webp"];
+
+/** Splits dropped files into those to send and plain-words reasons for the rest. */
+export function validatePhotos<T extends PhotoCandidate>(
+  files: T[],
+  alreadyStaged: number,
+  max: number,
+  maxBytes: number,
+): { accepted: T[]; errors: string[] } {
+  const accepted: T[] = [];
+  const errors: string[] = [];
+  for (const f of files) {
+    const lower = f.name.toLowerCase();
+    const typeOk = TYPES.includes(f.type) || (f.type === "" && EXTS.some((x) => lower.endsWith(x)));
+    if (!typeOk) {
+      errors.push(`${f.name} is not a JPEG, PNG or WebP photo.`);
+    } else if (f.size === 0) {
+      errors.push(`${f.name} is empty.`);
+    } else if (f.size > maxBytes) {
+      errors.push(`${f.name} is larger than ${Math.floor(maxBytes / (1024 * 1024))} MB.`);
+    } else if (alreadyStaged + accepted.length >= max) {
+      errors.push(`${f.name} was not added: a job takes at most ${max} photos.`);
+    } else {
+      accepted.push(f);
+    }
+  }
+  return { accepted, errors };
+}
+
+/** Retention days typed by the person: an integer 1..3650, or an error in plain words. */
+export function parseRetention(text: string): { days: number } | { error: string } {
+  const t = text.trim();
+  if (!/^\d+$/.test(t)) return { error: "Enter a whole number of days." };
+  const days = Number(t);
+  if (days < 1 || days > 3650) return { error: "Choose between 1 and 3650 days." };
+  return { days };
+}
+
+/** URL of an image served by the app's `likeness:` scheme (Windows maps custom schemes to http). */
+export function imageUrl(path: string, windows: boolean): string {
+  const clean = path.split("/").map(encodeURIComponent).join("/");
+  return windows ? `http://likeness.localhost/${clean}` : `likeness://localhost/${clean}`;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MB`;
+}
