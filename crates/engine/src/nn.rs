@@ -441,9 +441,11 @@ impl CustomOp1 for DepthwiseOp<'_> {
             if g.stride == 1 {
                 dw_plane(plane, g.w, k, b, self.act, &g, o);
             } else {
-                let mut phases = vec![0f32; g.stride * g.h * phase_w];
-                split_phases(plane, g.h, g.w, g.stride, phase_w, &mut phases);
-                dw_plane(&phases, phase_w, k, b, self.act, &g, o);
+                // split_phases writes every value, so the thread's reused scratch needs no zeroing.
+                with_scratch(g.stride * g.h * phase_w, |phases| {
+                    split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
+                    dw_plane(phases, phase_w, k, b, self.act, &g, o);
+                });
             }
         };
         let work = out.len() * kk;
