@@ -145,7 +145,7 @@ fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
 /// Runs `f(index, chunk)` over `out.chunks_mut(chunk)`, on rayon when the whole job is big
 /// enough to pay for the hand-off (a few microseconds), else on this thread.
 fn for_chunks(out: &mut [f32], chunk: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    const PAR_MIN_WORK: usize = 1 << 20;
+    const PAR_MIN_WORK: usize = 1 << 18;
     if chunk == 0 {
         return;
     }
@@ -159,7 +159,7 @@ fn for_chunks(out: &mut [f32], chunk: usize, work: usize, f: impl Fn(usize, &mut
 fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     let threads = rayon::current_num_threads();
     // Below ~64k multiply-adds a second thread costs more than it saves.
-    if threads > 1 && m * n * k >= 1 << 22 {
+    if threads > 1 && m * n * k >= 1 << 20 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
