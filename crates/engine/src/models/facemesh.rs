@@ -10,7 +10,7 @@
 //! blocks add a max-pooled, zero-channel-padded skip) ending at 6x6, then two heads: the mesh head
 //! (468 x (x, y, z) in input pixels) and the face-presence head (one logit).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{max_pool2d, Conv2d, PRelu, Padding};
@@ -88,6 +88,8 @@ struct ResBlock {
     dw: Conv2d,
     pw: Conv2d,
     act: PRelu,
+    /// The PReLU slopes for the fused CPU skip + activation pass.
+    alpha: Vec<f32>,
     stride: usize,
     /// Zero channels appended to the skip when the block widens.
     pad_channels: usize,
@@ -99,6 +101,7 @@ impl ResBlock {
             dw: Conv2d::depthwise(vb.pp(tf_name("depthwise_conv2d", dw)), in_c, 3, spec.stride, Padding::Same, true)?,
             pw: Conv2d::new(vb.pp(tf_name("conv2d", pw)), in_c, spec.out_channels, 1, 1, Padding::Valid, true)?,
             act: PRelu::new(vb.pp(tf_name("p_re_lu", act)), spec.out_channels)?,
+            alpha: vb.pp(tf_name("p_re_lu", act)).get(spec.out_channels, "alpha")?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             stride: spec.stride,
             pad_channels: spec.out_channels.saturating_sub(in_c),
         })
@@ -108,9 +111,77 @@ impl ResBlock {
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.pw.forward(&self.dw.forward(x)?)?;
+        if let Some(op) = self.fused_skip(&h, x)? {
+            h.inplace_op2(&x.contiguous()?, &op)?;
+            return Ok(h);
+        }
         let skip = if self.stride > 1 { max_pool2d(x, 2, 2, Padding::Valid)? } else { x.clone() };
         let skip = if self.pad_channels > 0 { skip.pad_with_zeros(1, 0, self.pad_channels)? } else { skip };
         self.act.forward(&(h + skip)?)
+    }
+}
+
+impl ResBlock {
+    /// The fused skip + PReLU pass for `h` (the block's fresh pointwise output) and the block
+    /// input `x`, when both are plain f32 CPU tensors of the shapes it handles; `None` otherwise.
+    fn fused_skip(&self, h: &Tensor, x: &Tensor) -> Result<Option<SkipPrelu<'_>>> {
+        let cpu = matches!(h.device(), Device::Cpu) && h.dtype() == DType::F32 && x.dtype() == DType::F32;
+        let plain = h.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+        let (n, o, oh, ow) = h.dims4()?;
+        let (xn, c, xh, xw) = x.dims4()?;
+        let s = self.stride;
+        let fits = xn == n && c + self.pad_channels == o && xh == oh * s && xw == ow * s && (s == 1 || s == 2);
+        Ok((cpu && plain && fits && self.alpha.len() == o).then_some(SkipPrelu { alpha: &self.alpha, pool: s == 2 }))
+    }
+}
+
+/// `h = prelu(h + skip)` written over `h`, where the skip is `x` (or its 2x2 stride-2 max pool),
+/// zero-padded in channels: one pass instead of pool, pad, add and PReLU each allocating a map.
+struct SkipPrelu<'a> {
+    alpha: &'a [f32],
+    pool: bool,
+}
+
+impl InplaceOp2 for SkipPrelu<'_> {
+    fn name(&self) -> &'static str {
+        "facemesh-skip-prelu"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (_, o, h, w) = l1.shape().dims4()?;
+        let (_, c, _, xw) = l2.shape().dims4()?;
+        let (CpuStorage::F32(y), CpuStorage::F32(x)) = (s1, s2) else {
+            candle_core::bail!("facemesh skip: expected f32 tensors");
+        };
+        let (Some((y0, y1)), Some((x0, x1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("facemesh skip: expected contiguous tensors");
+        };
+        let (y, x) = (y.get_mut(y0..y1).unwrap_or(&mut []), x.get(x0..x1).unwrap_or(&[]));
+        let plane = h * w;
+        let xplane = if self.pool { 4 * plane } else { plane };
+        if plane == 0 || o == 0 {
+            return Ok(());
+        }
+        for (i, yp) in y.chunks_exact_mut(plane).enumerate() {
+            let (b, ch) = (i / o, i % o);
+            let a = self.alpha.get(ch).copied().unwrap_or(0.0);
+            let prelu = |v: f32| v.max(0.0) + a * v.min(0.0);
+            // Channels past the skip's are its zero padding: only the PReLU is left.
+            let xp = if ch < c { x.get((b * c + ch) * xplane..(b * c + ch + 1) * xplane) } else { None };
+            match xp {
+                None => yp.iter_mut().for_each(|v| *v = prelu(*v)),
+                Some(xp) if !self.pool => yp.iter_mut().zip(xp).for_each(|(v, &s)| *v = prelu(*v + s)),
+                Some(xp) => {
+                    for (yrow, xrows) in yp.chunks_exact_mut(w).zip(xp.chunks_exact(2 * xw)) {
+                        let (r0, r1) = xrows.split_at(xw);
+                        for ((v, p0), p1) in yrow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                            *v = prelu(*v + p0[0].max(p0[1]).max(p1[0].max(p1[1])));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
