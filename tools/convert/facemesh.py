@@ -14,48 +14,31 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-import tflite
 
-_OP_NAMES = {v: k for k, v in tflite.BuiltinOperator.__dict__.items() if not k.startswith("_")}
-
-
-def _tensor(model, graph, index: int) -> tuple[str, np.ndarray]:
-    t = graph.Tensors(index)
-    if t.Type() != tflite.TensorType.FLOAT32:
-        raise ValueError(f"{t.Name().decode()}: expected a float32 tensor, got type {t.Type()}")
-    raw = model.Buffers(t.Buffer()).DataAsNumpy()
-    shape = [int(s) for s in t.ShapeAsNumpy()]
-    return t.Name().decode(), np.frombuffer(raw.tobytes(), dtype="<f4").reshape(shape).copy()
-
-
-def _layer(name: str) -> str:
-    return name.split("/")[0]
+from .tflite_graph import const, layer, op_kind, open_graph
 
 
 def convert(path: pathlib.Path) -> dict[str, np.ndarray]:
-    buf = pathlib.Path(path).read_bytes()
-    model = tflite.Model.GetRootAsModel(buf, 0)
-    graph = model.Subgraphs(0)
+    model, graph = open_graph(path)
     out: dict[str, np.ndarray] = {}
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        kind = _OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        kind = op_kind(model, op)
         if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            kname, kernel = _tensor(model, graph, op.Inputs(1))
-            bname, bias = _tensor(model, graph, op.Inputs(2))
-            layer = _layer(kname)
+            kname, kernel = const(model, graph, op.Inputs(1))
+            bname, bias = const(model, graph, op.Inputs(2))
+            name = layer(kname)
             if kind == "CONV_2D":
                 w = kernel.transpose(0, 3, 1, 2)  # OHWI -> OIHW
             else:
                 if kernel.shape[0] != 1:
                     raise ValueError(f"{kname}: depth multiplier other than 1 is not supported")
                 w = kernel.transpose(3, 0, 1, 2)  # 1HWC -> C1HW
-            out[f"{layer}.weight"] = w
-            out[f"{_layer(bname)}.bias"] = bias.reshape(-1)
+            out[f"{name}.weight"] = w
+            out[f"{layer(bname)}.bias"] = bias.reshape(-1)
         elif kind == "PRELU":
-            aname, alpha = _tensor(model, graph, op.Inputs(1))
-            out[f"{_layer(aname)}.alpha"] = alpha.reshape(-1)
+            aname, alpha = const(model, graph, op.Inputs(1))
+            out[f"{layer(aname)}.alpha"] = alpha.reshape(-1)
         elif kind in ("ADD", "MAX_POOL_2D", "PAD"):
             continue
         else:

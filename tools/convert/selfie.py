@@ -22,44 +22,23 @@ import pathlib
 import numpy as np
 import tflite
 
-_OP_NAMES = {v: k for k, v in tflite.BuiltinOperator.__dict__.items() if not k.startswith("_")}
-_DTYPES = {tflite.TensorType.FLOAT32: "<f4", tflite.TensorType.FLOAT16: "<f2"}
+from .tflite_graph import const, layer, op_kind, open_graph
 
-
-def _const(model, graph, index: int) -> tuple[str, np.ndarray]:
-    """A constant tensor's name and value as float32 (float16 widened)."""
-    t = graph.Tensors(index)
-    dtype = _DTYPES.get(t.Type())
-    if dtype is None:
-        raise ValueError(f"{t.Name().decode()}: expected a float16/float32 constant, got type {t.Type()}")
-    raw = model.Buffers(t.Buffer()).DataAsNumpy()
-    if not isinstance(raw, np.ndarray) or raw.size == 0:
-        raise ValueError(f"{t.Name().decode()}: not a constant tensor")
-    shape = [int(s) for s in t.ShapeAsNumpy()]
-    return t.Name().decode(), np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape).astype(np.float32)
-
-
-def _layer(name: str) -> str:
-    return name.split("/")[0]
+_WEIGHT_TYPES = (tflite.TensorType.FLOAT32, tflite.TensorType.FLOAT16)
 
 
 def convert(path: pathlib.Path) -> dict[str, np.ndarray]:
-    buf = pathlib.Path(path).read_bytes()
-    model = tflite.Model.GetRootAsModel(buf, 0)
-    graph = model.Subgraphs(0)
+    model, graph = open_graph(path)
     # DEQUANTIZE output tensor index -> its float16 source tensor index.
     source: dict[int, int] = {}
     out: dict[str, np.ndarray] = {}
 
     def weight(index: int) -> tuple[str, np.ndarray]:
-        return _const(model, graph, source.get(index, index))
+        return const(model, graph, source.get(index, index), _WEIGHT_TYPES)
 
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        kind = _OP_NAMES.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
-        if kind == "CUSTOM":
-            kind = "CUSTOM:" + code.CustomCode().decode()
+        kind = op_kind(model, op)
         if kind == "DEQUANTIZE":
             source[op.Outputs(0)] = op.Inputs(0)
         elif kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "CUSTOM:Convolution2DTransposeBias"):
@@ -73,8 +52,8 @@ def convert(path: pathlib.Path) -> dict[str, np.ndarray]:
                 w = kernel.transpose(3, 0, 1, 2)  # 1HWC -> C1HW
             else:
                 w = kernel.transpose(3, 0, 1, 2)  # OHWI -> IOHW
-            out[f"{_layer(kname)}.weight"] = w
-            out[f"{_layer(bname)}.bias"] = bias.reshape(-1)
+            out[f"{layer(kname)}.weight"] = w
+            out[f"{layer(bname)}.bias"] = bias.reshape(-1)
         elif kind in ("RELU", "HARD_SWISH", "AVERAGE_POOL_2D", "LOGISTIC", "MUL", "ADD", "RESIZE_BILINEAR"):
             continue
         else:
