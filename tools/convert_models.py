@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import importlib
 import io
+import json
 import pathlib
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import tempfile
 import zipfile
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -114,11 +115,24 @@ def main() -> None:
         tensors = getattr(importlib.import_module(mod_name), fn_name)(src)
         tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
         dst = ROOT / "models" / spec["file"]
-        save_file(tensors, str(dst), metadata={"model": mid, "source": f"{spec['package'][1]} {spec['package'][2]}",
-                                               "source_sha256": spec["upstream_sha256"]})
+        meta = {"model": mid, "source": f"{spec['package'][1]} {spec['package'][2]}", "source_sha256": spec["upstream_sha256"]}
+        dst.write_bytes(reproducible(save(tensors, metadata=meta)))
         n = sum(v.size for v in tensors.values())
         print(f"{mid}: {len(tensors)} tensors, {n} parameters -> {dst.relative_to(ROOT)}")
     write_manifest()
+
+
+def reproducible(blob: bytes) -> bytes:
+    """The same safetensors bytes on every run: the library writes its metadata map in a random
+    order, so the manifest's sha256 would change with each conversion. Sort the metadata keys in
+    place (same header length, tensors untouched)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:
+        raise ValueError("safetensors header grew while sorting its metadata")
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:]
 
 
 def write_manifest() -> None:
