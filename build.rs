@@ -4,6 +4,7 @@
 fn main() {
     let ui_entry = std::path::Path::new("ui/public/js/main.js");
     println!("cargo:rerun-if-changed=ui/public");
+    println!("cargo:rerun-if-changed=src-tauri/command_names.rs");
     if !ui_entry.is_file() {
         // The UI is TypeScript compiled by `npm ci && npm run build` (tools/setup.sh does it).
         println!("cargo:warning=ui/public/js/main.js is missing: run `npm ci && npm run build` before building the app");
@@ -15,21 +16,4 @@ fn main() {
     }
 }
 
-/// Every command the UI may call: the same list as `generate_handler!` in src-tauri/lib.rs and the
-/// `allow-*` grants in capabilities/default.json (tests/app/security.rs checks all three agree).
-const COMMANDS: [&str; 14] = [
-    "app_info",
-    "acknowledge_privacy",
-    "pick_photos",
-    "stage_photo",
-    "unstage_photo",
-    "create_job",
-    "list_jobs",
-    "cancel_job",
-    "delete_job",
-    "delete_output",
-    "export_output",
-    "set_retention_days",
-    "delete_all_data",
-    "preview_photo",
-];
+include!("src-tauri/command_names.rs");
