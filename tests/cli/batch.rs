@@ -419,3 +419,42 @@ fn job_list(data: &Path) -> Vec<serde_json::Value> {
     let v = json(&run(&["jobs", "list", "--json"], data));
     v.as_array().or_else(|| v["jobs"].as_array()).expect("a job list").clone()
 }
+
+/// A read-only output folder is refused before any photo is processed, with nothing written
+/// and no job queued. Root ignores permissions, so where a mount is possible a read-only mount
+/// is used; elsewhere a folder without write permission.
+#[test]
+fn a_read_only_output_folder_is_refused_up_front() {
+    let (input, data, dir) = make_small();
+    let out = dir.path().join("readonly");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    struct Unmount(Option<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = Command::new("umount").arg(p).status();
+            }
+        }
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "likeness-test"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _unmount = if mounted {
+        Unmount(Some(out.clone()))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        Unmount(None)
+    };
+    let target = out.join("team");
+    let o = run(&["batch", input.to_str().expect("u"), "--out", target.to_str().expect("u")], &data);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("cannot write there") && err.contains("choose an output folder"), "{err}");
+    assert!(snapshot(&out).is_empty(), "nothing written");
+    let jobs = job_list(&data);
+    assert!(jobs.is_empty(), "nothing queued: {jobs:?}");
+}

@@ -113,7 +113,24 @@ pub fn check_folders(spec: &BatchSpec) -> Result<(PathBuf, PathBuf)> {
             spec.input_dir.display()
         )));
     }
+    check_writable(&output)?;
     Ok((input, output))
+}
+
+/// Fails before any photo is processed when the output folder can't take files (a read-only
+/// disk or share, no permission), instead of after the first headshot is made.
+fn check_writable(output: &Path) -> Result<()> {
+    let refuse = |e: std::io::Error| {
+        let err = CoreError::io("write into", output, e);
+        match err {
+            CoreError::DiskFull { .. } => err,
+            _ => CoreError::InvalidInput(format!("{}: Likeness cannot write there ({err}); choose an output folder you can write to", output.display())),
+        }
+    };
+    fs::create_dir_all(output).map_err(refuse)?;
+    let probe = output.join(format!(".likeness-probe-{}.tmp", std::process::id()));
+    fs::OpenOptions::new().write(true).create_new(true).open(&probe).map_err(refuse)?;
+    fs::remove_file(&probe).map_err(refuse)
 }
 
 /// Walks the input folder without following any symbolic link.
