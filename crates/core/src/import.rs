@@ -1151,7 +1151,7 @@ impl ModelStore {
 
         // Official or not: a manifest entry (weights) must match; a known diffusion file names itself.
         let mut official = "unknown".to_string();
-        let (mut task, mut license) = ("image-generation".to_string(), "unknown (see the model's own license)".to_string());
+        let (mut task, mut license) = ("image-generation".to_string(), "unknown".to_string());
         if let Some(entry) = &plan.entry {
             let expected = entry.files.first().map(|f| f.sha256.as_str()).unwrap_or("");
             let got = files.first().map(|f| f.sha256.as_str()).unwrap_or("");

@@ -160,6 +160,9 @@ pub fn detect(tensors: &[(String, Vec<usize>)]) -> Result<Detected, DetectError>
     if single {
         // SDXL keeps its encoders under conditioner.embedders; SD 1.x / 2.x under cond_stage_model.
         let sgm = any("conditioner.embedders.");
+        if sgm && any("conditioner.embedders.0.model.") && !any("conditioner.embedders.1.") {
+            return Err(DetectError::Unsupported("the SDXL refiner (one OpenCLIP text encoder)".into()));
+        }
         let p = Parts {
             unet: "model.diffusion_model.",
             conv_in: "model.diffusion_model.input_blocks.0.0.weight",
@@ -277,9 +280,6 @@ fn classify(t: &HashMap<&str, &[usize]>, tensors: &[(String, Vec<usize>)], p: &P
             return Err(DetectError::Missing { missing: "the SDXL UNet's add_embedding (label_emb)".into() });
         };
         let Some((n1, s1)) = te1 else {
-            if te2.is_some() && ctx == width(&p.te2.hidden(t)) {
-                return Err(DetectError::Unsupported("the SDXL refiner (one OpenCLIP text encoder)".into()));
-            }
             return Err(DetectError::Missing { missing: "the first text encoder (CLIP ViT-L)".into() });
         };
         let Some((n2, s2)) = te2 else {
@@ -336,10 +336,6 @@ fn classify(t: &HashMap<&str, &[usize]>, tensors: &[(String, Vec<usize>)], p: &P
 
 fn is_standard(ctx: usize) -> bool {
     matches!(ctx, 768 | 1024 | 1280 | 2048)
-}
-
-fn width(te: &Option<(String, Vec<usize>)>) -> usize {
-    te.as_ref().and_then(|(_, s)| s.get(1).copied()).unwrap_or(0)
 }
 
 /// A token embedding is [vocab, hidden].
@@ -420,6 +416,72 @@ mod tests {
         let face = vec![("backbone.0.weight".to_string(), vec![24, 3, 5, 5])];
         assert!(matches!(detect(&face), Err(DetectError::NotStableDiffusion(_))));
         assert!(matches!(detect(&[]), Err(DetectError::NotStableDiffusion(_))));
+    }
+
+    fn named(v: &[(&str, &[usize])]) -> Vec<(String, Vec<usize>)> {
+        v.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect()
+    }
+
+    /// The published SDXL base single file's shapes (conv_in, attention widths, label_emb, encoders).
+    #[test]
+    fn real_sdxl_single_file_shapes() {
+        let mut t = named(&[
+            ("model.diffusion_model.input_blocks.0.0.weight", &[320, 4, 3, 3]),
+            ("model.diffusion_model.input_blocks.4.1.proj_in.weight", &[640, 640]),
+            ("model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", &[640, 2048]),
+            ("model.diffusion_model.label_emb.0.0.weight", &[1280, 2816]),
+            ("first_stage_model.encoder.conv_in.weight", &[128, 3, 3, 3]),
+            ("first_stage_model.decoder.conv_out.weight", &[3, 128, 3, 3]),
+            ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", &[49408, 768]),
+            ("conditioner.embedders.1.model.token_embedding.weight", &[49408, 1280]),
+        ]);
+        let d = detect(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((d.arch, d.layout, d.context_dim), (Arch::Sdxl, Layout::SingleFile, 2048));
+        t[0].1 = vec![320, 9, 3, 3];
+        assert_eq!(detect(&t).map(|d| d.arch), Ok(Arch::SdxlInpaint));
+        // Without the second encoder it is not a usable SDXL.
+        t.pop();
+        assert!(matches!(detect(&t), Err(DetectError::Missing { .. })));
+        // The refiner: only the OpenCLIP encoder, as embedders.0.
+        t.pop();
+        t.push(("conditioner.embedders.0.model.token_embedding.weight".into(), vec![49408, 1280]));
+        assert!(matches!(detect(&t), Err(DetectError::Unsupported(_))));
+    }
+
+    /// SD 2.1 / SD-Turbo (diffusers names): the same shapes, so the caller must confirm.
+    #[test]
+    fn sd2_family_is_flagged_ambiguous() {
+        let t = named(&[
+            ("unet/conv_in.weight", &[320, 4, 3, 3]),
+            ("unet/down_blocks.0.attentions.0.proj_in.weight", &[320, 320]),
+            ("unet/down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", &[320, 1024]),
+            ("vae/encoder.conv_in.weight", &[128, 3, 3, 3]),
+            ("vae/decoder.conv_out.weight", &[3, 128, 3, 3]),
+            ("text_encoder/text_model.embeddings.token_embedding.weight", &[49408, 1024]),
+        ]);
+        let d = detect(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((d.arch, d.layout, d.ambiguous_sd2), (Arch::SdTurbo, Layout::Diffusers, true));
+        let mut inpaint = t.clone();
+        inpaint[0].1 = vec![320, 9, 3, 3];
+        assert!(matches!(detect(&inpaint), Err(DetectError::Unsupported(_))));
+        // An SD 2.x single file keeps its OpenCLIP encoder under cond_stage_model.model.
+        let single = named(&[
+            ("model.diffusion_model.input_blocks.0.0.weight", &[320, 4, 3, 3]),
+            ("model.diffusion_model.input_blocks.1.1.proj_in.weight", &[320, 320]),
+            ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 1024]),
+            ("first_stage_model.encoder.conv_in.weight", &[128, 3, 3, 3]),
+            ("first_stage_model.decoder.conv_out.weight", &[3, 128, 3, 3]),
+            ("cond_stage_model.model.token_embedding.weight", &[49408, 1024]),
+        ]);
+        assert_eq!(detect(&single).map(|d| (d.arch, d.ambiguous_sd2)), Ok((Arch::SdTurbo, true)));
+    }
+
+    #[test]
+    fn lora_and_bare_unet_are_named() {
+        let lora = named(&[("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", &[4, 320, 1, 1])]);
+        assert!(matches!(detect(&lora), Err(DetectError::Partial { .. })));
+        let unet = named(&[("conv_in.weight", &[320, 4, 3, 3]), ("down_blocks.0.resnets.0.conv1.weight", &[320, 320, 3, 3])]);
+        assert!(matches!(detect(&unet), Err(DetectError::Partial { .. })));
     }
 
     #[test]
