@@ -77,6 +77,8 @@ pub struct DiffusersComponent {
 }
 
 /// Where an installed diffusion model's files are.
+// Made once per model load: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiffusionFiles {
     Diffusers {
@@ -354,7 +356,7 @@ pub fn read_safetensors_header(path: &Path) -> IResult<Vec<TensorInfo>> {
     let mut n8 = [0u8; 8];
     f.read_exact(&mut n8).map_err(|e| ImportError::io("read", path, e))?;
     let n = u64::from_le_bytes(n8);
-    if n < 2 || n > MAX_HEADER {
+    if !(2..=MAX_HEADER).contains(&n) {
         // A zip (PyTorch's format) starts with "PK": a pickle renamed to .safetensors.
         if n8.starts_with(b"PK") || n8.first() == Some(&0x80) {
             return Err(bad("it is a PyTorch pickle renamed to .safetensors".into()));
