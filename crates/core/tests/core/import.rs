@@ -505,3 +505,85 @@ fn disk_space_is_checked_before_copying() {
     let left: Vec<_> = std::fs::read_dir(imported_dir(mnt.path())).unwrap().collect();
     assert!(left.is_empty());
 }
+
+/// Reads a real-size tensor list (tests/fixtures/sd_import/real_*.txt: name dtype dims...).
+fn real_shapes(name: &str) -> Vec<(String, Vec<usize>)> {
+    std::fs::read_to_string(fixture(name))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let mut it = l.split(' ');
+            let n = it.next().unwrap().to_string();
+            let _dtype = it.next().unwrap();
+            (n, it.map(|d| d.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+/// A sparse safetensors file of F16 tensors: the real header, the real length, no data written.
+fn write_sparse(path: &Path, tensors: &[(String, Vec<usize>)]) -> u64 {
+    let mut header = serde_json::Map::new();
+    let mut off = 0u64;
+    for (n, s) in tensors {
+        let bytes = 2 * s.iter().product::<usize>() as u64;
+        header.insert(n.clone(), serde_json::json!({"dtype": "F16", "shape": s, "data_offsets": [off, off + bytes]}));
+        off += bytes;
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::fs::File::create(path).unwrap();
+    std::io::Write::write_all(&mut f, &(h.len() as u64).to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut f, &h).unwrap();
+    let len = 8 + h.len() as u64 + off;
+    f.set_len(len).unwrap();
+    len
+}
+
+/// The published SD 1.5, SD-Turbo and SDXL layouts at their real sizes (sparse files, headers
+/// read back from disk): told apart, and inpainting by the UNet's input channels.
+#[test]
+fn real_size_headers_are_classified() {
+    let dir = tmp();
+    let check = |file: &str, set_in: Option<(&str, usize)>| -> likeness_core::import::Detected {
+        let mut shapes = real_shapes(file);
+        if let Some((name, c)) = set_in {
+            shapes.iter_mut().find(|(n, _)| n == name).unwrap().1[1] = c;
+        }
+        // One safetensors per component (diffusers) or one file; headers read back from disk.
+        let mut groups: std::collections::BTreeMap<String, Vec<(String, Vec<usize>)>> = Default::default();
+        for (n, s) in shapes {
+            match n.split_once('/') {
+                Some((comp, rest)) => groups.entry(comp.to_string()).or_default().push((rest.to_string(), s)),
+                None => groups.entry(String::new()).or_default().push((n, s)),
+            }
+        }
+        let mut read = Vec::new();
+        for (comp, tensors) in &groups {
+            let path = dir.path().join(file).join(if comp.is_empty() { "model".into() } else { comp.clone() }).join("w.safetensors");
+            let len = write_sparse(&path, tensors);
+            assert!(len > 100 << 20, "{file}/{comp}: {len} bytes, a real size");
+            let header = likeness_core::import::read_safetensors_header(&path).unwrap();
+            assert_eq!(header.len(), tensors.len());
+            let prefix = if comp.is_empty() { String::new() } else { format!("{comp}/") };
+            read.extend(header.into_iter().map(|t| (format!("{prefix}{}", t.name), t.shape)));
+        }
+        likeness_core::import::detect(&read).unwrap()
+    };
+    let d = check("real_sd15_diffusers.txt", None);
+    assert_eq!((d.arch, d.layout, d.context_dim), (Arch::Sd15, Layout::Diffusers, 768));
+    let d = check("real_sd15_diffusers.txt", Some(("unet/conv_in.weight", 9)));
+    assert_eq!(d.arch, Arch::Sd15Inpaint);
+    let d = check("real_sd_turbo_diffusers.txt", None);
+    assert_eq!((d.arch, d.ambiguous_sd2, d.context_dim), (Arch::SdTurbo, true, 1024));
+    let d = check("real_sdxl_single.txt", None);
+    assert_eq!((d.arch, d.layout, d.context_dim), (Arch::Sdxl, Layout::SingleFile, 2048));
+    let d = check("real_sdxl_single.txt", Some(("model.diffusion_model.input_blocks.0.0.weight", 9)));
+    assert_eq!(d.arch, Arch::SdxlInpaint);
+
+    // A real-size file cut short is found from its header alone.
+    let p = dir.path().join("cut.safetensors");
+    let len = write_sparse(&p, &real_shapes("real_sdxl_single.txt"));
+    std::fs::File::options().write(true).open(&p).unwrap().set_len(len - 1).unwrap();
+    assert!(matches!(likeness_core::import::read_safetensors_header(&p), Err(ImportError::Truncated { .. })));
+}
