@@ -129,3 +129,60 @@ fn linked_model_is_checked_where_it_is() {
     assert_eq!(row(&list, "inpaint")["state"], "corrupt");
     assert!(row(&list, "inpaint")["detail"].as_str().expect("detail").contains("inpaint.safetensors"));
 }
+
+/// A checkpoint of `extra` more bytes than the tiny one: the same header plus one large tensor,
+/// written as a sparse file (reading it is fast, its copy is real).
+fn big_checkpoint(path: &Path, extra: u64) {
+    let tiny = std::fs::read(fixture("sd15_inpaint_tiny.safetensors")).expect("read");
+    let n = u64::from_le_bytes(tiny[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&tiny[8..8 + n]).expect("header");
+    let end = tiny.len() - 8 - n;
+    header.insert(
+        "model.diffusion_model.extra.weight".into(),
+        serde_json::json!({"dtype": "F16", "shape": [extra / 2], "data_offsets": [end, end as u64 + extra]}),
+    );
+    let h = serde_json::to_vec(&header).expect("json");
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.extend_from_slice(&tiny[8 + n..]);
+    std::fs::write(path, &bytes).expect("write");
+    std::fs::File::options().write(true).open(path).expect("open").set_len(bytes.len() as u64 + extra).expect("grow");
+}
+
+/// `kill -9` while the copy runs: no model appears, and the next start removes the half copy.
+#[test]
+fn killed_import_leaves_no_model() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let src = tempfile::tempdir().expect("tempdir");
+    let big = src.path().join("big.safetensors");
+    big_checkpoint(&big, 256 << 20);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_likeness"))
+        .args(["models", "import", s(&big)])
+        .env("LIKENESS_DATA_DIR", data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let root = data.path().join("models/imported");
+    let start = std::time::Instant::now();
+    // Kill as soon as the copy has started.
+    let tmp = loop {
+        let found = std::fs::read_dir(&root).ok().and_then(|rd| {
+            rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.join("big.safetensors").exists())
+        });
+        if let Some(t) = found {
+            break t;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "the import ended before it could be killed");
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the copy never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(tmp.file_name().expect("name").to_string_lossy().starts_with(".tmp-"));
+    assert!(tmp.exists(), "the half copy is where the killed process left it");
+    let o = run(&["models", "list", "--json"], data.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!json(&o)["models"].as_array().expect("models").iter().any(|m| m["id"] == "big"));
+    assert!(imported(data.path()).is_empty(), "{:?}", imported(data.path()));
+}
