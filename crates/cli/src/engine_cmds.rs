@@ -1,12 +1,12 @@
-//! Commands that run the engine: detect, segment, generate, models.
+//! Commands that run the engine: detect, segment, generate.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
-use likeness_core::models::{ModelState, ModelStore};
+use clap::Args;
+use likeness_core::models::ModelStore;
 use likeness_core::worker::StudioSettings;
 use likeness_core::{JobId, JobState};
 use likeness_engine::device::{self, DevicePref};
@@ -100,17 +100,6 @@ impl StyleArgs {
             max_size: self.max_size,
         }
     }
-}
-
-#[derive(Subcommand)]
-pub enum ModelsCmd {
-    /// List the models and their state.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check every model file against its sha256; exits non-zero if any is missing or corrupt.
-    Verify,
 }
 
 fn compute_device(global: &Global) -> Result<candle_core::Device> {
@@ -277,24 +266,4 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
         println!("{}", json!({"outputs": outputs, "failures": failures}));
     }
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-pub fn models(global: &Global, cmd: ModelsCmd) -> Result<ExitCode> {
-    let store = ModelStore::discover(global.models_dir.as_deref())?;
-    let statuses = store.verify_all();
-    let bad = statuses.iter().filter(|s| s.state != ModelState::Ok).count();
-    match cmd {
-        ModelsCmd::List { json: true } => {
-            println!("{}", json!({"models_dir": store.dir(), "models": statuses}));
-        }
-        ModelsCmd::List { json: false } | ModelsCmd::Verify => {
-            for s in &statuses {
-                println!("{:<26} {:<20} {:<8} {:?}", s.id, s.task, s.license, s.state);
-                if let Some(d) = &s.detail {
-                    println!("    {d}");
-                }
-            }
-        }
-    }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

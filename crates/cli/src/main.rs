@@ -6,6 +6,7 @@
 mod batch_cmd;
 mod engine_cmds;
 mod library_cmds;
+mod models_cmd;
 mod output;
 mod progress;
 
@@ -46,9 +47,9 @@ enum Command {
     Segment(engine_cmds::SegmentArgs),
     /// Make a headshot from each photo.
     Generate(engine_cmds::GenerateArgs),
-    /// List or verify the installed models.
+    /// List, verify or import models.
     #[command(subcommand)]
-    Models(engine_cmds::ModelsCmd),
+    Models(models_cmd::ModelsCmd),
     /// Make headshots of every photo in a folder (the same look for all).
     Batch(batch_cmd::BatchArgs),
     /// List, run or cancel jobs in the library.
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
         Command::Detect(a) => engine_cmds::detect(&cli.global, a),
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
-        Command::Models(c) => engine_cmds::models(&cli.global, c),
+        Command::Models(c) => models_cmd::models(&cli.global, c),
         Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
         Command::Export(a) => library_cmds::export(&cli.global, a),

@@ -71,6 +71,9 @@ pub enum ModelState {
     Ok,
     Missing,
     Corrupt,
+    /// A user-imported model (not bundled) that has not been imported: not an error.
+    #[serde(rename = "not-installed")]
+    NotInstalled,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,8 @@ pub struct ModelStatus {
 pub struct ModelStore {
     dir: PathBuf,
     manifest: Manifest,
+    /// The user's imported models (`<data dir>/models/imported`, see `import`), when known.
+    imported: Option<PathBuf>,
 }
 
 impl ModelStore {
@@ -95,7 +100,17 @@ impl ModelStore {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest { path: path.clone(), reason: e.to_string() })?;
-        Ok(Self { dir: dir.to_path_buf(), manifest: Manifest::parse(&text, &path)? })
+        Ok(Self { dir: dir.to_path_buf(), manifest: Manifest::parse(&text, &path)?, imported: None })
+    }
+
+    /// Also knows the user's imported models in `dir` (normally `import::imported_dir(data root)`).
+    pub fn with_imported_dir(mut self, dir: PathBuf) -> Self {
+        self.imported = Some(dir);
+        self
+    }
+
+    pub fn imported_dir(&self) -> Option<&Path> {
+        self.imported.as_deref()
     }
 
     /// Opens the first models folder found: `explicit`, `$LIKENESS_MODELS_DIR`, next to the executable

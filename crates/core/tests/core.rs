@@ -10,6 +10,8 @@ mod common;
 mod disk_full;
 #[path = "core/doctor.rs"]
 mod doctor;
+#[path = "core/import.rs"]
+mod import;
 #[path = "core/keys.rs"]
 mod keys;
 #[path = "core/no_plaintext.rs"]

@@ -9,6 +9,7 @@
 
 pub mod composite;
 pub mod device;
+pub mod diffusion;
 pub mod error;
 pub mod faces;
 pub mod framing;
