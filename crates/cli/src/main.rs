@@ -7,6 +7,7 @@ mod batch_cmd;
 mod engine_cmds;
 mod library_cmds;
 mod output;
+mod policy_cmd;
 mod progress;
 
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Show the machine policy (what IT manages, and from where).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// Check the library's database and files (and repair with --repair).
     Doctor {
         #[arg(long)]
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Sweep { as_of, json } => library_cmds::sweep(&cli.global, as_of, json),
         Command::Delete { ids } => library_cmds::delete(&cli.global, ids),
         Command::Purge { all, yes } => library_cmds::purge(&cli.global, all, yes),
+        Command::Policy(c) => policy_cmd::policy(c),
         Command::Doctor { repair, json } => library_cmds::doctor(&cli.global, repair, json),
     };
     match result {

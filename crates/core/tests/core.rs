@@ -14,6 +14,8 @@ mod doctor;
 mod keys;
 #[path = "core/no_plaintext.rs"]
 mod no_plaintext;
+#[path = "core/policy.rs"]
+mod policy;
 #[path = "core/retention.rs"]
 mod retention;
 #[path = "core/store.rs"]
