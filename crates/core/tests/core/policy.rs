@@ -307,3 +307,37 @@ fn managed_data_folder_replaces_the_callers() {
     assert!(managed.path().join("lib/likeness.db").is_file());
     assert!(!asked.path().join("likeness.db").exists());
 }
+
+#[test]
+fn admx_template_writes_exactly_the_values_the_reader_knows() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policy/windows/likeness.admx");
+    let admx = std::fs::read_to_string(&path).unwrap();
+    assert!(admx.contains(r#"key="Software\Policies\Likeness""#));
+    let mut names: Vec<&str> = admx.split("valueName=\"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut expected = vec![
+        "AllowModelImport", "AllowedExportFormats", "AllowedLooks", "DataDir", "ModelsDir", "RetentionDays",
+        "RetentionMaxDays", "RetentionMinDays",
+    ];
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+    let folder = if cfg!(windows) { r"C:\ProgramData\Likeness" } else { "/srv/likeness" };
+    let values: Vec<(String, RegValue)> = names
+        .iter()
+        .map(|n| {
+            let v = match *n {
+                "RetentionDays" | "RetentionMinDays" | "RetentionMaxDays" => RegValue::Dword(30),
+                "AllowModelImport" => RegValue::Dword(1),
+                "AllowedLooks" => RegValue::Sz("studio, generative".into()),
+                "AllowedExportFormats" => RegValue::Sz("png,jpg".into()),
+                _ => RegValue::Sz(folder.into()),
+            };
+            ((*n).to_owned(), v)
+        })
+        .collect();
+    let p = Policy::from_registry_values(&values, r"HKLM\Software\Policies\Likeness");
+    assert_eq!(p.status, PolicyStatus::Applied, "{p:?}");
+    assert_eq!(p.retention_bounds(), (30, 30));
+    assert_eq!(p.allowed_looks.value.len(), 2);
+}
