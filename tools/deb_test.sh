@@ -18,15 +18,22 @@ t0=$(date +%s)
 
 # 1. The package, from the existing release build (tauri adds only the bundling step).
 rm -rf target/release/bundle/deb
-npx tauri build --bundles deb --ci -- --locked >"$WORK/tauri-build.log" 2>&1 || { tail -40 "$WORK/tauri-build.log" >&2; exit 1; }
+# `tauri bundle` packages the binaries tools/test.sh built with exactly `tauri build`'s cargo command
+# (`cargo build --release --locked --bins --features tauri/custom-protocol`); `tauri build` itself
+# would rerun the UI build and rebuild the app.
+APP_BIN=target/release/likeness-app CLI_BIN=target/release/likeness
+if [ ! -x "$APP_BIN" ] || [ ! -x "$CLI_BIN" ]; then
+  cargo build --release --locked --bins --features tauri/custom-protocol
+fi
+npx tauri bundle --bundles deb --ci >"$WORK/tauri-build.log" 2>&1 || { tail -40 "$WORK/tauri-build.log" >&2; exit 1; }
 DEB="$(ls target/release/bundle/deb/likeness_*_amd64.deb target/release/bundle/deb/likeness_*.deb 2>/dev/null | head -1)"
 [ -f "$DEB" ] || { echo "deb_test: no .deb in target/release/bundle/deb" >&2; exit 1; }
 echo "deb_test: built $DEB ($(du -h "$DEB" | cut -f1)) in $(( $(date +%s) - t0 )) s"
 dpkg-deb -c "$DEB" > "$WORK/contents"
-for f in ./usr/bin/likeness ./usr/bin/likeness-app ./usr/lib/likeness/models/manifest.toml \
-         ./usr/lib/likeness/models/face_mesh_468.safetensors ./usr/lib/likeness/assets/licenses/Apache-2.0.txt \
-         ./usr/lib/likeness/assets/backdrops/; do
-  grep -q " $f" "$WORK/contents" || { echo "deb_test: the package lacks $f" >&2; exit 1; }
+for f in usr/bin/likeness usr/bin/likeness-app usr/lib/likeness/models/manifest.toml \
+         usr/lib/likeness/models/face_mesh_468.safetensors usr/lib/likeness/assets/licenses/Apache-2.0.txt \
+         usr/lib/likeness/assets/backdrops/warm-beige.jpg; do
+  grep -qE " (\./)?$f\$" "$WORK/contents" || { echo "deb_test: the package lacks /$f" >&2; exit 1; }
 done
 
 # 2. Sign with a throwaway key, verify.
@@ -42,15 +49,15 @@ echo "deb_test: signed and verified (and a tampered copy was refused)"
 # 3. Install with apt (dependencies are already on the machine: no download).
 dpkg -s likeness >/dev/null 2>&1 && apt-get remove --purge -y -qq likeness >/dev/null
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$PWD/$DEB" >/dev/null
-dpkg -L likeness | while read -r f; do [ -f "$f" ] && echo "$f"; done > "$WORK/installed"
+dpkg -L likeness | while read -r f; do if [ -f "$f" ]; then echo "$f"; fi; done > "$WORK/installed"
 echo "deb_test: installed $(wc -l < "$WORK/installed") files"
 
 # 4. The installed CLI on the sample photo, with the installed models (run from / so nothing of
-#    this checkout is near).
+#    this checkout is near; the key from a passphrase, not the session's keyring).
 OUT="$WORK/out"
-( cd / && env -u LIKENESS_MODELS_DIR -u LIKENESS_ASSETS_DIR LIKENESS_DATA_DIR="$WORK/data" LIKENESS_PASSPHRASE=deb-test \
+( cd / && env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY -u LIKENESS_MODELS_DIR -u LIKENESS_ASSETS_DIR LIKENESS_DATA_DIR="$WORK/data" LIKENESS_PASSPHRASE=deb-test \
     /usr/bin/likeness models verify >/dev/null &&
-  env -u LIKENESS_MODELS_DIR -u LIKENESS_ASSETS_DIR LIKENESS_DATA_DIR="$WORK/data" LIKENESS_PASSPHRASE=deb-test \
+  env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY -u LIKENESS_MODELS_DIR -u LIKENESS_ASSETS_DIR LIKENESS_DATA_DIR="$WORK/data" LIKENESS_PASSPHRASE=deb-test \
     /usr/bin/likeness generate "$OLDPWD/assets/photos/grace_hopper_512x512.jpg" --background image:warm-beige --out "$OUT" >/dev/null 2>"$WORK/gen.err" ) \
   || { cat "$WORK/gen.err" >&2; echo "deb_test: the installed likeness failed" >&2; exit 1; }
 [ -n "$(ls "$OUT")" ] || { echo "deb_test: the installed likeness wrote nothing" >&2; exit 1; }
@@ -66,7 +73,7 @@ echo "deb_test: installed app opened its window"
 
 # 6. Purge, and nothing may be left.
 DEBIAN_FRONTEND=noninteractive apt-get remove --purge -y -qq likeness >/dev/null
-left="$(while read -r f; do [ -e "$f" ] && echo "$f"; done < "$WORK/installed")"
+left="$(while read -r f; do if [ -e "$f" ]; then echo "$f"; fi; done < "$WORK/installed")"
 [ -z "$left" ] || { echo "deb_test: files left after purge:" >&2; echo "$left" >&2; exit 1; }
 [ ! -e /usr/lib/likeness ] || { echo "deb_test: /usr/lib/likeness is left after purge" >&2; exit 1; }
 echo "deb_test: purged, no file left ($(( $(date +%s) - t0 )) s in all)"
