@@ -1,6 +1,7 @@
 //! Whole-app tests of the desktop shell: every command through Tauri's mock runtime (no window,
 //! no display), the `likeness:` image scheme, the progress throttle and the capability file.
 
+mod bundle;
 mod commands;
 mod generate;
 mod security;

@@ -6,4 +6,5 @@ mod errors;
 mod generate;
 mod library;
 mod models;
+mod policy;
 mod support;

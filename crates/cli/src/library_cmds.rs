@@ -300,6 +300,10 @@ pub fn fill_template(template: &str, job: &JobInfo, o: &OutputInfo, n: usize) ->
 
 /// Exports outputs to `dir` under names from `template`; returns (output id, path) pairs.
 pub fn export_outputs(lib: &Library, items: &[(JobInfo, OutputInfo)], dir: &Path, template: &str) -> Result<Vec<(OutputId, PathBuf)>> {
+    // The machine policy may have blocked a format after the output was made: check all first.
+    for (_, o) in items {
+        lib.policy().check_export_format(&o.format)?;
+    }
     let mut written = Vec::new();
     for (n, (job, o)) in items.iter().enumerate() {
         let stem = fill_template(template, job, o, n + 1)?;

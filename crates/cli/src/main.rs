@@ -8,6 +8,7 @@ mod engine_cmds;
 mod library_cmds;
 mod models_cmd;
 mod output;
+mod policy_cmd;
 mod progress;
 
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Show the machine policy (what IT manages, and from where).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// Check the library's database and files (and repair with --repair).
     Doctor {
         #[arg(long)]
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Sweep { as_of, json } => library_cmds::sweep(&cli.global, as_of, json),
         Command::Delete { ids } => library_cmds::delete(&cli.global, ids),
         Command::Purge { all, yes } => library_cmds::purge(&cli.global, all, yes),
+        Command::Policy(c) => policy_cmd::policy(c),
         Command::Doctor { repair, json } => library_cmds::doctor(&cli.global, repair, json),
     };
     match result {

@@ -33,6 +33,7 @@ pub use retention::SweepReport;
 pub use vault::{FaultHook, FaultPoint};
 pub mod models;
 pub mod import;
+pub mod policy;
 pub mod batch;
 pub mod files;
 pub mod worker;

@@ -116,7 +116,12 @@ impl ModelStore {
     /// Opens the first models folder found: `explicit`, `$LIKENESS_MODELS_DIR`, next to the executable
     /// (`models/`, `../share/likeness/models`, `../lib/likeness/models`, `../Resources/models`), then the
     /// source tree this binary was built from (development and tests).
+    /// A models folder the machine policy manages replaces all of these.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ModelError> {
+        let policy = crate::policy::Policy::machine();
+        if let Some(dir) = policy.models_dir() {
+            return Self::open(dir);
+        }
         if let Some(dir) = explicit {
             return Self::open(dir);
         }

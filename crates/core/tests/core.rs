@@ -16,6 +16,8 @@ mod import;
 mod keys;
 #[path = "core/no_plaintext.rs"]
 mod no_plaintext;
+#[path = "core/policy.rs"]
+mod policy;
 #[path = "core/retention.rs"]
 mod retention;
 #[path = "core/store.rs"]
