@@ -4,5 +4,6 @@
 mod batch;
 mod errors;
 mod generate;
+mod generative;
 mod library;
 mod support;

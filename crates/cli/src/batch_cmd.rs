@@ -64,7 +64,7 @@ pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
         );
     }
     let lib = Mutex::new(lib);
-    let run = library_cmds::work_queue(&lib, &models, a.workers, !a.json);
+    let run = library_cmds::work_queue(global, &lib, &models, a.workers, !a.json);
     let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
     // Export what finished even when the run stopped early (a full disk, Ctrl-C): nothing is lost.
     let rows = batch::export_and_report(&lib, &spec, &output, &group, &scan, &unreadable)?;

@@ -34,4 +34,5 @@ pub use vault::{FaultHook, FaultPoint};
 pub mod models;
 pub mod batch;
 pub mod files;
+pub mod generative;
 pub mod worker;

@@ -468,6 +468,7 @@ pub fn generative_headshots(
         )?;
         let up = image::imageops::resize(&generated, crop.width(), crop.height(), FilterType::CatmullRom);
         let result = blend(&crop, &up, &masks.keep);
+        timings.composite = t.elapsed();
         cancel.check()?;
         progress.stage(Stage::Encode, 0.95 + 0.05 * v as f32 / style.variants as f32);
         let encoded = image_io::encode(&result, req.format)?;
@@ -481,7 +482,6 @@ pub fn generative_headshots(
             timings: timings.clone(),
         });
     }
-    timings.composite = t.elapsed();
     progress.stage(Stage::Encode, 1.0);
     Ok(out)
 }

@@ -100,7 +100,8 @@ impl ClipTextModel {
     pub fn new(c: &ClipConfig, vb: VarBuilder, with_projection: bool) -> candle_core::Result<Self> {
         let projection =
             if with_projection { Some(linear_no_bias(c.hidden_size, c.projection_dim, vb.pp("text_projection"))?) } else { None };
-        let vb = vb.pp("text_model");
+        // transformers writes `text_model.*`; some exports (and transformers 5's CLIPTextModel) drop the prefix.
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let e = vb.pp("embeddings");
         Ok(Self {
             token: embedding(c.vocab_size, c.hidden_size, e.pp("token_embedding"))?,

@@ -229,7 +229,8 @@ pub struct ScheduleConfig {
     /// `scaled_linear` (true, every SD model) or `linear`.
     pub scaled_linear: bool,
     pub steps_offset: usize,
-    pub spacing: Spacing,
+    /// `None`: each sampler's diffusers default (leading for DDIM / LCM, linspace for Euler / DPM++).
+    pub spacing: Option<Spacing>,
     pub prediction: Prediction,
     pub set_alpha_to_one: bool,
 }
@@ -243,7 +244,7 @@ impl Default for ScheduleConfig {
             beta_end: 0.012,
             scaled_linear: true,
             steps_offset: 1,
-            spacing: Spacing::Leading,
+            spacing: None,
             prediction: Prediction::Epsilon,
             set_alpha_to_one: false,
         }
@@ -264,10 +265,11 @@ pub fn schedule(bytes: &[u8]) -> Result<ScheduleConfig> {
         beta_end: f64_of(&v, "beta_end", d.beta_end),
         scaled_linear: beta == "scaled_linear",
         steps_offset: usize_of(&v, "steps_offset", d.steps_offset),
-        spacing: match str_of(&v, "timestep_spacing", "leading") {
-            "trailing" => Spacing::Trailing,
-            "linspace" => Spacing::Linspace,
-            _ => Spacing::Leading,
+        spacing: match v.get("timestep_spacing").and_then(Value::as_str) {
+            Some("trailing") => Some(Spacing::Trailing),
+            Some("linspace") => Some(Spacing::Linspace),
+            Some("leading") => Some(Spacing::Leading),
+            _ => None,
         },
         prediction: match str_of(&v, "prediction_type", "epsilon") {
             "v_prediction" => Prediction::V,

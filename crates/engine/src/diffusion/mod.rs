@@ -47,3 +47,6 @@ pub enum DiffusionFiles {
     /// `first_stage_model.*`, `cond_stage_model.transformer.*`) with the architecture's configs.
     SingleFile { checkpoint: Vec<u8>, configs: single_file::Configs },
 }
+
+/// The device type models load onto (re-exported so callers need not depend on candle).
+pub use candle_core::Device;

@@ -278,7 +278,7 @@ pub fn inpaint(
 
     let mut schedule = model.schedule.clone();
     if let Some(s) = req.spacing {
-        schedule.spacing = s;
+        schedule.spacing = Some(s);
     }
     let mut scheduler = Scheduler::new(req.sampler, &schedule, req.steps)?;
     let mut rng = NoiseRng::new(req.seed);

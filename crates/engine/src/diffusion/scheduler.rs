@@ -57,8 +57,9 @@ pub fn alphas_cumprod(cfg: &ScheduleConfig) -> Vec<f64> {
         .collect()
 }
 
-/// Inference timesteps (descending) for `steps` steps.
-pub fn timesteps(cfg: &ScheduleConfig, steps: usize, spacing: Spacing) -> Vec<f64> {
+/// Inference timesteps (descending) for `steps` steps. Rounding is numpy's (half to even); Euler keeps
+/// linspace timesteps fractional (`round = false`), as diffusers does.
+pub fn timesteps(cfg: &ScheduleConfig, steps: usize, spacing: Spacing, round: bool) -> Vec<f64> {
     let n = cfg.num_train_timesteps;
     let steps = steps.clamp(1, n);
     match spacing {
@@ -68,11 +69,21 @@ pub fn timesteps(cfg: &ScheduleConfig, steps: usize, spacing: Spacing) -> Vec<f6
         }
         Spacing::Trailing => {
             let ratio = n as f64 / steps as f64;
-            (0..steps).map(|i| (n as f64 - i as f64 * ratio).round() - 1.0).collect()
+            (0..steps).map(|i| (n as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
         }
         Spacing::Linspace => {
             let last = (n - 1) as f64;
-            (0..steps).rev().map(|i| (last * i as f64 / (steps - 1).max(1) as f64).round()).collect()
+            (0..steps)
+                .rev()
+                .map(|i| {
+                    let t = last * i as f64 / (steps - 1).max(1) as f64;
+                    if round {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }
+                })
+                .collect()
         }
     }
 }
@@ -109,14 +120,15 @@ impl Scheduler {
         let acp = alphas_cumprod(cfg);
         let n = cfg.num_train_timesteps;
         let (timesteps, sigmas, init_noise_sigma) = match kind {
-            SamplerKind::Ddim => (timesteps(cfg, steps, cfg.spacing), Vec::new(), 1.0),
+            SamplerKind::Ddim => (timesteps(cfg, steps, cfg.spacing.unwrap_or(Spacing::Leading), true), Vec::new(), 1.0),
             SamplerKind::EulerAncestral => {
-                let ts = timesteps(cfg, steps, cfg.spacing);
+                let spacing = cfg.spacing.unwrap_or(Spacing::Linspace);
+                let ts = timesteps(cfg, steps, spacing, false);
                 let all: Vec<f64> = acp.iter().map(|&a| sigma_of(a)).collect();
                 let mut sig: Vec<f64> = ts.iter().map(|&t| interp(&all, t)).collect();
                 sig.push(0.0);
                 let max = sig.iter().copied().fold(0.0, f64::max);
-                let init = match cfg.spacing {
+                let init = match spacing {
                     Spacing::Linspace | Spacing::Trailing => max,
                     Spacing::Leading => (max * max + 1.0).sqrt(),
                 };
@@ -125,8 +137,14 @@ impl Scheduler {
             SamplerKind::DpmPp2m => {
                 // diffusers' default spacing for this solver is linspace over [0, N - 1], first point dropped.
                 let last = (n - 1) as f64;
-                let ts: Vec<f64> =
-                    (1..=steps).rev().map(|i| (last * i as f64 / steps as f64).round()).collect();
+                let ts: Vec<f64> = match cfg.spacing {
+                    Some(Spacing::Leading) => {
+                        let ratio = (n / (steps + 1)) as f64;
+                        (1..=steps).rev().map(|i| i as f64 * ratio + cfg.steps_offset as f64).collect()
+                    }
+                    Some(Spacing::Trailing) => timesteps(cfg, steps, Spacing::Trailing, true),
+                    _ => (1..=steps).rev().map(|i| (last * i as f64 / steps as f64).round_ties_even()).collect(),
+                };
                 let all: Vec<f64> = acp.iter().map(|&a| sigma_of(a)).collect();
                 let mut sig: Vec<f64> = ts.iter().map(|&t| interp(&all, t)).collect();
                 sig.push(0.0);

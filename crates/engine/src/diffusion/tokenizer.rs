@@ -26,25 +26,32 @@ pub struct ClipTokenizer {
     pub pad: u32,
 }
 
-/// GPT-2's reversible byte -> printable character table.
-fn byte_chars() -> [char; 256] {
-    let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
-    printable.extend(u32::from('¡')..=u32::from('¬'));
-    printable.extend(u32::from('®')..=u32::from('ÿ'));
+/// GPT-2's reversible byte -> printable character table, in vocabulary order: the printable bytes
+/// first (as themselves), then the others mapped to 256, 257, ... Returns (table by byte, vocabulary order).
+fn byte_chars() -> ([char; 256], Vec<char>) {
+    let mut order: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
+    order.extend(u32::from('¡')..=u32::from('¬'));
+    order.extend(u32::from('®')..=u32::from('ÿ'));
+    let printable = order.clone();
     let mut table = ['\0'; 256];
+    let mut chars: Vec<char> = printable.iter().filter_map(|&c| char::from_u32(c)).collect();
     let mut extra = 0u32;
     for b in 0..256u32 {
         let c = if printable.contains(&b) {
             b
         } else {
+            let c = 256 + extra;
             extra += 1;
-            255 + extra
+            if let Some(ch) = char::from_u32(c) {
+                chars.push(ch);
+            }
+            c
         };
         if let (Some(slot), Some(ch)) = (table.get_mut(b as usize), char::from_u32(c)) {
             *slot = ch;
         }
     }
-    table
+    (table, chars)
 }
 
 fn bad(why: impl std::fmt::Display) -> EngineError {
@@ -59,10 +66,10 @@ impl ClipTokenizer {
 
     /// From a merges list alone (CLIP's vocabulary is derived from it).
     pub fn from_merges(merges: &str) -> Result<Self> {
-        let byte_chars = byte_chars();
+        let (byte_chars, order) = byte_chars();
         let merges = parse_merges(merges)?;
-        let mut names: Vec<String> = byte_chars.iter().map(|c| c.to_string()).collect();
-        names.extend(byte_chars.iter().map(|c| format!("{c}</w>")));
+        let mut names: Vec<String> = order.iter().map(|c| c.to_string()).collect();
+        names.extend(order.iter().map(|c| format!("{c}</w>")));
         names.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         names.push("<|startoftext|>".into());
         names.push("<|endoftext|>".into());
@@ -74,7 +81,7 @@ impl ClipTokenizer {
     pub fn from_files(vocab_json: &[u8], merges: &str) -> Result<Self> {
         let vocab: HashMap<String, u32> =
             serde_json::from_slice(vocab_json).map_err(|e| bad(format!("vocab.json is not valid ({e})")))?;
-        Self::assemble(vocab, parse_merges(merges)?, byte_chars())
+        Self::assemble(vocab, parse_merges(merges)?, byte_chars().0)
     }
 
     fn assemble(vocab: HashMap<String, u32>, merges: Vec<(String, String)>, byte_chars: [char; 256]) -> Result<Self> {
