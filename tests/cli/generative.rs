@@ -84,8 +84,6 @@ fn generative_job_writes_variants_keeps_the_face_and_is_deterministic() {
     for (px, py) in [(128, 100), (128, 120), (118, 110), (138, 110)] {
         assert_eq!(x.get_pixel(px, py), y.get_pixel(px, py), "face pixel ({px},{py}) changed with the seed");
     }
-    // The top corners are backdrop: regenerated.
-    assert!(x.get_pixel(4, 4) != y.get_pixel(4, 4) || x.get_pixel(251, 4) != y.get_pixel(251, 4));
 }
 
 #[test]

@@ -305,3 +305,67 @@ fn bad_inputs_are_errors_not_panics() {
     let broken = DiffusionFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler_config };
     assert!(matches!(DiffusionModel::load(broken, &Device::Cpu), Err(EngineError::Model { .. })));
 }
+
+/// The whole generative look on a real photo (bundled face / mesh / segmentation models, the tiny diffusion
+/// model): inside the face oval (away from the seam) every output pixel is the framed photo's own pixel.
+#[test]
+fn generative_headshot_keeps_the_real_face_pixels() {
+    use likeness_engine::framing;
+    use likeness_engine::generative::{generative_headshots, Attire, GenBackdrop, GenerativeStyle, Quality};
+    use likeness_engine::imgops::{self, Border};
+    use likeness_engine::pipeline::{analyze, face_geometry, HeadshotRequest, ModelBytes, StudioModels};
+
+    let studio = StudioModels::load(
+        ModelBytes {
+            blazeface_front: crate::common::model_bytes("blazeface_front_128.safetensors"),
+            blazeface_back: Some(crate::common::model_bytes("blazeface_back_256.safetensors")),
+            face_mesh: crate::common::model_bytes("face_mesh_468.safetensors"),
+            selfie: crate::common::model_bytes("selfie_segmentation_256.safetensors"),
+        },
+        &Device::Cpu,
+    )
+    .expect("studio models");
+    let model = DiffusionModel::load(tiny_files(), &Device::Cpu).expect("tiny model");
+    let input = std::fs::read(crate::common::repo_root().join("assets/photos/grace_hopper_512x512.jpg")).expect("photo");
+    let req = HeadshotRequest { max_short_side: 256, ..HeadshotRequest::default() };
+    let style = GenerativeStyle {
+        attire: Attire::Suit,
+        backdrop: GenBackdrop::Office,
+        quality: Quality::Draft,
+        variants: 2,
+        seed: 11,
+        steps: Some(2),
+        ..GenerativeStyle::default()
+    };
+    let shots = generative_headshots(&studio, &model, &input, &req, &style, &|_, _| {}, &CancelToken::new()).expect("generate");
+    assert_eq!(shots.len(), 2);
+
+    // The framed crop, computed the way the pipeline does.
+    let a = analyze(&studio, &input, &req.limits, true).expect("analyze");
+    let lm = a.landmarks.expect("landmarks");
+    let fr = framing::frame(&face_geometry(&lm), a.image.width(), a.image.height(), req.preset, req.max_short_side).expect("frame");
+    let crop = imgops::warp_rgb(&a.image, &fr.src_from_dst, fr.width, fr.height, Border::Replicate);
+    let inv = fr.src_from_dst.invert().expect("invert");
+    let oval: Vec<[f32; 2]> = lm.face_oval().into_iter().map(|p| inv.apply(p)).collect();
+    // Shrink the oval towards its centre by 15% to stay clear of the feathered seam.
+    let c = oval.iter().fold([0.0, 0.0], |s, p| [s[0] + p[0], s[1] + p[1]]).map(|v| v / oval.len() as f32);
+    let inner: Vec<[f32; 2]> = oval.iter().map(|p| [c[0] + 0.85 * (p[0] - c[0]), c[1] + 0.85 * (p[1] - c[1])]).collect();
+    let face = likeness_engine::composite::rasterize_polygon(&inner, fr.width, fr.height);
+    let outs: Vec<image::RgbImage> =
+        shots.iter().map(|s| image::load_from_memory(&s.encoded).expect("decode").to_rgb8()).collect();
+    let (mut n_face, mut n_changed) = (0, 0);
+    for (x, y, m) in face.enumerate_pixels() {
+        if m[0] >= 0.99 {
+            n_face += 1;
+            for o in &outs {
+                assert_eq!(o.get_pixel(x, y), crop.get_pixel(x, y), "face pixel ({x},{y}) changed");
+            }
+        }
+    }
+    for (p, q) in outs[0].pixels().zip(crop.pixels()) {
+        n_changed += usize::from(p != q);
+    }
+    assert!(n_face > 2000, "face region too small: {n_face}");
+    assert!(n_changed > 10_000, "the backdrop was not regenerated: {n_changed} pixels changed");
+    assert_ne!(outs[0], outs[1], "variants differ");
+}
