@@ -4,6 +4,7 @@
 mod batch;
 mod errors;
 mod generate;
+mod generative;
 mod library;
 mod models;
 mod policy;

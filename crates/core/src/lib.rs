@@ -36,4 +36,5 @@ pub mod import;
 pub mod policy;
 pub mod batch;
 pub mod files;
+pub mod generative;
 pub mod worker;

@@ -24,3 +24,5 @@ mod retention;
 mod store;
 #[path = "core/worker.rs"]
 mod worker;
+#[path = "core/generative.rs"]
+mod generative;

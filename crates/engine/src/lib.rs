@@ -13,6 +13,7 @@ pub mod diffusion;
 pub mod error;
 pub mod faces;
 pub mod framing;
+pub mod generative;
 pub mod image_io;
 pub mod imgops;
 pub mod landmarks;
