@@ -18,12 +18,11 @@ t0=$(date +%s)
 
 # 1. The package, from the existing release build (tauri adds only the bundling step).
 rm -rf target/release/bundle/deb
-# `tauri bundle` packages the binaries tools/test.sh built with exactly `tauri build`'s cargo command
-# (`cargo build --release --locked --bins --features tauri/custom-protocol`); `tauri build` itself
-# would rerun the UI build and rebuild the app.
-APP_BIN=target/release/likeness-app CLI_BIN=target/release/likeness
-if [ ! -x "$APP_BIN" ] || [ ! -x "$CLI_BIN" ]; then
-  cargo build --release --locked --bins --features tauri/custom-protocol
+# `tauri bundle` packages the release binaries tools/test.sh already built (the app by `cargo build
+# --release -p likeness-app --bins`, with tauri's custom-protocol feature from the workspace, and the
+# CLI by the tests); `tauri build` would rerun the UI build and compile the app again.
+if [ ! -x target/release/likeness-app ] || [ ! -x target/release/likeness ]; then
+  cargo build --release --locked -p likeness-app -p likeness-cli --bins
 fi
 npx tauri bundle --bundles deb --ci >"$WORK/tauri-build.log" 2>&1 || { tail -40 "$WORK/tauri-build.log" >&2; exit 1; }
 DEB="$(ls target/release/bundle/deb/likeness_*_amd64.deb target/release/bundle/deb/likeness_*.deb 2>/dev/null | head -1)"

@@ -22,8 +22,8 @@ dbus-run-session -- bash -c '
   # No HTTP / socket / TLS client in the dependency tree (deny.toml).
   PATH="$PWD/.ci/venv/bin:$PATH" cargo deny --locked check bans
   # The E2E drives the app as shipped: rebuild it without the mock runtime the tests compiled in.
-  # Exactly the cargo command `tauri build` runs, so tools/deb_test.sh bundles this build as it is.
-  cargo build --release --locked --bins --features tauri/custom-protocol
+  # tools/deb_test.sh bundles this build (and the CLI the tests built) as it is.
+  cargo build --release --locked -p likeness-app --bins
   tools/e2e.sh
   # The CLI flow, the app alone and its E2E again, each in a network namespace under strace.
   tools/no_network.sh --app
