@@ -19,6 +19,8 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod progress;
+pub mod pth;
+pub mod restore;
 pub mod segment;
 pub mod weights;
 

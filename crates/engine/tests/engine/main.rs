@@ -4,5 +4,6 @@
 mod common;
 mod blazeface;
 mod facemesh;
+mod gfpgan;
 mod studio;
 mod selfie;
