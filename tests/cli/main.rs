@@ -5,4 +5,5 @@ mod batch;
 mod errors;
 mod generate;
 mod library;
+mod restore;
 mod support;
