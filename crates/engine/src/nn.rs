@@ -1432,3 +1432,33 @@ mod tests {
         Ok(())
     }
 }
+
+/// Leaky ReLU in one pass over a contiguous f32 tensor.
+struct LeakyReluOp(f32);
+
+impl CustomOp1 for LeakyReluOp {
+    fn name(&self) -> &'static str {
+        "likeness-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        let slope = self.0;
+        const CHUNK: usize = 1 << 16;
+        for_chunks(&mut out, CHUNK, x.len(), |i, o| {
+            let src = x.get(i * CHUNK..i * CHUNK + o.len()).unwrap_or(&[]);
+            o.iter_mut().zip(src).for_each(|(o, &v)| *o = if v >= 0.0 { v } else { v * slope });
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Leaky ReLU `max(x, 0) + slope * min(x, 0)` (GFPGAN / StyleGAN2): one pass on the CPU instead
+/// of candle_nn's five (zeros, max, min, scale, add), which matter on 512x512x64 feature maps.
+pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
+    if !fast_cpu(x) {
+        return x.relu()? + (x.minimum(0f32)? * slope as f64)?;
+    }
+    x.contiguous()?.apply_op1_no_bwd(&LeakyReluOp(slope))
+}

@@ -75,13 +75,13 @@ impl Config {
     }
 }
 
-const SLOPE: f64 = 0.2;
+const SLOPE: f32 = 0.2;
 /// Largest im2col matrix of one convolution call, in floats (64 MiB): bigger layers run in bands
 /// of output rows, so the full-size model's 512x512 layers stay within bounded memory.
 const BAND_FLOATS: usize = 16 << 20;
 
 fn lrelu(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::leaky_relu(x, SLOPE)
+    crate::nn::leaky_relu(x, SLOPE)
 }
 
 /// A stride-1 "same" convolution (odd kernel `k`, padding `k / 2`) with `weight` `[out, in, k, k]`,
