@@ -47,29 +47,30 @@ pub fn read_pth(model: &str, bytes: &[u8], key: Option<&str>, device: &Device) -
     let Object::Dict(items) = obj else {
         return Err(bad(model, "the checkpoint's weights are not a dict of tensors"));
     };
-    // Storages are read once each: several tensors may be views of one storage.
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = HashMap::with_capacity(items.len());
+    let mut infos = Vec::with_capacity(items.len());
     for (name, value) in items {
-        let info = match value.into_tensor_info(name, std::path::Path::new(&dir)) {
-            Ok(Some(info)) => info,
-            // Not a tensor (a nested dict, a number): nothing a model reads.
-            _ => continue,
-        };
-        if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            continue;
+        match value.into_tensor_info(name, std::path::Path::new(&dir)) {
+            Ok(Some(info)) if matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) => infos.push(info),
+            // Not a float tensor (a nested dict, a number, an integer buffer): nothing a model reads.
+            _ => {}
         }
-        if !storages.contains_key(&info.path) {
+    }
+    // One storage at a time (several tensors may view one storage), its bytes dropped once its
+    // tensors are built, so loading holds the file's bytes and the tensors but no third copy.
+    infos.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut out = HashMap::with_capacity(infos.len());
+    let mut current: Option<(String, Vec<u8>)> = None;
+    for info in infos {
+        if current.as_ref().map(|(p, _)| p != &info.path).unwrap_or(true) {
             let mut entry = zip.by_name(&info.path).map_err(|e| not_pth(format!("{}: {e}", info.path)))?;
             let mut buf = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
             entry.read_to_end(&mut buf).map_err(|e| not_pth(format!("{}: {e}", info.path)))?;
-            storages.insert(info.path.clone(), buf);
+            current = Some((info.path.clone(), buf));
         }
-        let data = storages.get(&info.path).map(Vec::as_slice).unwrap_or(&[]);
+        let data = current.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
         let shape = info.layout.shape().clone();
-        let elem = info.dtype.size_in_bytes();
         let start = info.layout.start_offset();
-        let len = shape.elem_count() * elem;
+        let len = shape.elem_count() * info.dtype.size_in_bytes();
         if !info.layout.is_contiguous() {
             return Err(bad(model, format!("tensor {} is stored strided; re-save the checkpoint", info.name)));
         }

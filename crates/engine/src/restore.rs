@@ -81,7 +81,7 @@ fn sample_plane(data: &[f32], size: usize, c: usize, x: f32, y: f32) -> f32 {
     let (fx, fy) = (x - 0.5, y - 0.5);
     let (x0, y0) = (fx.floor(), fy.floor());
     let (tx, ty) = (fx - x0, fy - y0);
-    let plane = &data[c * size * size..(c + 1) * size * size];
+    let plane = data.get(c * size * size..(c + 1) * size * size).unwrap_or(&[]);
     let at = |xi: f32, yi: f32| -> f32 {
         if xi < 0.0 || yi < 0.0 || xi >= size as f32 || yi >= size as f32 {
             0.0

@@ -18,7 +18,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::nn::{resize_bilinear, Conv2d, Padding};
+use crate::nn::{resize_bilinear, scale_add_in_place, Conv2d, Padding};
 use crate::progress::CancelToken;
 
 /// Hyper-parameters, named as upstream's `GFPGANv1Clean.__init__`.
@@ -80,8 +80,9 @@ const SLOPE: f32 = 0.2;
 /// of output rows, so the full-size model's 512x512 layers stay within bounded memory.
 const BAND_FLOATS: usize = 16 << 20;
 
-fn lrelu(x: &Tensor) -> Result<Tensor> {
-    crate::nn::leaky_relu(x, SLOPE)
+/// Leaky ReLU over a layer's fresh output, in place (every call site passes one).
+fn lrelu(x: Tensor) -> Result<Tensor> {
+    crate::nn::leaky_relu_in_place(x, SLOPE)
 }
 
 /// A stride-1 "same" convolution (odd kernel `k`, padding `k / 2`) with `weight` `[out, in, k, k]`,
@@ -161,15 +162,16 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = lrelu(&self.conv1.forward(x)?)?;
-        let out = lrelu(&self.conv2.forward(&rescale(&out, self.up)?)?)?;
+        let out = lrelu(self.conv1.forward(x)?)?;
+        let out = lrelu(self.conv2.forward(&rescale(&out, self.up)?)?)?;
         // The 1x1 skip commutes with the bilinear resample; run it at the smaller size.
         let skip = if self.up {
             rescale(&self.skip.forward(x)?, true)?
         } else {
             self.skip.forward(&rescale(x, false)?)?
         };
-        out + skip
+        // `out` is this block's own fresh tensor: add the skip over it.
+        scale_add_in_place(out, None, Some(&skip))
     }
 }
 
@@ -222,7 +224,7 @@ impl StyleConv {
         // Upstream multiplies the conv output by sqrt(2); folded into the weight.
         let w = self.conv.weight_for(style, std::f64::consts::SQRT_2)?;
         let x = if self.upsample { rescale(x, true)? } else { x.clone() };
-        lrelu(&conv_same(&x, &w, Some(&self.bias))?)
+        lrelu(conv_same(&x, &w, Some(&self.bias))?)
     }
 }
 
@@ -266,7 +268,7 @@ impl SftHead {
 
 impl Module for SftHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv2.forward(&lrelu(&self.conv0.forward(x)?)?)
+        self.conv2.forward(&lrelu(self.conv0.forward(x)?)?)
     }
 }
 
@@ -412,14 +414,14 @@ impl Gfpgan {
             candle_core::bail!("gfpgan: expected a [1, 3, {s}, {s}] face, got {:?}", x.dims());
         }
         let x = x.to_dtype(DType::F32)?;
-        let mut feat = lrelu(&self.conv_body_first.forward(&x)?)?;
+        let mut feat = lrelu(self.conv_body_first.forward(&x)?)?;
         let mut skips = Vec::with_capacity(self.conv_body_down.len());
         for block in &self.conv_body_down {
             check(cancel)?;
             feat = block.forward(&feat)?;
             skips.push(feat.clone());
         }
-        feat = lrelu(&self.final_conv.forward(&feat)?)?;
+        feat = lrelu(self.final_conv.forward(&feat)?)?;
 
         let nsf = self.cfg.num_style_feat;
         let code = self.final_linear.forward(&feat.flatten_from(1)?)?;
@@ -434,7 +436,8 @@ impl Gfpgan {
             check(cancel)?;
             // Skips are added deepest first (upstream inserts them at the front of its list).
             if let Some(skip) = skips.get(skips.len().wrapping_sub(1 + i)) {
-                feat = (feat + skip)?;
+                // `feat` is a fresh output here (never one of the stored skips).
+                feat = scale_add_in_place(feat, None, Some(skip))?;
             }
             feat = block.forward(&feat)?;
             let (Some(scale), Some(shift)) = (self.condition_scale.get(i), self.condition_shift.get(i)) else {
