@@ -24,6 +24,7 @@ fn parity_with_reference_on_seeded_weights_from_pth() {
     let out = model.forward(&f["input"]).expect("forward");
     assert_eq!(out.dims(), f["output"].dims());
     let err = rel_err(&out, &f["output"]);
+    eprintln!("gfpgan tiny parity: relative error {err:.2e}");
     // float32 parity: relative error (max |diff| / max |reference|) under 1e-4.
     assert!(err < 1e-4, "relative error {err}");
 }
