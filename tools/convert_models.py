@@ -66,6 +66,17 @@ MODELS = {
         description="MediaPipe selfie segmentation (person vs background), 256x256 input"),
 }
 
+# Non-bundled models the user imports (official release files, read directly by the engine; their
+# licences allow use, and we do not redistribute them). `file` is the official file name.
+IMPORTED = {
+    "gfpgan-v1.4": dict(
+        task="face-restoration", file="GFPGANv1.4.pth", bytes=348632874,
+        sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        license="Apache-2.0", source="github:TencentARC/GFPGAN release v1.3.4 GFPGANv1.4.pth",
+        homepage="https://github.com/TencentARC/GFPGAN/releases/tag/v1.3.4",
+        description="GFPGAN v1.4 face restoration (clean architecture), 512x512 aligned face; user-imported"),
+}
+
 
 def sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
@@ -147,6 +158,11 @@ def write_manifest() -> None:
                   "bundled = true", f'license = "{spec["license"]}"', f'license_file = "{spec["license_file"]}"',
                   f'source = "{kind}:{pkg} {inner}"', f'source_sha256 = "{spec["upstream_sha256"]}"',
                   "[[model.files]]", f'path = "{spec["file"]}"', f'sha256 = "{sha256(dst)}"', f"bytes = {dst.stat().st_size}", ""]
+    for mid, spec in IMPORTED.items():
+        lines += ["[[model]]", f'id = "{mid}"', f'task = "{spec["task"]}"', f'description = "{spec["description"]}"',
+                  "bundled = false", f'license = "{spec["license"]}"', f'source = "{spec["source"]}"',
+                  f'homepage = "{spec["homepage"]}"',
+                  "[[model.files]]", f'path = "{spec["file"]}"', f'sha256 = "{spec["sha256"]}"', f"bytes = {spec['bytes']}", ""]
     (ROOT / "models" / "manifest.toml").write_text("\n".join(lines))
 
 

@@ -166,6 +166,10 @@ fn models_verify_passes_on_the_bundle() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let o = run(&["models", "list", "--json"], data.path());
     let v = json(&o);
-    // Bundled models are all there; user-imported ones may be "not-installed" (not an error).
-    assert!(v["models"].as_array().expect("models").iter().all(|m| m["state"] == "ok" || m["bundled"] == false));
+    // Bundled models are ok; a user-imported one (GFPGAN) may be not installed, which is no failure.
+    assert!(v["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .all(|m| m["state"] == "ok" || (m["bundled"] == false && m["state"] == "not-installed")));
 }

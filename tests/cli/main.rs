@@ -8,4 +8,5 @@ mod generative;
 mod library;
 mod models;
 mod policy;
+mod restore;
 mod support;

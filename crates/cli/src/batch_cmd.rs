@@ -57,6 +57,7 @@ pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
     let scan = batch::scan(&input, spec.recursive)?;
     let models = engine_cmds::load_models(global)?;
     let mut lib = library_cmds::open_library(global)?;
+    let models = engine_cmds::with_restorer(global, models, lib.data_dir(), spec.settings.restore.is_some());
     let (group, created, unreadable) = batch::queue(&mut lib, &spec, &input, &output, &scan, DecodeLimits::default().max_bytes)?;
     if !a.json {
         eprintln!(

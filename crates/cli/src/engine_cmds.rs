@@ -7,13 +7,14 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use clap::Args;
 use likeness_core::generative::{imported_dir, DiffusionCache};
-use likeness_core::models::ModelStore;
+use likeness_core::models::{ModelError, ModelStore};
 use likeness_core::worker::StudioSettings;
 use likeness_core::{JobId, JobState};
 use likeness_engine::device::{self, DevicePref};
 use likeness_engine::faces::{FaceDetector, KEYPOINT_NAMES};
 use likeness_engine::image_io::{self, DecodeLimits};
 use likeness_engine::pipeline::StudioModels;
+use likeness_engine::restore::{self, FaceRestorer};
 use likeness_engine::segment::Segmenter;
 use serde_json::json;
 
@@ -111,6 +112,11 @@ pub struct StyleArgs {
     /// Generative look: denoising steps instead of the quality level's.
     #[arg(long, hide = true)]
     pub steps: Option<u32>,
+    /// Restore the face with GFPGAN v1.4 (a model you import: GFPGANv1.4.pth) at this strength
+    /// (0-1, blended with the original); 0.7 when given without a value. Without the model the
+    /// headshot is made without restoration and a notice says so.
+    #[arg(long, value_name = "STRENGTH", num_args = 0..=1, default_missing_value = "0.7")]
+    pub restore: Option<f32>,
 }
 
 impl StyleArgs {
@@ -137,6 +143,7 @@ impl StyleArgs {
             // Fixed when the job is made, so a re-run of the job makes the same images.
             seed: self.seed.unwrap_or_else(random_seed),
             steps: self.steps,
+            restore: self.restore,
         }
     }
 }
@@ -161,6 +168,33 @@ pub fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
     let bytes = store.studio_model_bytes()?;
     Ok(StudioModels::load(bytes, &compute_device(global)?)?)
+}
+
+/// Adds face restoration to `models` when `wanted`: GFPGAN v1.4 from the models folder or the
+/// user's imported models (`<data dir>/models/imported`), sha256-checked. When it is not installed
+/// the jobs run without it and the pipeline's notice says so (once per run, see `work_queue`);
+/// a file that is present but unusable is named here.
+pub fn with_restorer(global: &Global, models: StudioModels, data_dir: &Path, wanted: bool) -> StudioModels {
+    if !wanted {
+        return models;
+    }
+    let store = match ModelStore::discover(global.models_dir.as_deref()) {
+        Ok(s) => s.with_imported_dir(data_dir.join("models").join("imported")),
+        Err(_) => return models,
+    };
+    let loaded = store
+        .read_verified(restore::MODEL_ID)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(FaceRestorer::new(&bytes, &compute_device(global)?)?));
+    match loaded {
+        Ok(r) => models.with_restorer(r),
+        Err(e) => {
+            if !matches!(e.downcast_ref::<ModelError>(), Some(ModelError::Missing { .. })) {
+                eprintln!("likeness: face restoration is off: {e:#}");
+            }
+            models
+        }
+    }
 }
 
 /// Only the face detector: `detect` needs neither the mesh nor the segmenter.
@@ -252,7 +286,9 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
     }
     // Models are checked before any job is recorded (a queue-only call leaves that to `jobs run`).
     let models = if a.queue { None } else { Some(load_models(global)?) };
-    let lib = Mutex::new(library_cmds::open_library(global)?);
+    let library = library_cmds::open_library(global)?;
+    let models = models.map(|m| with_restorer(global, m, library.data_dir(), settings.restore.is_some()));
+    let lib = Mutex::new(library);
 
     // One job per photo; a photo that cannot be read gets no job.
     let mut jobs: Vec<(PathBuf, JobId)> = Vec::new();

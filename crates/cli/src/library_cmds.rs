@@ -109,6 +109,12 @@ pub fn jobs(global: &Global, cmd: JobsCmd) -> Result<ExitCode> {
         JobsCmd::Run { threads, json: as_json } => {
             let lib = open_library(global)?;
             let models = crate::engine_cmds::load_models(global)?;
+            // GFPGAN is loaded only when a waiting job asks for face restoration.
+            let wanted = lib.list_jobs()?.iter().any(|j| {
+                !j.state.is_finished()
+                    && likeness_core::worker::StudioSettings::from_json(&j.settings_json).is_ok_and(|s| s.restore.is_some())
+            });
+            let models = crate::engine_cmds::with_restorer(global, models, lib.data_dir(), wanted);
             let lib = Mutex::new(lib);
             let report = work_queue(global, &lib, &models, threads, !as_json)?;
             if as_json {
@@ -158,7 +164,16 @@ pub fn work_queue_with(
     let pending = queued.iter().filter(|j| !j.state.is_finished()).count();
     crate::catch_ctrl_c();
     let bar = JobBar::new(pending, show);
-    let warn = |job: &JobId, msg: &str| bar.println(&format!("likeness: job {job}: {msg}"));
+    // The missing-GFPGAN notice is the same for every photo: it is said once per run.
+    let restore_noted = std::sync::atomic::AtomicBool::new(false);
+    let warn = |job: &JobId, msg: &str| {
+        if msg.ends_with(likeness_engine::pipeline::RESTORE_UNAVAILABLE)
+            && restore_noted.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        bar.println(&format!("likeness: job {job}: {msg}"))
+    };
     let studio = StudioRunner { models, assets: crate::engine_cmds::assets_dir(), on_warning: Some(&warn) };
     // Diffusion models load on the first generative job only.
     let diffusion = crate::engine_cmds::diffusion_cache(global)?;

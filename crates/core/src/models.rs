@@ -49,6 +49,9 @@ pub struct ModelEntry {
     pub source: String,
     #[serde(default)]
     pub source_sha256: String,
+    /// Where users get a non-bundled model (its official release page).
+    #[serde(default)]
+    pub homepage: String,
     pub files: Vec<ModelFile>,
 }
 
@@ -150,14 +153,38 @@ impl ModelStore {
         })
     }
 
-    /// The bytes of a single-file model, checked against the manifest's sha256.
-    pub fn read_verified(&self, id: &str) -> Result<Vec<u8>, ModelError> {
+    /// Where a single-file model's file may be: the models folder; for a non-bundled model also
+    /// the imported-models folder (`<imported>/<id>/<file name>` or `<imported>/<file name>`).
+    fn candidate_paths(&self, id: &str) -> Result<(&ModelFile, Vec<PathBuf>), ModelError> {
         let entry = self.entry(id)?;
         let file = entry.files.first().ok_or_else(|| ModelError::Manifest {
             path: self.dir.join(MANIFEST_FILE),
             reason: format!("model '{id}' lists no files"),
         })?;
-        let path = self.dir.join(&file.path);
+        let mut paths = vec![self.dir.join(&file.path)];
+        if let (false, Some(imported)) = (entry.bundled, &self.imported) {
+            let name = Path::new(&file.path).file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(&file.path));
+            paths.push(imported.join(id).join(&name));
+            paths.push(imported.join(&name));
+        }
+        Ok((file, paths))
+    }
+
+    /// The verified path of an installed single-file model (bundled, or non-bundled and placed in
+    /// the models folder or imported), e.g. `gfpgan-v1.4`. Reads the file once to check its sha256.
+    pub fn path_of(&self, id: &str) -> Result<PathBuf, ModelError> {
+        self.locate(id).map(|(path, _)| path)
+    }
+
+    /// The bytes of a single-file model, checked against the manifest's sha256.
+    pub fn read_verified(&self, id: &str) -> Result<Vec<u8>, ModelError> {
+        self.locate(id).map(|(_, bytes)| bytes)
+    }
+
+    fn locate(&self, id: &str) -> Result<(PathBuf, Vec<u8>), ModelError> {
+        let (file, paths) = self.candidate_paths(id)?;
+        let first = paths.first().cloned().unwrap_or_else(|| self.dir.join(&file.path));
+        let path = paths.into_iter().find(|p| p.is_file()).unwrap_or(first);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ModelError::Missing { id: id.into(), path }),
@@ -167,7 +194,7 @@ impl ModelStore {
         if !actual.eq_ignore_ascii_case(&file.sha256) {
             return Err(ModelError::Corrupt { id: id.into(), path, actual, expected: file.sha256.clone() });
         }
-        Ok(bytes)
+        Ok((path, bytes))
     }
 
     /// Checks every model in the manifest.
@@ -178,6 +205,10 @@ impl ModelStore {
             .map(|m| {
                 let (state, detail) = match self.read_verified(&m.id) {
                     Ok(_) => (ModelState::Ok, None),
+                    Err(ModelError::Missing { .. }) if !m.bundled => {
+                        let name = m.files.first().map(|f| f.path.as_str()).unwrap_or("its file");
+                        (ModelState::NotInstalled, Some(format!("not installed; get {name} from {} and import it", m.homepage)))
+                    }
                     Err(e @ ModelError::Missing { .. }) => (ModelState::Missing, Some(e.to_string())),
                     Err(e) => (ModelState::Corrupt, Some(e.to_string())),
                 };
@@ -256,11 +287,37 @@ mod tests {
     }
 
     #[test]
+    fn non_bundled_model_is_found_in_the_imported_folder_and_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sha = hex::encode(Sha256::digest(b"gfpgan"));
+        let manifest = format!(
+            "[[model]]\nid = \"g\"\ntask = \"face-restoration\"\nbundled = false\nlicense = \"Apache-2.0\"\nsource = \"test\"\nhomepage = \"https://example.invalid/releases\"\n[[model.files]]\npath = \"G.pth\"\nsha256 = \"{sha}\"\nbytes = 6\n"
+        );
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest).expect("write");
+        let imported = dir.path().join("imported");
+        let store = ModelStore::open(dir.path()).expect("open").with_imported_dir(imported.clone());
+        assert!(matches!(store.path_of("g"), Err(ModelError::Missing { .. })));
+        let status = &store.verify_all()[0];
+        assert_eq!(status.state, ModelState::NotInstalled);
+        assert!(status.detail.as_deref().unwrap_or("").contains("https://example.invalid/releases"), "{status:?}");
+        std::fs::create_dir_all(imported.join("g")).expect("mkdir");
+        std::fs::write(imported.join("g").join("G.pth"), b"gfpgan").expect("write");
+        assert_eq!(store.path_of("g").expect("found"), imported.join("g").join("G.pth"));
+        assert_eq!(store.verify_all()[0].state, ModelState::Ok);
+        std::fs::write(imported.join("g").join("G.pth"), b"gfpgam").expect("write");
+        assert!(matches!(store.path_of("g"), Err(ModelError::Corrupt { .. })));
+    }
+
+    #[test]
     fn bundled_manifest_verifies() {
         let store = ModelStore::discover(None).expect("the repository's models folder");
         assert!(store.manifest().models.len() >= 4);
         for status in store.verify_all() {
-            assert_eq!(status.state, ModelState::Ok, "{:?}", status);
+            if status.bundled {
+                assert_eq!(status.state, ModelState::Ok, "{:?}", status);
+            } else {
+                assert!(matches!(status.state, ModelState::Ok | ModelState::NotInstalled), "{:?}", status);
+            }
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct StudioSettings {
     pub seed: u64,
     /// Generative look: overrides the quality level's denoising steps.
     pub steps: Option<u32>,
+    /// Face restoration (GFPGAN) strength in [0, 1], or `None` for off. Jobs stored before this
+    /// setting existed read as off; a job asking for it runs without it (with a warning) when
+    /// GFPGAN is not installed.
+    pub restore: Option<f32>,
 }
 
 impl Default for StudioSettings {
@@ -73,6 +77,7 @@ impl Default for StudioSettings {
             variants: 1,
             seed: 0,
             steps: None,
+            restore: None,
         }
     }
 }
@@ -104,6 +109,11 @@ impl StudioSettings {
         if !(0.0..=1.0).contains(&self.relight) || !(0.0..=1.0).contains(&self.retouch) {
             return Err(invalid("relight and retouch take a value between 0 and 1".into()));
         }
+        if let Some(r) = self.restore {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(invalid(format!("restore strength {r} must be between 0 and 1")));
+            }
+        }
         if self.max_size < 64 {
             return Err(invalid(format!("output size {} is too small; use at least 64 pixels", self.max_size)));
         }
@@ -118,6 +128,7 @@ impl StudioSettings {
             format,
             max_short_side: self.max_size,
             limits: DecodeLimits::default(),
+            restore: self.restore,
         })
     }
 }

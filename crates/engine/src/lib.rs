@@ -5,7 +5,7 @@
 //! file other than model weights handed to it as bytes by the caller.
 //!
 //! Stages (see `pipeline`): decode -> faces (BlazeFace, face mesh) -> framing -> masks (selfie
-//! segmentation) -> studio look (backdrop, relight, retouch) -> encode.
+//! segmentation) -> [face restoration, GFPGAN] -> studio look (backdrop, relight, retouch) -> encode.
 
 pub mod composite;
 pub mod device;
@@ -21,6 +21,8 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod progress;
+pub mod pth;
+pub mod restore;
 pub mod segment;
 pub mod weights;
 

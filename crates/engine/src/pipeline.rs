@@ -1,6 +1,7 @@
 //! The studio pipeline: one photo in (encoded bytes), one finished headshot out.
 //!
-//! decode -> detect faces -> face mesh -> framing -> person segmentation -> studio look -> encode.
+//! decode -> detect faces -> face mesh -> framing -> person segmentation -> [face restoration] ->
+//! studio look -> encode.
 //! Each stage is a pure function of its inputs; progress is reported at stage starts and
 //! cancellation is checked between stages.
 
@@ -19,6 +20,7 @@ use crate::image_io::{self, DecodeLimits, OutputFormat};
 use crate::imgops::{self, Affine, Border, Mask};
 use crate::landmarks::{FaceLandmarks, FaceMesh};
 use crate::progress::{CancelToken, ProgressSink, Stage};
+use crate::restore::FaceRestorer;
 use crate::segment::Segmenter;
 
 /// Safetensors bytes of the bundled models (the caller reads and verifies the files).
@@ -34,6 +36,8 @@ pub struct StudioModels {
     pub detector: FaceDetector,
     pub mesh: FaceMesh,
     pub segmenter: Segmenter,
+    /// GFPGAN, when the user imported it (see [`StudioModels::with_restorer`]).
+    pub restorer: Option<FaceRestorer>,
 }
 
 impl StudioModels {
@@ -42,9 +46,20 @@ impl StudioModels {
             detector: FaceDetector::new(bytes.blazeface_front, bytes.blazeface_back, device)?,
             mesh: FaceMesh::new(bytes.face_mesh, device)?,
             segmenter: Segmenter::new(bytes.selfie, device)?,
+            restorer: None,
         })
     }
+
+    /// Adds face restoration (GFPGAN, imported by the user) for requests that ask for it.
+    pub fn with_restorer(mut self, restorer: FaceRestorer) -> Self {
+        self.restorer = Some(restorer);
+        self
+    }
 }
+
+/// The warning of a headshot that asked for face restoration when GFPGAN is not installed.
+pub const RESTORE_UNAVAILABLE: &str = "face restoration was skipped: the GFPGAN v1.4 model is not installed \
+     (get GFPGANv1.4.pth from https://github.com/TencentARC/GFPGAN/releases and import it)";
 
 /// What to make.
 #[derive(Debug, Clone)]
@@ -55,6 +70,8 @@ pub struct HeadshotRequest {
     /// Upper bound of the output's short side in pixels.
     pub max_short_side: u32,
     pub limits: DecodeLimits,
+    /// Face restoration strength in [0, 1] (`None`: off). Needs [`StudioModels::restorer`].
+    pub restore: Option<f32>,
 }
 
 impl Default for HeadshotRequest {
@@ -65,6 +82,7 @@ impl Default for HeadshotRequest {
             format: OutputFormat::Png,
             max_short_side: 2048,
             limits: DecodeLimits::default(),
+            restore: None,
         }
     }
 }
@@ -168,6 +186,7 @@ pub fn studio_headshot(
     soften_extension(&mut crop, &framing, image.width(), image.height());
     let inside = inside_mask(&framing, image.width(), image.height());
     let regions = face_regions(&lm, &framing.src_from_dst)?;
+    let crop_from_img = framing.src_from_dst.invert().unwrap_or(Affine::IDENTITY);
     t.framing = s.elapsed();
 
     let s = step(Stage::Segment)?;
@@ -175,6 +194,21 @@ pub fn studio_headshot(
     t.segment = s.elapsed();
 
     let s = step(Stage::Composite)?;
+    // Restoration works on the framed crop, before the look: the crop is the output's own pixels
+    // (one resampling fewer than restoring the photo and framing again), and relight / retouch
+    // then treat the restored face like the rest of the person, so the face matches its scene.
+    if let Some(strength) = req.restore.filter(|s| *s > 0.0) {
+        match &models.restorer {
+            Some(restorer) => {
+                let five = lm.five_point().map(|p| crop_from_img.apply(p));
+                let base = Stage::ALL.iter().position(|s| *s == Stage::Composite).unwrap_or(0) as f32;
+                let n = Stage::ALL.len() as f32;
+                let sink = |stage: Stage, f: f32| progress.stage(stage, (base + 0.5 * f) / n);
+                crop = restorer.restore(&crop, &five, strength, &sink, cancel)?;
+            }
+            None => warnings.push(RESTORE_UNAVAILABLE.to_string()),
+        }
+    }
     let out = composite::studio(&crop, &inside, &person, &regions, &req.style)?;
     t.composite = s.elapsed();
 

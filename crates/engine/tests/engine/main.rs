@@ -4,6 +4,7 @@
 mod common;
 mod blazeface;
 mod facemesh;
+mod gfpgan;
 mod studio;
 mod selfie;
 mod diffusion;
