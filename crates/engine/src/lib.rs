@@ -5,7 +5,8 @@
 //! file other than model weights handed to it as bytes by the caller.
 //!
 //! Stages (see `pipeline`): decode -> faces (BlazeFace, face mesh) -> framing -> masks (selfie
-//! segmentation) -> studio look (backdrop, relight, retouch) -> encode.
+//! segmentation) -> studio look (backdrop, relight, retouch) -> upscale (Real-ESRGAN, when the crop
+//! is smaller than the output) -> encode.
 
 pub mod composite;
 pub mod device;
@@ -20,6 +21,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod progress;
 pub mod segment;
+pub mod upscale;
 pub mod weights;
 
 pub use error::{EngineError, Result};

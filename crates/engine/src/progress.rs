@@ -15,12 +15,22 @@ pub enum Stage {
     Framing,
     Segment,
     Composite,
+    /// Super-resolution (Real-ESRGAN), only when the crop is smaller than the output.
+    Upscale,
     Encode,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] =
-        [Stage::Decode, Stage::Detect, Stage::Landmarks, Stage::Framing, Stage::Segment, Stage::Composite, Stage::Encode];
+    pub const ALL: [Stage; 8] = [
+        Stage::Decode,
+        Stage::Detect,
+        Stage::Landmarks,
+        Stage::Framing,
+        Stage::Segment,
+        Stage::Composite,
+        Stage::Upscale,
+        Stage::Encode,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
@@ -29,6 +39,7 @@ impl Stage {
             Stage::Framing => "framing",
             Stage::Segment => "segment",
             Stage::Composite => "composite",
+            Stage::Upscale => "upscale",
             Stage::Encode => "encode",
         }
     }
