@@ -6,3 +6,4 @@ mod errors;
 mod generate;
 mod library;
 mod support;
+mod upscale;

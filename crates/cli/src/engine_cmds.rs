@@ -86,6 +86,14 @@ pub struct StyleArgs {
     /// Largest short side of the output in pixels.
     #[arg(long, default_value_t = 2048)]
     pub max_size: u32,
+    /// The output's short side exactly, in pixels (64-8192; overrides --max-size). A face crop
+    /// with fewer pixels is upscaled with Real-ESRGAN (see --upscale).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u32>,
+    /// Real-ESRGAN upscaling: auto (only when --size exceeds the crop), off (resize instead), or
+    /// 2 / 4 (always, by that factor).
+    #[arg(long, default_value = "auto", value_name = "auto|off|2|4")]
+    pub upscale: String,
 }
 
 impl StyleArgs {
@@ -98,6 +106,8 @@ impl StyleArgs {
             relight: self.relight,
             retouch: self.retouch,
             max_size: self.max_size,
+            size: self.size,
+            upscale: self.upscale.clone(),
         }
     }
 }
@@ -113,7 +123,7 @@ pub enum ModelsCmd {
     Verify,
 }
 
-fn compute_device(global: &Global) -> Result<candle_core::Device> {
+pub(crate) fn compute_device(global: &Global) -> Result<candle_core::Device> {
     let pref: DevicePref = global.device.parse()?;
     Ok(device::select(pref)?)
 }
@@ -121,7 +131,11 @@ fn compute_device(global: &Global) -> Result<candle_core::Device> {
 pub fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
     let bytes = store.studio_model_bytes()?;
-    Ok(StudioModels::load(bytes, &compute_device(global)?)?)
+    let device = compute_device(global)?;
+    let models = StudioModels::load(bytes, &device)?;
+    // Real-ESRGAN is read only when a headshot first needs it.
+    let source = likeness_core::worker::upscaler_source(store, likeness_engine::upscale::REALESRGAN_X4PLUS, device);
+    Ok(models.with_upscaler(source))
 }
 
 /// Only the face detector: `detect` needs neither the mesh nor the segmenter.

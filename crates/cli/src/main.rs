@@ -8,6 +8,7 @@ mod engine_cmds;
 mod library_cmds;
 mod output;
 mod progress;
+mod upscale_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     Segment(engine_cmds::SegmentArgs),
     /// Make a headshot from each photo.
     Generate(engine_cmds::GenerateArgs),
+    /// Enlarge images 4x (or 2x) with Real-ESRGAN.
+    Upscale(upscale_cmd::UpscaleArgs),
     /// List or verify the installed models.
     #[command(subcommand)]
     Models(engine_cmds::ModelsCmd),
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Detect(a) => engine_cmds::detect(&cli.global, a),
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
+        Command::Upscale(a) => upscale_cmd::upscale(&cli.global, a),
         Command::Models(c) => engine_cmds::models(&cli.global, c),
         Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),

@@ -35,6 +35,10 @@ pub enum UpscaleNet {
     Compact(SrVggNetCompact),
 }
 
+/// Largest output (at the network's own scale) [`Upscaler::upscale`] makes: 64 megapixels, an
+/// 8192x8192 image (192 MB as 8-bit RGB).
+pub const MAX_OUTPUT_PIXELS: u64 = 64 << 20;
+
 /// How much to enlarge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Factor {
@@ -58,6 +62,32 @@ impl std::str::FromStr for Factor {
             "2" => Ok(Factor::X2),
             "4" => Ok(Factor::X4),
             _ => Err(EngineError::InvalidOption(format!("upscale factor '{s}' (use 2 or 4)"))),
+        }
+    }
+}
+
+/// Whether the studio pipeline upscales its crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpscaleMode {
+    /// Only when the requested output size is larger than the crop.
+    #[default]
+    Auto,
+    /// Never (a larger requested size is reached by plain resampling).
+    Off,
+    /// Always by this factor.
+    Force(Factor),
+}
+
+impl std::str::FromStr for UpscaleMode {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(UpscaleMode::Auto),
+            "off" | "none" => Ok(UpscaleMode::Off),
+            other => other
+                .parse::<Factor>()
+                .map(UpscaleMode::Force)
+                .map_err(|_| EngineError::InvalidOption(format!("upscale '{s}' (use auto, off, 2 or 4)"))),
         }
     }
 }
@@ -151,8 +181,13 @@ impl Upscaler {
             return Err(EngineError::InvalidOption(format!("this model enlarges {}x; it cannot make {f}x", self.scale)));
         }
         let (ow, oh) = (w * self.scale, h * self.scale);
-        let too_big = |_| EngineError::InvalidOption(format!("a {w}x{h} image upscaled {}x is too large", self.scale));
-        let mut out = RgbImage::new(u32::try_from(ow).map_err(too_big)?, u32::try_from(oh).map_err(too_big)?);
+        if (ow as u64) * (oh as u64) > MAX_OUTPUT_PIXELS {
+            return Err(EngineError::InvalidOption(format!(
+                "the image is {w}x{h} pixels; upscaled {}x it would be {ow}x{oh}, more than the limit of {MAX_OUTPUT_PIXELS} pixels; crop or downscale it first",
+                self.scale
+            )));
+        }
+        let mut out = RgbImage::new(ow as u32, oh as u32);
         let buf: &mut [u8] = &mut out;
         self.run_tiled(image, progress, cancel, &mut |y, row| {
             if let Some(dst) = buf.get_mut(y * ow * 3..(y + 1) * ow * 3) {
