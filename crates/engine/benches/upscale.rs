@@ -1,0 +1,125 @@
+//! The upscaler benchmark: RRDBNet (Real-ESRGAN x4plus, real weights) and SRVGGNetCompact
+//! (realesr-general-x4v3's shape, random weights) on a 256x256 tile, candle on the CPU against the
+//! PyTorch reference (spandrel's architectures, `torch.set_num_threads(2)`) on the same input in
+//! the same run; plus one dense-block convolution through our im2col+gemm kernel vs candle's conv.
+//!
+//!     cargo bench -p likeness-engine --bench upscale
+//!
+//! Both sides use 2 threads. The reference side runs `tools/bench_reference.py --torch` with
+//! `$LIKENESS_BENCH_PYTHON` (default `.venv/bin/python`, else `python3`; it needs torch and
+//! spandrel). `LIKENESS_BENCH_RUNS` (default 3) timed runs after one warm-up; medians.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use likeness_engine::models::rrdbnet::{self, RrdbNet};
+use likeness_engine::models::srvgg::{self, SrVggNetCompact};
+use likeness_engine::nn::{Conv2d, Padding};
+
+const THREADS: usize = 2;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("LIKENESS_BENCH_PYTHON") {
+        return p;
+    }
+    let venv = root().join(".venv/bin/python");
+    if venv.is_file() {
+        return venv.display().to_string();
+    }
+    "python3".into()
+}
+
+fn main() {
+    rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global().expect("thread pool");
+    let dev = Device::Cpu;
+    let runs = std::env::var("LIKENESS_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3usize);
+
+    let weights = std::fs::read(root().join("models/realesrgan_x4plus.safetensors")).expect("weights");
+    let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &dev).expect("vb");
+    let rrdb = RrdbNet::new(&rrdbnet::Config::x4plus(), vb).expect("rrdb");
+
+    let cfg = srvgg::Config::general_x4v3();
+    let mut state = HashMap::new();
+    for i in 0..=cfg.num_conv {
+        let cin = if i == 0 { 3 } else { cfg.num_feat };
+        state.insert(format!("{}.weight", 2 * i), Tensor::randn(0f32, 0.05, (cfg.num_feat, cin, 3, 3), &dev).expect("w"));
+        state.insert(format!("{}.bias", 2 * i), Tensor::zeros(cfg.num_feat, DType::F32, &dev).expect("b"));
+        state.insert(format!("{}.weight", 2 * i + 1), (Tensor::ones(cfg.num_feat, DType::F32, &dev).expect("a") * 0.25).expect("a"));
+    }
+    let last = 2 * cfg.num_conv + 2;
+    state.insert(format!("{last}.weight"), Tensor::randn(0f32, 0.05, (48, cfg.num_feat, 3, 3), &dev).expect("w"));
+    state.insert(format!("{last}.bias"), Tensor::zeros(48, DType::F32, &dev).expect("b"));
+    let compact = SrVggNetCompact::new(&cfg, VarBuilder::from_tensors(state, DType::F32, &dev)).expect("srvgg");
+
+    let x = Tensor::rand(0f32, 1.0, (1, 3, 256, 256), &dev).expect("input");
+    eprintln!("timing RRDBNet x4plus on 256x256 ({runs} runs + 1 warm-up; ~a minute each on 2 cores) ...");
+    let ours_rrdb = time(runs, || drop(rrdb.forward(&x).expect("rrdb")));
+    let ours_compact = time(runs, || drop(compact.forward(&x).expect("srvgg")));
+
+    // One dense-block convolution (conv5 of an RDB: 192 -> 64 channels, 3x3) at 256x256.
+    let w = Tensor::randn(0f32, 0.05, (64, 192, 3, 3), &dev).expect("w");
+    let b = Tensor::zeros(64, DType::F32, &dev).expect("b");
+    let conv = Conv2d::from_tensors(w, Some(b), 1, Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 }, false).expect("conv");
+    let xc = Tensor::rand(0f32, 1.0, (1, 192, 256, 256), &dev).expect("x");
+    let conv_fast = time(runs.max(5), || drop(conv.forward(&xc).expect("fast")));
+    let conv_candle = time(runs.max(5), || drop(conv.forward_candle(&xc).expect("candle")));
+
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("upscale_inputs.safetensors");
+    let inputs: HashMap<String, Tensor> = [("realesrgan-x4plus".to_string(), x.clone()), ("realesr-general-x4v3".to_string(), x)].into();
+    candle_core::safetensors::save(&inputs, &path).expect("save");
+    let out = Command::new(python())
+        .arg(root().join("tools/bench_reference.py"))
+        .arg(&path)
+        .args(["--torch", "--warmup", "1", "--runs", &runs.to_string()])
+        .output();
+    let reference: Option<serde_json::Value> = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
+        Ok(o) => {
+            eprintln!("reference runtime failed: {}", String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("reference runtime not run ({e})");
+            None
+        }
+    };
+
+    println!("\n== upscalers on a 256x256 tile, median ms (candle CPU vs PyTorch CPU, {THREADS} threads) ==");
+    println!("{:<26} {:>10} {:>12} {:>8}  reference", "model", "ours", "reference", "ratio");
+    for (id, ms) in [("realesrgan-x4plus", ours_rrdb), ("realesr-general-x4v3", ours_compact)] {
+        let r = reference.as_ref().and_then(|v| v.get(id));
+        match r.and_then(|r| r.get("median_ms")).and_then(|m| m.as_f64()) {
+            Some(rm) => println!(
+                "{id:<26} {ms:>10.1} {rm:>12.1} {:>8.2}  {}",
+                ms / rm,
+                r.and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
+            ),
+            None => println!("{id:<26} {ms:>10.1} {:>12} {:>8}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
+        }
+    }
+    println!("\n== one RDB conv (192 -> 64, 3x3, 256x256), median ms ==");
+    println!("nn.rs im2col+gemm {conv_fast:>10.1}   candle conv2d {conv_candle:>10.1}   ratio {:.2}", conv_fast / conv_candle);
+}
