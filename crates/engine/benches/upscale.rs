@@ -5,9 +5,10 @@
 //!
 //!     cargo bench -p likeness-engine --bench upscale
 //!
-//! Both sides use 2 threads. The reference side runs `tools/bench_reference.py --torch` with
+//! Both sides use 2 threads; on a shared machine run it alone (wall-clock medians). The reference side runs `tools/bench_reference.py --torch` with
 //! `$LIKENESS_BENCH_PYTHON` (default `.venv/bin/python`, else `python3`; it needs torch and
 //! spandrel). `LIKENESS_BENCH_RUNS` (default 3) timed runs after one warm-up; medians.
+//! `LIKENESS_BENCH_TILE` (default 256) sets the tile side (the x4plus model at 256 px is ~2.4 TFLOP).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,8 +73,9 @@ fn main() {
     state.insert(format!("{last}.bias"), Tensor::zeros(48, DType::F32, &dev).expect("b"));
     let compact = SrVggNetCompact::new(&cfg, VarBuilder::from_tensors(state, DType::F32, &dev)).expect("srvgg");
 
-    let x = Tensor::rand(0f32, 1.0, (1, 3, 256, 256), &dev).expect("input");
-    eprintln!("timing RRDBNet x4plus on 256x256 ({runs} runs + 1 warm-up; ~a minute each on 2 cores) ...");
+    let tile = std::env::var("LIKENESS_BENCH_TILE").ok().and_then(|s| s.parse().ok()).unwrap_or(256usize);
+    let x = Tensor::rand(0f32, 1.0, (1, 3, tile, tile), &dev).expect("input");
+    eprintln!("timing RRDBNet x4plus on {tile}x{tile} ({runs} runs + 1 warm-up) ...");
     let ours_rrdb = time(runs, || drop(rrdb.forward(&x).expect("rrdb")));
     let ours_compact = time(runs, || drop(compact.forward(&x).expect("srvgg")));
 
@@ -81,7 +83,7 @@ fn main() {
     let w = Tensor::randn(0f32, 0.05, (64, 192, 3, 3), &dev).expect("w");
     let b = Tensor::zeros(64, DType::F32, &dev).expect("b");
     let conv = Conv2d::from_tensors(w, Some(b), 1, Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 }, false).expect("conv");
-    let xc = Tensor::rand(0f32, 1.0, (1, 192, 256, 256), &dev).expect("x");
+    let xc = Tensor::rand(0f32, 1.0, (1, 192, tile, tile), &dev).expect("x");
     let conv_fast = time(runs.max(5), || drop(conv.forward(&xc).expect("fast")));
     let conv_candle = time(runs.max(5), || drop(conv.forward_candle(&xc).expect("candle")));
 
@@ -107,7 +109,7 @@ fn main() {
         }
     };
 
-    println!("\n== upscalers on a 256x256 tile, median ms (candle CPU vs PyTorch CPU, {THREADS} threads) ==");
+    println!("\n== upscalers on a {tile}x{tile} tile, median ms (candle CPU vs PyTorch CPU, {THREADS} threads) ==");
     println!("{:<26} {:>10} {:>12} {:>8}  reference", "model", "ours", "reference", "ratio");
     for (id, ms) in [("realesrgan-x4plus", ours_rrdb), ("realesr-general-x4v3", ours_compact)] {
         let r = reference.as_ref().and_then(|v| v.get(id));
@@ -120,6 +122,6 @@ fn main() {
             None => println!("{id:<26} {ms:>10.1} {:>12} {:>8}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
         }
     }
-    println!("\n== one RDB conv (192 -> 64, 3x3, 256x256), median ms ==");
+    println!("\n== one RDB conv (192 -> 64, 3x3, {tile}x{tile}), median ms ==");
     println!("nn.rs im2col+gemm {conv_fast:>10.1}   candle conv2d {conv_candle:>10.1}   ratio {:.2}", conv_fast / conv_candle);
 }
