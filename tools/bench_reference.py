@@ -44,12 +44,14 @@ def upstream_file(model_id: str, upstream: pathlib.Path | None) -> pathlib.Path:
 def time_fn(fn, warmup: int, runs: int) -> dict:
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t)
-    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3)}
+        cpu.append(time.process_time() - c)
+    # cpu_ms: this process's CPU time (all threads), steadier than wall time on a loaded machine.
+    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3), "cpu_ms": float(np.median(cpu) * 1e3)}
 
 
 def onnx_runner(path: pathlib.Path, x_nchw: np.ndarray):

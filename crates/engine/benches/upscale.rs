@@ -27,17 +27,30 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+/// This process's CPU time (all threads, user + system) in ms, from /proc (Linux; 0 elsewhere).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks * 10.0 // USER_HZ is 100 on Linux
+}
+
+/// Median wall-clock and median CPU ms of `runs` calls after one warm-up. On a loaded machine
+/// the CPU time is the steadier measure of work (wall time depends on what else runs).
+fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
-    let mut v: Vec<f64> = (0..runs)
+    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..runs)
         .map(|_| {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_ms());
             f();
-            t.elapsed().as_secs_f64() * 1e3
+            (t.elapsed().as_secs_f64() * 1e3, cpu_ms() - c)
         })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+        .unzip();
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    (wall[wall.len() / 2], cpu[cpu.len() / 2])
 }
 
 fn python() -> String {
@@ -110,18 +123,27 @@ fn main() {
     };
 
     println!("\n== upscalers on a {tile}x{tile} tile, median ms (candle CPU vs PyTorch CPU, {THREADS} threads) ==");
-    println!("{:<26} {:>10} {:>12} {:>8}  reference", "model", "ours", "reference", "ratio");
-    for (id, ms) in [("realesrgan-x4plus", ours_rrdb), ("realesr-general-x4v3", ours_compact)] {
+    println!("{:<22} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}  reference", "model", "ours", "ref", "ratio", "ours cpu", "ref cpu", "ratio");
+    for (id, (ms, cpu)) in [("realesrgan-x4plus", ours_rrdb), ("realesr-general-x4v3", ours_compact)] {
         let r = reference.as_ref().and_then(|v| v.get(id));
-        match r.and_then(|r| r.get("median_ms")).and_then(|m| m.as_f64()) {
-            Some(rm) => println!(
-                "{id:<26} {ms:>10.1} {rm:>12.1} {:>8.2}  {}",
+        let get = |k: &str| r.and_then(|r| r.get(k)).and_then(|m| m.as_f64());
+        match (get("median_ms"), get("cpu_ms")) {
+            (Some(rm), Some(rc)) => println!(
+                "{id:<22} {ms:>10.0} {rm:>10.0} {:>6.2} {cpu:>10.0} {rc:>10.0} {:>6.2}  {}",
                 ms / rm,
+                cpu / rc,
                 r.and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
             ),
-            None => println!("{id:<26} {ms:>10.1} {:>12} {:>8}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
+            _ => println!("{id:<22} {ms:>10.0} {:>10} {:>6} {cpu:>10.0}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
         }
     }
     println!("\n== one RDB conv (192 -> 64, 3x3, {tile}x{tile}), median ms ==");
-    println!("nn.rs im2col+gemm {conv_fast:>10.1}   candle conv2d {conv_candle:>10.1}   ratio {:.2}", conv_fast / conv_candle);
+    println!(
+        "nn.rs im2col+gemm {:>8.1} (cpu {:>8.1})   candle conv2d {:>8.1} (cpu {:>8.1})   wall ratio {:.2}",
+        conv_fast.0,
+        conv_fast.1,
+        conv_candle.0,
+        conv_candle.1,
+        conv_fast.0 / conv_candle.0
+    );
 }
