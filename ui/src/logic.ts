@@ -65,6 +65,7 @@ const STAGES: Record<string, string> = {
   framing: "Framing",
   segment: "Separating you from the background",
   composite: "Building the studio look",
+  upscale: "Upscaling",
   encode: "Saving",
 };
 

@@ -117,6 +117,14 @@ pub struct StyleArgs {
     /// headshot is made without restoration and a notice says so.
     #[arg(long, value_name = "STRENGTH", num_args = 0..=1, default_missing_value = "0.7")]
     pub restore: Option<f32>,
+    /// The output's short side exactly, in pixels (64-8192; overrides --max-size). A face crop
+    /// with fewer pixels is upscaled with Real-ESRGAN (see --upscale).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u32>,
+    /// Real-ESRGAN upscaling: auto (only when --size exceeds the crop), off (resize instead), or
+    /// 2 / 4 (always, by that factor).
+    #[arg(long, default_value = "auto", value_name = "auto|off|2|4")]
+    pub upscale: String,
 }
 
 impl StyleArgs {
@@ -144,6 +152,8 @@ impl StyleArgs {
             seed: self.seed.unwrap_or_else(random_seed),
             steps: self.steps,
             restore: self.restore,
+            size: self.size,
+            upscale: self.upscale.clone(),
         }
     }
 }
@@ -159,7 +169,7 @@ pub fn diffusion_cache(global: &Global) -> Result<DiffusionCache> {
     Ok(DiffusionCache::new(Some(imported_dir(&paths.root)), compute_device(global)?))
 }
 
-fn compute_device(global: &Global) -> Result<candle_core::Device> {
+pub(crate) fn compute_device(global: &Global) -> Result<candle_core::Device> {
     let pref: DevicePref = global.device.parse()?;
     Ok(device::select(pref)?)
 }
@@ -167,7 +177,11 @@ fn compute_device(global: &Global) -> Result<candle_core::Device> {
 pub fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
     let bytes = store.studio_model_bytes()?;
-    Ok(StudioModels::load(bytes, &compute_device(global)?)?)
+    let device = compute_device(global)?;
+    let models = StudioModels::load(bytes, &device)?;
+    // Real-ESRGAN is read only when a headshot first needs it.
+    let source = likeness_core::worker::upscaler_source(store, likeness_engine::upscale::REALESRGAN_X4PLUS, device);
+    Ok(models.with_upscaler(source))
 }
 
 /// Adds face restoration to `models` when `wanted`: GFPGAN v1.4 from the models folder or the

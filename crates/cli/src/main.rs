@@ -10,6 +10,7 @@ mod models_cmd;
 mod output;
 mod policy_cmd;
 mod progress;
+mod upscale_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,8 @@ enum Command {
     Segment(engine_cmds::SegmentArgs),
     /// Make a headshot from each photo.
     Generate(engine_cmds::GenerateArgs),
+    /// Enlarge images 4x (or 2x) with Real-ESRGAN.
+    Upscale(upscale_cmd::UpscaleArgs),
     /// List, verify or import models.
     #[command(subcommand)]
     Models(models_cmd::ModelsCmd),
@@ -119,7 +122,8 @@ fn main() -> ExitCode {
         Command::Detect(a) => engine_cmds::detect(&cli.global, a),
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
-        Command::Models(c) => models_cmd::models(&cli.global, c),
+        Command::Upscale(a) => upscale_cmd::upscale(&cli.global, a),
+        Command::Models(c) => engine_cmds::models(&cli.global, c),
         Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
         Command::Export(a) => library_cmds::export(&cli.global, a),

@@ -14,12 +14,14 @@ use likeness_engine::composite::{Backdrop, StudioStyle};
 use likeness_engine::error::EngineError;
 use likeness_engine::framing::Preset;
 use likeness_engine::image_io::{self, DecodeLimits, OutputFormat};
-use likeness_engine::pipeline::{self, HeadshotRequest, StudioModels};
+use likeness_engine::pipeline::{self, HeadshotRequest, StudioModels, UpscalerSource};
 use likeness_engine::progress::{CancelToken, ProgressSink, Stage};
+use likeness_engine::upscale::{UpscaleMode, Upscaler};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Result};
+use crate::models::ModelStore;
 use crate::library::{ClaimedJob, JobId, JobState, Library, NewOutput, OutputId};
 
 /// The settings of a studio job, as stored in the job's JSON (fields of
@@ -57,6 +59,10 @@ pub struct StudioSettings {
     /// setting existed read as off; a job asking for it runs without it (with a warning) when
     /// GFPGAN is not installed.
     pub restore: Option<f32>,
+    /// The output's short side exactly (overrides `max_size`); a smaller crop is upscaled.
+    pub size: Option<u32>,
+    /// Real-ESRGAN upscaling: auto (only when `size` exceeds the crop), off, 2 or 4.
+    pub upscale: String,
 }
 
 impl Default for StudioSettings {
@@ -78,6 +84,8 @@ impl Default for StudioSettings {
             seed: 0,
             steps: None,
             restore: None,
+            size: None,
+            upscale: "auto".into(),
         }
     }
 }
@@ -117,6 +125,12 @@ impl StudioSettings {
         if self.max_size < 64 {
             return Err(invalid(format!("output size {} is too small; use at least 64 pixels", self.max_size)));
         }
+        let upscale: UpscaleMode = self.upscale.parse().map_err(|e: EngineError| invalid(e.to_string()))?;
+        if let Some(n) = self.size {
+            if !(pipeline::MIN_SIZE..=pipeline::MAX_SIZE).contains(&n) {
+                return Err(invalid(format!("output size {n}: use between {} and {} pixels", pipeline::MIN_SIZE, pipeline::MAX_SIZE)));
+            }
+        }
         Ok(HeadshotRequest {
             preset,
             style: StudioStyle {
@@ -127,9 +141,36 @@ impl StudioSettings {
             },
             format,
             max_short_side: self.max_size,
+            size: self.size,
+            upscale,
             limits: DecodeLimits::default(),
             restore: self.restore,
         })
+    }
+}
+
+/// Loads the upscaling model `id` from `store` when first needed (see [`StudioModels::with_upscaler`]):
+/// a `.safetensors` file is the bundled Real-ESRGAN x4plus, a `.pth` a user-imported
+/// SRVGGNetCompact (`realesr-general-x4v3`). The bytes are sha256-checked against the manifest.
+pub fn upscaler_source(store: ModelStore, id: &str, device: candle_core::Device) -> UpscalerSource {
+    let id = id.to_owned();
+    Box::new(move || load_upscaler(&store, &id, &device))
+}
+
+/// Loads the upscaling model `id` now (see [`upscaler_source`]).
+pub fn load_upscaler(store: &ModelStore, id: &str, device: &candle_core::Device) -> std::result::Result<Upscaler, EngineError> {
+    let model_err = |reason: String| EngineError::Model { model: id.to_owned(), reason };
+    let entry = store.manifest().models.iter().find(|m| m.id == id);
+    let entry = entry.ok_or_else(|| model_err(format!("not in {} (see `likeness models list`)", store.dir().display())))?;
+    if entry.task != "upscale" {
+        return Err(model_err(format!("it is a {} model, not an upscaler", entry.task)));
+    }
+    let bytes = store.read_verified(id).map_err(|e| model_err(e.to_string()))?;
+    let is_pth = entry.files.first().is_some_and(|f| f.path.ends_with(".pth") || f.path.ends_with(".pt"));
+    if is_pth {
+        Upscaler::compact_from_pth(id, &bytes, device)
+    } else {
+        Upscaler::realesrgan_x4plus(bytes, device)
     }
 }
 

@@ -148,7 +148,7 @@ fn main() {
             format,
             max_short_side: 1024,
             limits: DecodeLimits::default(),
-            restore: None,
+            ..HeadshotRequest::default()
         };
         let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); 8];
         let mut size = (0, 0);

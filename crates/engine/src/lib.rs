@@ -5,7 +5,8 @@
 //! file other than model weights handed to it as bytes by the caller.
 //!
 //! Stages (see `pipeline`): decode -> faces (BlazeFace, face mesh) -> framing -> masks (selfie
-//! segmentation) -> [face restoration, GFPGAN] -> studio look (backdrop, relight, retouch) -> encode.
+//! segmentation) -> [face restoration, GFPGAN] -> studio look (backdrop, relight, retouch) -> upscale
+//! (Real-ESRGAN, when the crop is smaller than the output) -> encode.
 
 pub mod composite;
 pub mod device;
@@ -24,6 +25,7 @@ pub mod progress;
 pub mod pth;
 pub mod restore;
 pub mod segment;
+pub mod upscale;
 pub mod weights;
 
 pub use error::{EngineError, Result};

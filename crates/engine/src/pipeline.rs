@@ -1,10 +1,11 @@
 //! The studio pipeline: one photo in (encoded bytes), one finished headshot out.
 //!
 //! decode -> detect faces -> face mesh -> framing -> person segmentation -> [face restoration] ->
-//! studio look -> encode.
+//! studio look -> upscale (only when an output size larger than the crop was asked for, or forced) -> encode.
 //! Each stage is a pure function of its inputs; progress is reported at stage starts and
 //! cancellation is checked between stages.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -22,6 +23,7 @@ use crate::landmarks::{FaceLandmarks, FaceMesh};
 use crate::progress::{CancelToken, ProgressSink, Stage};
 use crate::restore::FaceRestorer;
 use crate::segment::Segmenter;
+use crate::upscale::{Factor, UpscaleMode, Upscaler};
 
 /// Safetensors bytes of the bundled models (the caller reads and verifies the files).
 pub struct ModelBytes {
@@ -31,6 +33,10 @@ pub struct ModelBytes {
     pub selfie: Vec<u8>,
 }
 
+/// Loads the upscaler on first use (the caller reads and verifies its weights); `Err` is the
+/// reason it is unavailable (for example, not installed).
+pub type UpscalerSource = Box<dyn Fn() -> Result<Upscaler> + Send + Sync>;
+
 /// The loaded models of the studio look. Load once, reuse for every photo.
 pub struct StudioModels {
     pub detector: FaceDetector,
@@ -38,6 +44,9 @@ pub struct StudioModels {
     pub segmenter: Segmenter,
     /// GFPGAN, when the user imported it (see [`StudioModels::with_restorer`]).
     pub restorer: Option<FaceRestorer>,
+    /// Real-ESRGAN, loaded the first time a headshot needs it (most never do).
+    upscaler_source: Option<UpscalerSource>,
+    upscaler: OnceLock<std::result::Result<Arc<Upscaler>, String>>,
 }
 
 impl StudioModels {
@@ -47,6 +56,8 @@ impl StudioModels {
             mesh: FaceMesh::new(bytes.face_mesh, device)?,
             segmenter: Segmenter::new(bytes.selfie, device)?,
             restorer: None,
+            upscaler_source: None,
+            upscaler: OnceLock::new(),
         })
     }
 
@@ -54,6 +65,23 @@ impl StudioModels {
     pub fn with_restorer(mut self, restorer: FaceRestorer) -> Self {
         self.restorer = Some(restorer);
         self
+    }
+
+    /// The same models with an upscaler, loaded by `source` when a headshot first needs one.
+    pub fn with_upscaler(mut self, source: UpscalerSource) -> Self {
+        self.upscaler_source = Some(source);
+        self.upscaler = OnceLock::new();
+        self
+    }
+
+    /// The upscaler, loading it on first call; `Err` says why there is none.
+    pub fn upscaler(&self) -> std::result::Result<Arc<Upscaler>, String> {
+        self.upscaler
+            .get_or_init(|| match &self.upscaler_source {
+                Some(load) => load().map(Arc::new).map_err(|e| e.to_string()),
+                None => Err("no upscaling model is installed".into()),
+            })
+            .clone()
     }
 }
 
@@ -69,6 +97,12 @@ pub struct HeadshotRequest {
     pub format: OutputFormat,
     /// Upper bound of the output's short side in pixels.
     pub max_short_side: u32,
+    /// The output's short side exactly, when set (overrides `max_short_side`). A crop with fewer
+    /// pixels than this is upscaled (`upscale` auto) or resized (off).
+    pub size: Option<u32>,
+    /// Super-resolution of the finished crop: auto (only when `size` exceeds the crop), off, or
+    /// a forced 2x / 4x.
+    pub upscale: UpscaleMode,
     pub limits: DecodeLimits,
     /// Face restoration strength in [0, 1] (`None`: off). Needs [`StudioModels::restorer`].
     pub restore: Option<f32>,
@@ -81,6 +115,8 @@ impl Default for HeadshotRequest {
             style: StudioStyle::default(),
             format: OutputFormat::Png,
             max_short_side: 2048,
+            size: None,
+            upscale: UpscaleMode::Auto,
             limits: DecodeLimits::default(),
             restore: None,
         }
@@ -96,12 +132,13 @@ pub struct StageTimings {
     pub framing: Duration,
     pub segment: Duration,
     pub composite: Duration,
+    pub upscale: Duration,
     pub encode: Duration,
 }
 
 impl StageTimings {
     pub fn total(&self) -> Duration {
-        self.decode + self.detect + self.landmarks + self.framing + self.segment + self.composite + self.encode
+        self.decode + self.detect + self.landmarks + self.framing + self.segment + self.composite + self.upscale + self.encode
     }
 }
 
@@ -175,7 +212,8 @@ pub fn studio_headshot(
 
     let s = step(Stage::Framing)?;
     let geometry = face_geometry(&lm);
-    let framing = framing::frame(&geometry, image.width(), image.height(), req.preset, req.max_short_side)?;
+    let plan = UpscalePlan::new(req)?;
+    let framing = framing::frame(&geometry, image.width(), image.height(), req.preset, plan.frame_max)?;
     if framing.outside_fraction > 0.02 {
         warnings.push(format!(
             "the photo is cropped tightly: {:.0}% of the frame was extended beyond the photo",
@@ -211,6 +249,20 @@ pub fn studio_headshot(
     }
     let out = composite::studio(&crop, &inside, &person, &regions, &req.style)?;
     t.composite = s.elapsed();
+
+    let out = match plan.factor(out.width().min(out.height())) {
+        Resize::None => out,
+        how => {
+            let s = step(Stage::Upscale)?;
+            // Upscale progress fills the share of the Upscale stage.
+            let i = Stage::ALL.iter().position(|s| *s == Stage::Upscale).unwrap_or(0) as f32;
+            let n = Stage::ALL.len() as f32;
+            let sink = |stage: Stage, f: f32| progress.stage(stage, (i + f) / n);
+            let up = upscale_crop(models, out, how, plan.size, &sink, cancel, &mut warnings)?;
+            t.upscale = s.elapsed();
+            up
+        }
+    };
 
     let s = step(Stage::Encode)?;
     let encoded = image_io::encode(&out, req.format)?;
@@ -310,4 +362,95 @@ pub(crate) fn face_regions(lm: &FaceLandmarks, src_from_dst: &Affine) -> Result<
         right_brow: map(lm.right_brow()),
         left_brow: map(lm.left_brow()),
     })
+}
+
+/// How the output size is reached from the crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resize {
+    /// The crop is the output.
+    None,
+    /// Super-resolution by this factor (then resized to `size` if one was asked for).
+    Upscale(Factor),
+    /// Plain resampling to `size` (upscaling off).
+    Resample,
+}
+
+/// What the request asks of the upscale stage.
+struct UpscalePlan {
+    /// The short-side cap handed to framing.
+    frame_max: u32,
+    size: Option<u32>,
+    mode: UpscaleMode,
+}
+
+impl UpscalePlan {
+    fn new(req: &HeadshotRequest) -> Result<Self> {
+        let frame_max = match (req.size, req.upscale) {
+            (Some(n), _) => n,
+            // A forced factor without a size: the crop at its own resolution, capped so the
+            // upscaled output still respects the largest size.
+            (None, UpscaleMode::Force(f)) => (req.max_short_side / f.value()).max(MIN_SIZE),
+            (None, _) => req.max_short_side,
+        };
+        if let Some(n) = req.size {
+            if !(MIN_SIZE..=MAX_SIZE).contains(&n) {
+                return Err(EngineError::InvalidOption(format!(
+                    "output size {n}: use between {} and {MAX_SIZE} pixels",
+                    MIN_SIZE
+                )));
+            }
+        }
+        Ok(Self { frame_max, size: req.size, mode: req.upscale })
+    }
+
+    /// How a crop whose short side is `crop` becomes the output.
+    fn factor(&self, crop: u32) -> Resize {
+        match (self.mode, self.size) {
+            (UpscaleMode::Force(f), _) => Resize::Upscale(f),
+            (_, Some(n)) if n <= crop => Resize::None,
+            (UpscaleMode::Off, Some(_)) => Resize::Resample,
+            (UpscaleMode::Auto, Some(n)) => Resize::Upscale(if n <= 2 * crop { Factor::X2 } else { Factor::X4 }),
+            (_, None) => Resize::None,
+        }
+    }
+}
+
+/// Smallest and largest `size` a request may ask for.
+pub const MIN_SIZE: u32 = 64;
+pub const MAX_SIZE: u32 = 8192;
+
+/// Upscales (or resamples) the finished crop and brings its short side to exactly `size`.
+fn upscale_crop(
+    models: &StudioModels,
+    crop: RgbImage,
+    how: Resize,
+    size: Option<u32>,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+    warnings: &mut Vec<String>,
+) -> Result<RgbImage> {
+    let up = match how {
+        Resize::None => return Ok(crop),
+        Resize::Resample => crop,
+        Resize::Upscale(f) => match models.upscaler() {
+            Ok(u) => u.upscale(&crop, f, progress, cancel)?,
+            // Auto upscaling degrades to resampling when the model is missing; a forced factor fails.
+            Err(why) if size.is_some() => {
+                warnings.push(format!("not upscaled with Real-ESRGAN ({why}); the crop was resized instead"));
+                crop
+            }
+            Err(why) => return Err(EngineError::InvalidOption(format!("cannot upscale: {why}"))),
+        },
+    };
+    let Some(n) = size else { return Ok(up) };
+    let (w, h) = up.dimensions();
+    let short = w.min(h).max(1);
+    if short == n {
+        return Ok(up);
+    }
+    let scale = |v: u32| ((v as f64) * n as f64 / short as f64).round().max(1.0) as u32;
+    let (tw, th) = if w <= h { (n, scale(h)) } else { (scale(w), n) };
+    // Lanczos3 to reduce (keeps the upscaler's detail), Catmull-Rom to enlarge (less ringing).
+    let filter = if short > n { image::imageops::FilterType::Lanczos3 } else { image::imageops::FilterType::CatmullRom };
+    Ok(image::imageops::resize(&up, tw, th, filter))
 }

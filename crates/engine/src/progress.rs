@@ -17,12 +17,22 @@ pub enum Stage {
     Composite,
     /// Denoising steps of the generative look (not part of `ALL`, the studio pipeline's stages).
     Generate,
+    /// Super-resolution (Real-ESRGAN), only when the crop is smaller than the output.
+    Upscale,
     Encode,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] =
-        [Stage::Decode, Stage::Detect, Stage::Landmarks, Stage::Framing, Stage::Segment, Stage::Composite, Stage::Encode];
+    pub const ALL: [Stage; 8] = [
+        Stage::Decode,
+        Stage::Detect,
+        Stage::Landmarks,
+        Stage::Framing,
+        Stage::Segment,
+        Stage::Composite,
+        Stage::Upscale,
+        Stage::Encode,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
@@ -32,6 +42,7 @@ impl Stage {
             Stage::Segment => "segment",
             Stage::Composite => "composite",
             Stage::Generate => "generate",
+            Stage::Upscale => "upscale",
             Stage::Encode => "encode",
         }
     }

@@ -8,3 +8,4 @@ mod gfpgan;
 mod studio;
 mod selfie;
 mod diffusion;
+mod upscale;
