@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
         Command::Upscale(a) => upscale_cmd::upscale(&cli.global, a),
-        Command::Models(c) => engine_cmds::models(&cli.global, c),
+        Command::Models(c) => models_cmd::models(&cli.global, c),
         Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
         Command::Export(a) => library_cmds::export(&cli.global, a),
