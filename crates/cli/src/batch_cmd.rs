@@ -43,7 +43,10 @@ pub struct BatchArgs {
 }
 
 pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
-    let settings = a.style.settings();
+    let mut settings = a.style.settings();
+    // The batch's group is derived from its settings, so running the same command again must give
+    // the same settings: no random seed (pass --seed for other generative variations).
+    settings.seed = a.style.seed.unwrap_or(0);
     settings.request(engine_cmds::assets_dir().as_deref())?;
     batch::check_template(&a.name)?;
     let spec = BatchSpec {

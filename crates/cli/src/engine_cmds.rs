@@ -149,7 +149,9 @@ impl StyleArgs {
             gen_quality,
             variants: self.variants,
             // Fixed when the job is made, so a re-run of the job makes the same images.
-            seed: self.seed.unwrap_or_else(random_seed),
+            // (The studio look has no randomness: its seed stays 0 so equal settings stay equal,
+            // which batch groups rely on.)
+            seed: self.seed.unwrap_or_else(|| if self.look == "generative" { random_seed() } else { 0 }),
             steps: self.steps,
             restore: self.restore,
             size: self.size,
@@ -166,7 +168,8 @@ fn random_seed() -> u64 {
 /// Imported diffusion models, loaded on first use by the generative look.
 pub fn diffusion_cache(global: &Global) -> Result<DiffusionCache> {
     let paths = likeness_core::DataPaths::resolve(global.data_dir.as_deref())?;
-    Ok(DiffusionCache::new(Some(imported_dir(&paths.root)), compute_device(global)?))
+    let store = ModelStore::discover(global.models_dir.as_deref())?.with_imported_dir(imported_dir(&paths.root));
+    Ok(DiffusionCache::new(Some(store), compute_device(global)?))
 }
 
 pub(crate) fn compute_device(global: &Global) -> Result<candle_core::Device> {
@@ -193,13 +196,17 @@ pub fn with_restorer(global: &Global, models: StudioModels, data_dir: &Path, wan
         return models;
     }
     let store = match ModelStore::discover(global.models_dir.as_deref()) {
-        Ok(s) => s.with_imported_dir(data_dir.join("models").join("imported")),
+        Ok(s) => s.with_imported_dir(imported_dir(data_dir)),
         Err(_) => return models,
     };
-    let loaded = store
-        .read_verified(restore::MODEL_ID)
-        .map_err(anyhow::Error::from)
-        .and_then(|bytes| Ok(FaceRestorer::new(&bytes, &compute_device(global)?)?));
+    // An import (`likeness models import GFPGANv1.4.pth`, copied or --link) was sha256-checked
+    // then and its size / time are checked now; otherwise the file may sit in the models folder.
+    let bytes = match store.imported_file(restore::MODEL_ID) {
+        Ok(path) => std::fs::read(&path).with_context(|| format!("read {}", path.display())),
+        Err(likeness_core::import::ImportError::NotImported { .. }) => store.read_verified(restore::MODEL_ID).map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let loaded = bytes.and_then(|bytes| Ok(FaceRestorer::new(&bytes, &compute_device(global)?)?));
     match loaded {
         Ok(r) => models.with_restorer(r),
         Err(e) => {
@@ -295,8 +302,7 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
     // Every option is checked (and an image backdrop read) before anything is queued.
     let req = settings.request(assets_dir().as_deref())?;
     if let (true, Some(id)) = (settings.is_generative(), settings.model.as_deref()) {
-        let paths = likeness_core::DataPaths::resolve(global.data_dir.as_deref())?;
-        likeness_core::generative::resolve_model(Some(&imported_dir(&paths.root)), id)?;
+        diffusion_cache(global)?.check(id)?;
     }
     // Models are checked before any job is recorded (a queue-only call leaves that to `jobs run`).
     let models = if a.queue { None } else { Some(load_models(global)?) };

@@ -122,6 +122,8 @@ fn print_rows(store: &ModelStore, rows: &[ModelListing], json: bool) {
 }
 
 fn import(global: &Global, path: PathBuf, link: bool, id: Option<String>, arch: Option<String>, json: bool) -> Result<ExitCode> {
+    // A machine policy may forbid new models (IT-managed desktops).
+    likeness_core::policy::Policy::machine().check_import()?;
     let store = model_store(global)?;
     if store.imported_dir().is_none() {
         bail!("no data folder to import into: set LIKENESS_DATA_DIR or pass --data-dir");

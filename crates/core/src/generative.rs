@@ -19,13 +19,13 @@ use likeness_engine::progress::{CancelToken, ProgressSink};
 use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Result};
+use crate::import::{DiffusersComponent, DiffusionFiles as ImportedFiles, ImportError, InstalledDiffusion};
+use crate::models::ModelStore;
+use likeness_engine::diffusion::detect::Arch;
 use crate::library::{ClaimedJob, NewOutput};
 use crate::worker::{JobRunner, RunError, StudioRunner, StudioSettings};
 
-/// The folder imported models live in, under a data folder.
-pub fn imported_dir(data_root: &Path) -> PathBuf {
-    data_root.join("models").join("imported")
-}
+pub use crate::import::imported_dir;
 
 fn invalid(m: impl Into<String>) -> CoreError {
     CoreError::InvalidSettings(m.into())
@@ -144,33 +144,109 @@ pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
     Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling))
 }
 
-/// Where model `id` is installed: `<imported>/<id>`, or `id` itself when it is a path.
-pub fn resolve_model(imported: Option<&Path>, id: &str) -> Result<PathBuf> {
-    let simple = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !id.starts_with('.');
-    if let Some(dir) = imported.filter(|_| simple).map(|d| d.join(id)) {
-        if dir.exists() {
-            return Ok(dir);
+/// Reads an imported model (checked by [`ModelStore::diffusion`]) into the engine's input.
+pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Sampling)> {
+    if inst.arch.is_sdxl() {
+        return Err(invalid(format!(
+            "model '{}' is {}: SDXL models are imported but cannot run yet (their UNet's size and pooled-text conditioning are not ported); use an SD 1.5 (inpainting) or SD-Turbo model",
+            inst.id,
+            inst.arch.name()
+        )));
+    }
+    let sampling = if inst.arch == Arch::SdTurbo { Sampling::Turbo } else { Sampling::Standard };
+    let files = match &inst.files {
+        ImportedFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler, .. } => {
+            let comp = |c: &DiffusersComponent, name: &str| -> Result<Component> {
+                let config = c.config.as_deref().ok_or_else(|| invalid(format!("model '{}': {name}/config.json is missing; import the model again", inst.id)))?;
+                let [weights] = c.weights.as_slice() else {
+                    return Err(invalid(format!(
+                        "model '{}': {name} is split over {} weight files; merge it into one .safetensors (diffusers save_pretrained with max_shard_size large enough) and import it again",
+                        inst.id,
+                        c.weights.len()
+                    )));
+                };
+                Ok(Component { config: read(config)?, weights: read(weights)? })
+            };
+            let tokenizer = match tokenizer {
+                Some(t) => match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
+                    (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
+                    _ => None,
+                },
+                None => None,
+            };
+            let sched = scheduler.as_ref().map(|d| d.join("scheduler_config.json")).filter(|p| p.is_file());
+            DiffusionFiles::Diffusers {
+                unet: comp(unet, "unet")?,
+                vae: comp(vae, "vae")?,
+                text_encoder: comp(text_encoder, "text_encoder")?,
+                tokenizer,
+                scheduler_config: sched.map(|p| read(&p)).transpose()?,
+            }
         }
-    }
-    let p = PathBuf::from(id);
-    if p.exists() {
-        return Ok(p);
-    }
-    Err(invalid(format!(
-        "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
-    )))
+        ImportedFiles::SingleFile { path } => {
+            if inst.arch != Arch::Sd15 && inst.arch != Arch::Sd15Inpaint {
+                return Err(invalid(format!(
+                    "model '{}' is a single-file {} checkpoint; only SD 1.5 checkpoints run from one file so far: import its diffusers folder instead",
+                    inst.id,
+                    inst.arch.name()
+                )));
+            }
+            let checkpoint = read(path)?;
+            let configs = Configs::sd15(single_file_inpainting(&checkpoint)?);
+            DiffusionFiles::SingleFile { checkpoint, configs }
+        }
+    };
+    Ok((files, sampling))
 }
 
-/// Loads (once) and hands out diffusion models by id.
+/// Loads (once) and hands out diffusion models: an id imported with `likeness models import`
+/// (through the store's record, sizes and link times checked), or the path of a diffusers folder
+/// or single-file checkpoint.
 pub struct DiffusionCache {
-    imported: Option<PathBuf>,
+    store: Option<ModelStore>,
     device: Device,
     loaded: Mutex<HashMap<String, (Arc<DiffusionModel>, Sampling)>>,
 }
 
 impl DiffusionCache {
-    pub fn new(imported: Option<PathBuf>, device: Device) -> Self {
-        Self { imported, device, loaded: Mutex::new(HashMap::new()) }
+    /// `store` should know the imported-models folder ([`ModelStore::with_imported_dir`]).
+    pub fn new(store: Option<ModelStore>, device: Device) -> Self {
+        Self { store, device, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Where model `id` is and how to sample it; fails with what to do when it is not installed.
+    pub fn locate(&self, id: &str) -> Result<(DiffusionFiles, Sampling)> {
+        if let Some(store) = &self.store {
+            match store.diffusion(id) {
+                Ok(inst) => return read_installed(&inst),
+                Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        let p = PathBuf::from(id);
+        if !id.is_empty() && p.exists() {
+            return read_model(&p);
+        }
+        Err(invalid(format!(
+            "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
+        )))
+    }
+
+    /// Checks that `id` can be found, without reading its weights.
+    pub fn check(&self, id: &str) -> Result<()> {
+        if let Some(store) = &self.store {
+            match store.diffusion(id) {
+                Ok(_) => return Ok(()),
+                Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        if !id.is_empty() && Path::new(id).exists() {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
+        )))
     }
 
     pub fn get(&self, id: &str) -> Result<(Arc<DiffusionModel>, Sampling)> {
@@ -178,8 +254,7 @@ impl DiffusionCache {
         if let Some((m, s)) = loaded.get(id) {
             return Ok((m.clone(), *s));
         }
-        let path = resolve_model(self.imported.as_deref(), id)?;
-        let (files, sampling) = read_model(&path)?;
+        let (files, sampling) = self.locate(id)?;
         let model = DiffusionModel::load(files, &self.device).map_err(|e| invalid(format!("model '{id}': {e}")))?;
         let model = Arc::new(model);
         loaded.insert(id.to_owned(), (model.clone(), sampling));

@@ -18,6 +18,16 @@ fn bad(model: &str, reason: impl Into<String>) -> EngineError {
 /// All float tensors of a `.pth` file, as f32. With `key` (e.g. `params_ema`) the state dict is
 /// that entry of the top-level dict; a checkpoint that lacks it is refused with a message.
 pub fn read_pth(model: &str, bytes: &[u8], key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    read(model, bytes, key, true, device)
+}
+
+/// Like [`read_pth`], but a checkpoint without `key` is read as a plain state dict (the compact
+/// Real-ESRGAN models ship both ways).
+pub fn read_pth_or_root(model: &str, bytes: &[u8], key: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+    read(model, bytes, Some(key), false, device)
+}
+
+fn read(model: &str, bytes: &[u8], key: Option<&str>, strict: bool, device: &Device) -> Result<HashMap<String, Tensor>> {
     let not_pth = |e: String| bad(model, format!("not a PyTorch checkpoint ({e}); import the original .pth file"));
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| not_pth(e.to_string()))?;
     let pkl = zip
@@ -35,11 +45,14 @@ pub fn read_pth(model: &str, bytes: &[u8], key: Option<&str>, device: &Device) -
     };
     let obj = match key {
         Some(key) => match obj {
-            Object::Dict(items) => items
-                .into_iter()
-                .find(|(k, _)| *k == Object::Unicode(key.to_owned()))
-                .map(|(_, v)| v)
-                .ok_or_else(|| bad(model, format!("the checkpoint has no '{key}' weights; import the original release file")))?,
+            Object::Dict(items) => {
+                let wanted = Object::Unicode(key.to_owned());
+                match items.iter().position(|(k, _)| *k == wanted) {
+                    Some(i) => items.into_iter().nth(i).map(|(_, v)| v).unwrap_or(Object::None),
+                    None if !strict => Object::Dict(items),
+                    None => return Err(bad(model, format!("the checkpoint has no '{key}' weights; import the original release file"))),
+                }
+            }
             _ => return Err(bad(model, "the checkpoint is not a dict of weights")),
         },
         None => obj,

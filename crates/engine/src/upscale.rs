@@ -130,7 +130,7 @@ impl Upscaler {
     /// An SRVGGNetCompact from the bytes of its PyTorch checkpoint (`params` or a plain state dict).
     pub fn compact_from_pth(model: &str, bytes: &[u8], device: &Device) -> Result<Self> {
         let err = |reason: String| EngineError::Model { model: model.into(), reason };
-        let state = srvgg::read_pth(bytes, Some("params"), device).map_err(|e| err(format!("not a readable .pth ({e})")))?;
+        let state = crate::pth::read_pth_or_root(model, bytes, "params", device)?;
         let cfg = srvgg::Config::from_state(&state).map_err(|e| err(e.to_string()))?;
         let vb = candle_nn::VarBuilder::from_tensors(state, DType::F32, device).pp("body");
         let net = SrVggNetCompact::new(&cfg, vb).map_err(model_err(model))?;

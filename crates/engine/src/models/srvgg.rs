@@ -2,7 +2,7 @@
 //!
 //! From Wang et al., Real-ESRGAN (ICCV 2021 workshops); architecture as in
 //! `realesrgan/archs/srvgg_arch.py` (BSD-3-Clause, xinntao/Real-ESRGAN). Our own code. The user
-//! imports the `.pth` (it is not in any package registry); its bytes are read here directly:
+//! imports the `.pth` (it is not in any package registry); its bytes are read by `crate::pth`:
 //! a PyTorch zip checkpoint whose `params` (or top-level) dict holds the state.
 //!
 //! `body.0` conv 3 -> F, `body.1` PReLU, then `num_conv` x (conv F -> F, PReLU), a last conv
@@ -10,9 +10,8 @@
 //! The configuration is read from the checkpoint's own shapes.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
 
-use candle_core::{bail, DType, Device, Module, Result, Tensor};
+use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{Conv2d, PRelu, Padding};
@@ -104,45 +103,4 @@ impl Module for SrVggNetCompact {
         let base = x.upsample_nearest2d(h * self.upscale, w * self.upscale)?;
         y + base
     }
-}
-
-/// The tensors of a PyTorch zip checkpoint (`torch.save`) held in memory, as f32 on `device`.
-/// The state dict is the object under `key` when the checkpoint is a dict holding one (`params`,
-/// `params_ema`), else the top-level dict. Only uncompressed entries (what `torch.save` writes).
-pub fn read_pth(bytes: &[u8], key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    use candle_core::pickle::{Object, Stack};
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| candle_core::Error::Msg(format!("not a PyTorch zip checkpoint ({e})")))?;
-    let names = zip.file_names().map(|n| n.map(|n| n.into_owned())).collect::<std::result::Result<Vec<String>, _>>().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let Some(pkl) = names.iter().find(|n| n.ends_with("data.pkl")) else {
-        bail!("no data.pkl in the checkpoint (not a PyTorch zip checkpoint)")
-    };
-    let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
-    let mut pickle = Vec::new();
-    zip.by_name(pkl).map_err(|e| candle_core::Error::Msg(e.to_string()))?.read_to_end(&mut pickle)?;
-    let mut stack = Stack::empty();
-    stack.read_loop(&mut Cursor::new(pickle))?;
-    let mut obj = stack.finalize()?;
-    if let (Some(key), Object::Dict(items)) = (key, &obj) {
-        if let Some((_, v)) = items.iter().find(|(k, _)| *k == Object::Unicode(key.to_owned())) {
-            obj = v.clone();
-        }
-    }
-    let Object::Dict(items) = obj else { bail!("the checkpoint does not hold a state dict") };
-    let mut out = HashMap::new();
-    for (name, value) in items {
-        let Some(info) = value.into_tensor_info(name, &dir)? else { continue };
-        let layout = &info.layout;
-        if !layout.is_contiguous() {
-            bail!("tensor '{}' is not contiguous in the checkpoint", info.name);
-        }
-        let mut entry = zip.by_name(&info.path).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", info.path)))?;
-        // candle's pickle reader gives the offset in bytes.
-        let skip = layout.start_offset() as u64;
-        std::io::copy(&mut entry.by_ref().take(skip), &mut std::io::sink())?;
-        let mut raw = vec![0u8; layout.shape().elem_count() * info.dtype.size_in_bytes()];
-        entry.read_exact(&mut raw)?;
-        let t = Tensor::from_raw_buffer(&raw, info.dtype, layout.dims(), &Device::Cpu)?;
-        out.insert(info.name, t.to_dtype(DType::F32)?.to_device(device)?);
-    }
-    Ok(out)
 }
