@@ -64,6 +64,8 @@ pub fn spawn<R: Runtime>(app: AppHandle<R>, state: AppState) -> std::io::Result<
     std::thread::Builder::new().name("likeness-worker".into()).spawn(move || {
         while state.wait_for_work() {
             work_queue(&app, &state);
+            // Batches whose photos have all finished are exported and reported now.
+            crate::batch::finish_and_notify(&app, &state);
         }
     })
 }
