@@ -15,6 +15,8 @@ dbus-run-session -- bash -c '
   set -euo pipefail
   eval "$(printf likeness-ci | gnome-keyring-daemon --unlock --components=secrets)" >/dev/null
   export LIKENESS_TEST_SECRET_SERVICE=1
+  # Real full-disk tests mount a small tmpfs: only root can (CI runs as root).
+  if [ "$(id -u)" = 0 ]; then export LIKENESS_TEST_TMPFS=1; fi
   npx vitest run
   cargo test --workspace --release --locked
   # The E2E drives the app as shipped: rebuild it without the mock runtime the tests compiled in.

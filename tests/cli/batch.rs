@@ -310,3 +310,151 @@ fn a_killed_batch_resumes_without_doing_anything_twice() {
     assert_eq!(doc["orphan_files"], 0, "{doc}");
     assert_eq!(doc["missing_files"], 0, "{doc}");
 }
+
+/// With `--json`, each photo's line comes as it finishes (its headshot is already saved), with a
+/// progress line giving files per second and time left.
+#[test]
+fn json_lines_stream_while_the_batch_runs() {
+    use std::io::BufRead;
+    let (input, data, dir) = make_small();
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_likeness"))
+        .args(["batch", input.to_str().expect("u"), "--out", out.to_str().expect("u"), "--json", "--jobs", "1"])
+        .env("LIKENESS_DATA_DIR", &data)
+        .env("LIKENESS_PASSPHRASE", "likeness-tests")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(first["event"], "file", "{first}");
+    assert_eq!(first["file"]["status"], "done", "{first}");
+    // Streamed, not printed at the end: the batch is still working on the other five photos.
+    assert!(child.try_wait().expect("wait").is_none(), "the first line came only when the batch had ended");
+    let saved = out.join(first["file"]["output"].as_str().expect("output"));
+    image::open(&saved).expect("the streamed photo's headshot is already saved");
+    let rest: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(&l.expect("read")).expect("json")).collect();
+    assert!(child.wait().expect("wait").success());
+    let progress: Vec<_> = rest.iter().filter(|l| l["event"] == "progress").collect();
+    assert_eq!(progress.len(), 6, "one progress line per finished photo");
+    let last = progress[5];
+    assert_eq!((last["done"].as_u64(), last["total"].as_u64()), (Some(6), Some(6)), "{last}");
+    assert!(last["files_per_second"].as_f64().is_some_and(|r| r > 0.0), "{last}");
+    assert_eq!(last["seconds_left"].as_f64(), Some(0.0), "{last}");
+    let files = rest.iter().filter(|l| l["event"] == "file").count() + 1;
+    assert_eq!(files, 6, "each photo reported once");
+    assert_eq!(summary(&rest)["done"].as_u64(), Some(6));
+}
+
+/// The output folder fills up mid-batch (a real 1 MiB tmpfs; needs root, runs with
+/// LIKENESS_TEST_TMPFS=1 as tools/test.sh sets when it can): the batch stops with a clear message,
+/// leaves no half-written file and loses no work; with space again, the same command finishes
+/// without redoing the photos already made.
+#[test]
+fn a_full_output_disk_stops_the_batch_and_loses_nothing() {
+    if std::env::var("LIKENESS_TEST_TMPFS").as_deref() != Ok("1") {
+        eprintln!("skipped: set LIKENESS_TEST_TMPFS=1 as root to mount a real full file system");
+        return;
+    }
+    let (input, data, dir) = make_small();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let mount = |opts: &str| {
+        let mut args = vec!["-t", "tmpfs", "-o", opts, "likeness-test"];
+        if opts.starts_with("remount") {
+            args = vec!["-o", opts];
+        }
+        let st = Command::new("mount").args(&args).arg(&out).status().expect("mount");
+        assert!(st.success(), "mount {opts}");
+    };
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    mount("size=400k");
+    let _unmount = Unmount(out.clone());
+    let args = ["batch", input.to_str().expect("u"), "--out", out.to_str().expect("u"), "--jobs", "1"];
+    let o = run(&args, &data);
+    assert!(!o.status.success(), "a full disk fails the batch");
+    let err = stderr(&o);
+    assert!(err.contains("full") && err.contains("same command again"), "{err}");
+    let written: Vec<_> = snapshot(&out).into_keys().collect();
+    for p in &written {
+        let name = p.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(!name.ends_with(".tmp"), "half-written file left: {name}");
+        if name.ends_with(".png") {
+            image::open(p).unwrap_or_else(|e| panic!("{name} is not whole: {e}"));
+        }
+    }
+    let saved_before = written.iter().filter(|p| p.extension().is_some_and(|e| e == "png")).count();
+    assert!(saved_before < 6, "the disk filled before the end ({saved_before} saved)");
+    let finished_first: BTreeMap<String, serde_json::Value> = job_list(&data)
+        .into_iter()
+        .filter(|j| j["state"] == "done")
+        .map(|j| (j["id"].as_str().expect("id").to_string(), j["finished_at"].clone()))
+        .collect();
+    assert!(!finished_first.is_empty(), "photos were made before the disk filled");
+
+    mount("remount,size=64m");
+    let o = run(&args, &data);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pngs = snapshot(&out).into_keys().filter(|p| p.extension().is_some_and(|e| e == "png")).count();
+    assert_eq!(pngs, 6, "one headshot per photo, none twice");
+    let jobs = job_list(&data);
+    assert_eq!(jobs.len(), 6, "no photo was queued twice");
+    for j in &jobs {
+        assert_eq!(j["state"], "done", "{j}");
+        if let Some(when) = finished_first.get(j["id"].as_str().expect("id")) {
+            assert_eq!(&j["finished_at"], when, "a photo made before the disk filled was not made again: {j}");
+        }
+    }
+    let doc = json(&run(&["doctor", "--json"], &data));
+    assert_eq!(doc["orphan_files"], 0, "{doc}");
+}
+
+fn job_list(data: &Path) -> Vec<serde_json::Value> {
+    let v = json(&run(&["jobs", "list", "--json"], data));
+    v.as_array().or_else(|| v["jobs"].as_array()).expect("a job list").clone()
+}
+
+/// A read-only output folder is refused before any photo is processed, with nothing written
+/// and no job queued. Root ignores permissions, so where a mount is possible a read-only mount
+/// is used; elsewhere a folder without write permission.
+#[test]
+fn a_read_only_output_folder_is_refused_up_front() {
+    let (input, data, dir) = make_small();
+    let out = dir.path().join("readonly");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    struct Unmount(Option<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = Command::new("umount").arg(p).status();
+            }
+        }
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "likeness-test"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _unmount = if mounted {
+        Unmount(Some(out.clone()))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        Unmount(None)
+    };
+    let target = out.join("team");
+    let o = run(&["batch", input.to_str().expect("u"), "--out", target.to_str().expect("u")], &data);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("cannot write there") && err.contains("choose an output folder"), "{err}");
+    assert!(snapshot(&out).is_empty(), "nothing written");
+    let jobs = job_list(&data);
+    assert!(jobs.is_empty(), "nothing queued: {jobs:?}");
+}

@@ -1,18 +1,22 @@
 //! `likeness batch`: a folder of photos, the same look for all, a mirrored output tree.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use anyhow::Result;
 use clap::Args;
 use likeness_core::batch::{self, BatchSpec};
+use likeness_core::worker::WorkerEvent;
 use likeness_engine::image_io::DecodeLimits;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::engine_cmds::{self, StyleArgs};
 use crate::library_cmds;
+use crate::progress::JobBar;
 use crate::Global;
 
 #[derive(Args)]
@@ -63,11 +67,59 @@ pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
             scan.skipped.len() + unreadable.len()
         );
     }
+    let exporter = Mutex::new(batch::Exporter::new(&spec, &output, &group, &scan)?);
+    // The first export failure (a full or read-only output folder) stops the run gently: what is
+    // finished stays in the library and the same command exports it later.
+    let export_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let streamed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let lib = Mutex::new(lib);
-    let run = library_cmds::work_queue(&lib, &models, a.workers, !a.json);
+    let as_json = a.json;
+    let hook = |e: &WorkerEvent, bar: &JobBar| {
+        let WorkerEvent::Finished { job, .. } = e else { return };
+        let mut ex = exporter.lock().unwrap_or_else(|p| p.into_inner());
+        let result = {
+            let l = lib.lock().unwrap_or_else(|p| p.into_inner());
+            ex.job_finished(&l, job)
+        };
+        match result {
+            Ok(Some(row)) => {
+                if as_json {
+                    let r = bar.rate();
+                    println!("{}", json!({"event": "file", "file": row}));
+                    println!(
+                        "{}",
+                        json!({"event": "progress", "done": r.done, "total": r.total,
+                               "files_per_second": (r.per_second * 100.0).round() / 100.0,
+                               "seconds_left": r.seconds_left.map(|s| s.round())})
+                    );
+                    streamed.lock().unwrap_or_else(|p| p.into_inner()).insert(row.input);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                bar.println(&format!("likeness: could not save into {}: {err}; stopping after the current photos", a.out.display()));
+                let mut slot = export_error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(err.into());
+                }
+                crate::stop_flag().store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    let run = library_cmds::work_queue_with(&lib, &models, a.workers, !a.json, &hook);
     let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
-    // Export what finished even when the run stopped early (a full disk, Ctrl-C): nothing is lost.
-    let rows = batch::export_and_report(&lib, &spec, &output, &group, &scan, &unreadable)?;
+    let mut exporter = exporter.into_inner().map_err(|_| anyhow::anyhow!("export lock poisoned"))?;
+    let finish = exporter.finish(&lib, &scan, &unreadable);
+    if let Some(err) = export_error.into_inner().unwrap_or(None) {
+        return Err(err.context(format!(
+            "the batch stopped: {} photos were saved into {}; finished ones are kept in the library, \
+             so running the same command again saves the rest without redoing them",
+            exporter.saved_now(),
+            a.out.display()
+        )));
+    }
+    // Export what finished even when the run stopped early (Ctrl-C): nothing is lost.
+    let rows = finish?;
     let stamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
     let (json_report, csv_report) = batch::write_report(&output, &stamp, &rows)?;
     let report = run?;
@@ -75,7 +127,10 @@ pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
     // Files that are not photos are listed in the report but do not fail the batch.
     let ok = rows.iter().filter(|r| r.status != "not-processed").all(|r| r.status == "done" || r.status == "skipped");
     if a.json {
-        for r in &rows {
+        // Files that finished in this run were streamed already; the rest (done earlier, not photos,
+        // unreadable, still queued) come now.
+        let streamed = streamed.into_inner().unwrap_or_default();
+        for r in rows.iter().filter(|r| !streamed.contains(&r.input)) {
             println!("{}", json!({"event": "file", "file": r}));
         }
         println!(

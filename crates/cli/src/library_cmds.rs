@@ -135,6 +135,17 @@ pub fn work_queue(
     threads: usize,
     show: bool,
 ) -> Result<likeness_core::worker::RunReport> {
+    work_queue_with(lib, models, threads, show, &|_, _| {})
+}
+
+/// [`work_queue`] with a hook called after the bar has seen each event (outside the library lock).
+pub fn work_queue_with(
+    lib: &Mutex<Library>,
+    models: &likeness_engine::pipeline::StudioModels,
+    threads: usize,
+    show: bool,
+    hook: &(dyn Fn(&WorkerEvent, &JobBar) + Sync),
+) -> Result<likeness_core::worker::RunReport> {
     let queued = {
         let mut l = lib.lock().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
         // The retention sweeper runs whenever work starts (and with `likeness sweep`).
@@ -146,7 +157,10 @@ pub fn work_queue(
     let bar = JobBar::new(pending, show);
     let warn = |job: &JobId, msg: &str| bar.println(&format!("likeness: job {job}: {msg}"));
     let runner = StudioRunner { models, assets: crate::engine_cmds::assets_dir(), on_warning: Some(&warn) };
-    let on_event = |e: WorkerEvent| bar.event(&e);
+    let on_event = |e: WorkerEvent| {
+        bar.event(&e);
+        hook(&e, &bar);
+    };
     let report = run_queue(lib, &runner, threads.clamp(1, 16), crate::stop_flag(), &on_event);
     bar.finish();
     Ok(report?)

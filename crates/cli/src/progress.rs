@@ -1,7 +1,7 @@
 //! The terminal progress bar for queue runs (hidden when not a terminal or with --json).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use likeness_core::worker::WorkerEvent;
@@ -11,8 +11,28 @@ use likeness_engine::progress::Stage;
 pub struct JobBar {
     bar: ProgressBar,
     steps: u64,
+    jobs: u64,
+    started: Instant,
     /// Steps of finished jobs, and each running job's name and last step.
     state: Mutex<(u64, Vec<(String, String, u64)>)>,
+}
+
+/// Photos finished so far, the rate and the time left, from a run's start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub done: u64,
+    pub total: u64,
+    pub per_second: f64,
+    pub seconds_left: Option<f64>,
+}
+
+impl Rate {
+    pub fn new(done: u64, total: u64, elapsed: Duration) -> Rate {
+        let secs = elapsed.as_secs_f64();
+        let per_second = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let seconds_left = (per_second > 0.0).then(|| total.saturating_sub(done) as f64 / per_second);
+        Rate { done, total, per_second, seconds_left }
+    }
 }
 
 impl JobBar {
@@ -20,14 +40,15 @@ impl JobBar {
         let steps = Stage::ALL.len() as u64;
         let bar = if show { ProgressBar::new(jobs as u64 * steps) } else { ProgressBar::hidden() };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {elapsed_precise} (eta {eta}) {wide_msg}")
+            ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {prefix} {elapsed_precise} (eta {eta}) {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
         if show {
             bar.enable_steady_tick(Duration::from_millis(120));
         }
-        JobBar { bar, steps, state: Mutex::new((0, Vec::new())) }
+        bar.set_prefix(format!("0/{jobs} photos"));
+        JobBar { bar, steps, jobs: jobs as u64, started: Instant::now(), state: Mutex::new((0, Vec::new())) }
     }
 
     pub fn event(&self, e: &WorkerEvent) {
@@ -50,10 +71,23 @@ impl JobBar {
                     // Jobs queued by another run (resumed now) extend the bar.
                     self.bar.set_length(st.0);
                 }
+                let r = self.rate_of(st.0);
+                self.bar.set_prefix(format!("{}/{} photos, {:.2}/s", r.done, r.total, r.per_second));
             }
         }
         let running: u64 = st.1.iter().map(|r| r.2).sum();
         self.bar.set_position(st.0 + running);
+    }
+
+    fn rate_of(&self, finished_steps: u64) -> Rate {
+        let done = finished_steps / self.steps.max(1);
+        Rate::new(done, self.jobs.max(done), self.started.elapsed())
+    }
+
+    /// Photos finished, per second and time left so far in this run.
+    pub fn rate(&self) -> Rate {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.rate_of(st.0)
     }
 
     pub fn println(&self, line: &str) {

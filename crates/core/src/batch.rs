@@ -113,7 +113,24 @@ pub fn check_folders(spec: &BatchSpec) -> Result<(PathBuf, PathBuf)> {
             spec.input_dir.display()
         )));
     }
+    check_writable(&output)?;
     Ok((input, output))
+}
+
+/// Fails before any photo is processed when the output folder can't take files (a read-only
+/// disk or share, no permission), instead of after the first headshot is made.
+fn check_writable(output: &Path) -> Result<()> {
+    let refuse = |e: std::io::Error| {
+        let err = CoreError::io("write into", output, e);
+        match err {
+            CoreError::DiskFull { .. } => err,
+            _ => CoreError::InvalidInput(format!("{}: Likeness cannot write there ({err}); choose an output folder you can write to", output.display())),
+        }
+    };
+    fs::create_dir_all(output).map_err(refuse)?;
+    let probe = output.join(format!(".likeness-probe-{}.tmp", std::process::id()));
+    fs::OpenOptions::new().write(true).create_new(true).open(&probe).map_err(refuse)?;
+    fs::remove_file(&probe).map_err(refuse)
 }
 
 /// Walks the input folder without following any symbolic link.
@@ -323,67 +340,132 @@ fn output_subdir(output: &Path, rel_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes the outputs of finished jobs that were not exported yet into the mirrored tree and
-/// builds the report of every photo. Safe to call again: exported jobs are recorded in the state.
-pub fn export_and_report(lib: &Library, spec: &BatchSpec, output: &Path, group: &str, scan: &Scan, unreadable: &[Skipped]) -> Result<Vec<ReportRow>> {
-    let mut state = BatchState::load(output, group)?;
-    let jobs = lib.list_group(group)?;
-    let mut latest: HashMap<String, JobInfo> = HashMap::new();
-    for job in jobs {
-        if let Some(mark) = mark_of(&job) {
-            latest.insert(mark.rel, job);
-        }
+/// Exports each finished job of a batch into the mirrored output tree, and builds the report.
+///
+/// The CLI calls [`Exporter::job_finished`] as each job finishes (so outputs appear while the
+/// batch runs and a report line can be streamed), then [`Exporter::finish`] once for the rest.
+pub struct Exporter {
+    spec: BatchSpec,
+    output: PathBuf,
+    group: String,
+    state: BatchState,
+    /// Running number for `{n}` in names.
+    n: usize,
+    /// Jobs exported by this run (reported as done, not as done by an earlier run).
+    now: HashMap<String, String>,
+    /// Input relative path -> the walk's entry.
+    found: HashMap<String, Found>,
+}
+
+impl Exporter {
+    pub fn new(spec: &BatchSpec, output: &Path, group: &str, scan: &Scan) -> Result<Exporter> {
+        let state = BatchState::load(output, group)?;
+        Ok(Exporter {
+            spec: spec.clone(),
+            output: output.to_path_buf(),
+            group: group.to_string(),
+            n: state.exported.len(),
+            state,
+            now: HashMap::new(),
+            found: scan.photos.iter().map(|f| (rel_string(&f.rel), f.clone())).collect(),
+        })
     }
-    let mut rows = Vec::new();
-    let mut n = state.exported.len();
-    for found in &scan.photos {
-        let rel = rel_string(&found.rel);
-        if let Some(s) = unreadable.iter().find(|s| s.rel == rel) {
-            rows.push(ReportRow { input: rel, output: None, status: "failed".into(), reason: Some(s.reason.clone()), job: None, seconds: None });
-            continue;
+
+    /// Exports one job that just finished (when it is done and one of this batch's) and returns
+    /// its report row; `None` for a job of another group.
+    pub fn job_finished(&mut self, lib: &Library, job: &crate::library::JobId) -> Result<Option<ReportRow>> {
+        let job = lib.get_job(job)?;
+        if job.group_id.as_deref() != Some(self.group.as_str()) {
+            return Ok(None);
         }
-        let Some(job) = latest.get(&rel) else {
-            rows.push(ReportRow { input: rel, output: None, status: "queued".into(), reason: None, job: None, seconds: None });
-            continue;
-        };
+        let Some(mark) = mark_of(&job) else { return Ok(None) };
+        let Some(found) = self.found.get(&mark.rel).cloned() else { return Ok(None) };
+        self.row(lib, &found, &job).map(Some)
+    }
+
+    fn row(&mut self, lib: &Library, found: &Found, job: &JobInfo) -> Result<ReportRow> {
+        let rel = rel_string(&found.rel);
         let seconds = job.started_at.zip(job.finished_at).map(|(s, f)| f - s);
         let mut row = ReportRow {
-            input: rel.clone(),
+            input: rel,
             output: None,
             status: job.state.to_string(),
             reason: job.error.clone(),
             job: Some(job.id.0.clone()),
             seconds,
         };
-        if job.state == JobState::Done {
-            if let Some(prev) = state.exported.get(&job.id.0) {
-                row.output = Some(prev.clone());
-                row.status = "skipped".into();
-                row.reason = Some("done by an earlier run".into());
-            } else if let Some(o) = job.outputs.first() {
-                n += 1;
-                let rel_dir = found.rel.parent().unwrap_or(Path::new(""));
-                let dir = output_subdir(output, rel_dir)?;
-                let stem = fill(&spec.name_template, &found.rel, &spec.settings.preset, n)?;
-                let bytes = lib.get_output(&o.id)?;
-                let path = files::write_new(&dir, &stem, output_ext(&o.format), &bytes)?;
-                let rel_out = path.strip_prefix(output).map(rel_string).unwrap_or_else(|_| path.display().to_string());
-                state.exported.insert(job.id.0.clone(), rel_out.clone());
-                // Saved after every file, so a crash never exports a job twice.
-                state.save(output)?;
-                row.output = Some(rel_out);
-                row.reason = None;
-            } else {
-                row.status = "failed".into();
-                row.reason = Some("the output expired or was deleted before it was exported".into());
+        if job.state != JobState::Done {
+            return Ok(row);
+        }
+        if let Some(done) = self.now.get(&job.id.0) {
+            row.output = Some(done.clone());
+            row.reason = None;
+        } else if let Some(prev) = self.state.exported.get(&job.id.0) {
+            row.output = Some(prev.clone());
+            row.status = "skipped".into();
+            row.reason = Some("done by an earlier run".into());
+        } else if let Some(o) = job.outputs.first() {
+            let rel_dir = found.rel.parent().unwrap_or(Path::new(""));
+            let dir = output_subdir(&self.output, rel_dir)?;
+            let stem = fill(&self.spec.name_template, &found.rel, &self.spec.settings.preset, self.n + 1)?;
+            let bytes = lib.get_output(&o.id)?;
+            let path = files::write_new(&dir, &stem, output_ext(&o.format), &bytes)?;
+            let rel_out = path.strip_prefix(&self.output).map(rel_string).unwrap_or_else(|_| path.display().to_string());
+            self.state.exported.insert(job.id.0.clone(), rel_out.clone());
+            // Saved after every file, so a crash never exports a job twice. When the record
+            // can't be saved (a full disk), the file is taken back so the next run exports it once.
+            if let Err(e) = self.state.save(&self.output) {
+                self.state.exported.remove(&job.id.0);
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            self.n += 1;
+            self.now.insert(job.id.0.clone(), rel_out.clone());
+            row.output = Some(rel_out);
+            row.reason = None;
+        } else {
+            row.status = "failed".into();
+            row.reason = Some("the output expired or was deleted before it was exported".into());
+        }
+        Ok(row)
+    }
+
+    /// How many photos this run saved into the output folder.
+    pub fn saved_now(&self) -> usize {
+        self.now.len()
+    }
+
+    /// Exports whatever finished and is not exported yet, and returns one row per file the walk
+    /// found (photos in walk order, then what was not processed).
+    pub fn finish(&mut self, lib: &Library, scan: &Scan, unreadable: &[Skipped]) -> Result<Vec<ReportRow>> {
+        let mut latest: HashMap<String, JobInfo> = HashMap::new();
+        for job in lib.list_group(&self.group)? {
+            if let Some(mark) = mark_of(&job) {
+                latest.insert(mark.rel, job);
             }
         }
-        rows.push(row);
+        let mut rows = Vec::new();
+        for found in &scan.photos {
+            let rel = rel_string(&found.rel);
+            if let Some(s) = unreadable.iter().find(|s| s.rel == rel) {
+                rows.push(ReportRow { input: rel, output: None, status: "failed".into(), reason: Some(s.reason.clone()), job: None, seconds: None });
+                continue;
+            }
+            match latest.get(&rel) {
+                Some(job) => rows.push(self.row(lib, found, job)?),
+                None => rows.push(ReportRow { input: rel, output: None, status: "queued".into(), reason: None, job: None, seconds: None }),
+            }
+        }
+        for s in &scan.skipped {
+            rows.push(ReportRow { input: s.rel.clone(), output: None, status: "not-processed".into(), reason: Some(s.reason.clone()), job: None, seconds: None });
+        }
+        Ok(rows)
     }
-    for s in &scan.skipped {
-        rows.push(ReportRow { input: s.rel.clone(), output: None, status: "not-processed".into(), reason: Some(s.reason.clone()), job: None, seconds: None });
-    }
-    Ok(rows)
+}
+
+/// Exports everything finished and not yet exported, and returns the report's rows.
+pub fn export_and_report(lib: &Library, spec: &BatchSpec, output: &Path, group: &str, scan: &Scan, unreadable: &[Skipped]) -> Result<Vec<ReportRow>> {
+    Exporter::new(spec, output, group, scan)?.finish(lib, scan, unreadable)
 }
 
 /// Writes the run's report as `likeness-report-<stamp>.json` and `.csv` in the output folder.
