@@ -2,14 +2,14 @@
 //! all, a mirrored output tree, a report. Folders are chosen with the native folder picker here;
 //! the page holds only an opaque token for each (and the folder's own name, to show).
 //!
-//! A batch is a job group: its jobs run on the app's one worker with the other jobs. When none of
-//! its jobs is left unfinished, the finished ones are exported into the output folder and the
-//! report (CSV and JSON) is written next to them.
+//! A batch is a job group: its jobs run on the app's one worker with the other jobs. Each headshot
+//! is saved into the output folder as its job finishes; when none of the batch's jobs is left
+//! unfinished, the report (CSV and JSON) is written next to them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use likeness_core::batch::{self, BatchSpec, ReportRow, Scan, Skipped};
+use likeness_core::batch::{self, BatchSpec, Exporter, ReportRow, Scan, Skipped};
 use likeness_core::worker::StudioSettings;
 use likeness_core::{JobId, JobState};
 use likeness_engine::image_io::DecodeLimits;
@@ -38,12 +38,15 @@ pub struct FolderToken {
 
 /// A batch that was started in this session.
 pub struct BatchRun {
-    pub spec: BatchSpec,
     pub input: PathBuf,
     pub output: PathBuf,
     pub scan: Scan,
     pub unreadable: Vec<Skipped>,
     pub started_at: i64,
+    exporter: Exporter,
+    /// Why a headshot could not be saved as its job finished (a full disk ...); the batch's end
+    /// tries again and reports.
+    pub export_error: Option<String>,
     pub report: Option<ReportView>,
 }
 
@@ -99,6 +102,8 @@ pub struct BatchView {
     /// Photos finished (done, failed or cancelled).
     pub finished: usize,
     pub files: Vec<FileView>,
+    /// A headshot that could not be saved as it finished (the batch's end tries again).
+    pub warning: Option<String>,
     /// Set once the batch is exported and reported.
     pub report: Option<ReportView>,
 }
@@ -152,7 +157,8 @@ pub fn start(state: &AppState, input: &str, output: &str, recursive: bool, setti
     let scan = batch::scan(&input, recursive)?;
     let lib = state.library()?;
     let (group, _created, unreadable) = batch::queue(&mut lock(lib), &spec, &input, &output, &scan, DecodeLimits::default().max_bytes)?;
-    let run = BatchRun { spec, input, output, scan, unreadable, started_at: lock(lib).now(), report: None };
+    let exporter = Exporter::new(&spec, &output, &group, &scan)?;
+    let run = BatchRun { input, output, scan, unreadable, started_at: lock(lib).now(), exporter, export_error: None, report: None };
     lock(&state.batches).runs.insert(group.clone(), run);
     state.wake_worker();
     finish_ready(state);
@@ -225,6 +231,7 @@ pub fn status(state: &AppState, id: &str) -> Res<BatchView> {
         total,
         finished,
         files,
+        warning: run.export_error.clone(),
         report: run.report.clone(),
     })
 }
@@ -290,7 +297,9 @@ pub fn finish_ready(state: &AppState) -> Vec<String> {
             continue;
         }
         let stamp = lib.now().to_string();
-        let result = batch::export_and_report(&lib, &run.spec, &run.output, id, &run.scan, &run.unreadable)
+        let result = run
+            .exporter
+            .finish(&lib, &run.scan, &run.unreadable)
             .and_then(|rows| batch::write_report(&run.output, &stamp, &rows).map(|(j, c)| report_view(&rows, &j, &c)));
         run.report = Some(match result {
             Ok(r) => r,
@@ -308,6 +317,23 @@ pub fn finish_ready(state: &AppState) -> Vec<String> {
         finished.push(id.clone());
     }
     finished
+}
+
+/// Saves the headshot of a batch job that just finished into the batch's output folder (so the
+/// folder fills while the batch runs). Called by the worker with the library unlocked.
+pub fn job_finished(state: &AppState, job: &JobId) {
+    let Ok(lib) = state.library() else { return };
+    let mut batches = lock(&state.batches);
+    for run in batches.runs.values_mut().filter(|r| r.report.is_none()) {
+        match run.exporter.job_finished(&lock(lib), job) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                run.export_error = Some(e.to_string());
+                return;
+            }
+        }
+    }
 }
 
 /// Finishes ready batches and tells the page (called by the worker when the queue is empty).

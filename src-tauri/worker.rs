@@ -98,6 +98,9 @@ fn work_queue<R: Runtime>(app: &AppHandle<R>, state: &AppState) {
     let runner = StudioRunner { models: &models, assets: assets_dir(), on_warning: Some(&warn) };
     let throttle = Throttle::default();
     let on_event = |e: WorkerEvent| {
+        if let WorkerEvent::Finished { job, .. } = &e {
+            crate::batch::job_finished(state, job);
+        }
         if let Some(ev) = throttle.filter(e, Instant::now()) {
             emit(app, ev);
         }

@@ -20,6 +20,8 @@ import traceback
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
@@ -74,9 +76,16 @@ def ready(driver):
 
 
 def click(driver, css):
-    el = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css)))
-    el.click()
-    return el
+    # Lists are re-rendered as progress comes in: a row found a moment ago may be replaced.
+    for attempt in range(5):
+        el = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css)))
+        try:
+            el.click()
+            return el
+        except StaleElementReferenceException:
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
 
 
 def drive_save_dialog(path, errors):
@@ -123,8 +132,9 @@ def drive_open_dialog(path, errors):
         errors.append(f"driving the open dialog failed: {e}")
 
 
-def drive_dialog(title, path, errors, shot_name=None, location=True):
-    """Types `path` into the GTK file dialog titled `title` (location bar) and presses Enter."""
+def drive_dialog(title, path, errors, shot_name=None, location=True, folder=False):
+    """Types `path` into the GTK file dialog titled `title` (location bar) and presses Enter. For a
+    folder picker, the folder itself is chosen."""
     try:
         win = subprocess.run(["xdotool", "search", "--sync", "--name", title], capture_output=True, text=True, timeout=30).stdout.split()
         if not win:
@@ -132,6 +142,10 @@ def drive_dialog(title, path, errors, shot_name=None, location=True):
             return
         time.sleep(0.8)
         subprocess.run(["xdotool", "windowfocus", "--sync", win[-1]], check=True, timeout=10)
+        if folder:
+            # Out of "Recent" (where no folder can be chosen) into the home folder first.
+            subprocess.run(["xdotool", "key", "--clearmodifiers", "alt+Home"], check=True, timeout=10)
+            time.sleep(0.6)
         if location:
             subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+l"], check=True, timeout=10)
             time.sleep(0.6)
@@ -140,15 +154,20 @@ def drive_dialog(title, path, errors, shot_name=None, location=True):
         time.sleep(0.5)
         if shot_name:
             screen_shot(shot_name)
+        if folder:
+            # GTK completes a folder's name with "/" (selected): removing it makes Enter choose
+            # the folder instead of opening it.
+            subprocess.run(["xdotool", "key", "Delete"], check=True, timeout=10)
+            time.sleep(0.3)
         subprocess.run(["xdotool", "key", "Return"], check=True, timeout=10)
     except Exception as e:
         errors.append(f"driving the dialog '{title}' failed: {e}")
 
 
-def with_dialog(driver, css, title, path, shot_name=None):
+def with_dialog(driver, css, title, path, shot_name=None, folder=False):
     """Clicks `css`, which opens a native dialog, and answers it with `path`."""
     errors = []
-    t = threading.Thread(target=drive_dialog, args=(title, str(path), errors, shot_name))
+    t = threading.Thread(target=drive_dialog, args=(title, str(path), errors, shot_name, True, folder))
     t.start()
     click(driver, css)
     t.join(90)
@@ -179,23 +198,32 @@ return [document.documentElement.scrollWidth - document.documentElement.clientWi
 """
 
 
+def keys(driver, *k):
+    """Presses keys on whatever has focus (W3C actions: no element lookup, which CSS zoom confuses)."""
+    ActionChains(driver).send_keys(*k).perform()
+
+
 def keyboard_sweep(driver, screen):
-    """Every control of the shown screen is reached by Tab, each with a visible focus ring."""
+    """Every control of the shown screen is reached by Tab, each with a visible focus ring. Focus
+    starts on the screen's tab, reached with the arrow keys."""
     wanted = set(driver.execute_script(FOCUSABLE_JS))
     assert wanted, f"{screen}: no controls found"
-    # Start on the screen's tab, as a keyboard user arrives there (arrow keys pick the screen).
-    driver.find_element(By.ID, f"tab-{screen}").click()
     reached, no_ring = set(), []
-    for _ in range(len(wanted) * 2 + 10):
-        driver.switch_to.active_element.send_keys(Keys.TAB)
+
+    def record():
         a = driver.execute_script(ACTIVE_JS)
         if a is None:
-            continue
+            return
         key, style, width, shown, name = a
-        if key in wanted:
+        if key in wanted and key not in reached:
             reached.add(key)
             if style == "none" or width < 2 or not shown:
                 no_ring.append(name)
+
+    record()
+    for _ in range(len(wanted) * 2 + 10):
+        keys(driver, Keys.TAB)
+        record()
         if reached == wanted:
             break
     missing = driver.execute_script(
@@ -351,7 +379,7 @@ def main(app):
             click(driver, "#select-all")
             wait(driver).until(lambda d: d.find_element(By.ID, "export-selected").is_enabled())
             shot(driver, "08b-gallery-favourite-export-options")
-            with_dialog(driver, "#export-selected", "Export headshots to a folder", several_dir)
+            with_dialog(driver, "#export-selected", "Export headshots to a folder", several_dir, folder=True)
             wait(driver, 30).until(lambda d: "Saved" in d.find_element(By.ID, "export-msg").text)
             files = sorted(p.name for p in several_dir.iterdir())
             assert files == ["e2e-portrait-1.jpg"], files
@@ -389,9 +417,9 @@ def main(app):
         def batch():
             click(driver, "#tab-batch")
             shot(driver, "08d-batch-empty")
-            with_dialog(driver, "#batch-in", "Choose the folder of photos", batch_in)
+            with_dialog(driver, "#batch-in", "Choose the folder of photos", batch_in, "08d-batch-folder-dialog", folder=True)
             wait(driver).until(lambda d: d.find_element(By.ID, "batch-in-name").text == batch_in.name)
-            with_dialog(driver, "#batch-out", "Choose where the headshots go", batch_out)
+            with_dialog(driver, "#batch-out", "Choose where the headshots go", batch_out, folder=True)
             wait(driver).until(lambda d: d.find_element(By.ID, "batch-out-name").text == batch_out.name)
             click(driver, "#batch-start")
             wait(driver).until(lambda d: d.find_element(By.ID, "batch-run").is_displayed())
@@ -432,8 +460,16 @@ def main(app):
         def zoom_200():
             driver.execute_script("document.documentElement.style.zoom = '2'")
             try:
-                for screen in ["create", "queue", "gallery", "batch", "models", "prefs"]:
-                    click(driver, f"#tab-{screen}")
+                screens = ["create", "queue", "gallery", "batch", "models", "prefs"]
+                # Keyboard only: Home on the tab bar opens the first screen, ArrowRight the next.
+                driver.execute_script("document.querySelector('[role=tab][aria-selected=true]').focus()")
+                keys(driver, Keys.HOME)
+                for n, screen in enumerate(screens):
+                    if n:
+                        driver.execute_script("document.querySelector('[role=tab][aria-selected=true]').focus()")
+                        keys(driver, Keys.ARROW_RIGHT)
+                    wait(driver).until(lambda d: d.execute_script(f"return !document.getElementById('{screen}').hidden"))
+                    assert driver.execute_script("return document.activeElement.id") == f"tab-{screen}"
                     time.sleep(0.4)
                     if screen == "models":
                         wait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-list li"))

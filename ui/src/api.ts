@@ -91,6 +91,7 @@ export interface BatchView {
   total: number;
   finished: number;
   files: BatchFileView[];
+  warning: string | null;
   report: BatchReport | null;
 }
 

@@ -574,6 +574,7 @@ function renderBatch(v: BatchView) {
       return li;
     }),
   );
+  if (v.warning && !v.report) $("batch-errors").replaceChildren(h("p", {}, `A headshot could not be saved yet: ${v.warning}`));
   const summary = $("batch-summary");
   if (!v.report) {
     summary.replaceChildren();
