@@ -68,7 +68,8 @@ def screen_shot(name):
 
 
 def wait(driver, seconds=20):
-    return WebDriverWait(driver, seconds, poll_frequency=0.2)
+    # Lists are re-rendered as progress comes in: an element may be replaced while it is read.
+    return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
 
 
 def ready(driver):
@@ -196,6 +197,11 @@ OVERFLOW_JS = """
 const m = document.querySelector('main');
 return [document.documentElement.scrollWidth - document.documentElement.clientWidth, m.scrollWidth - m.clientWidth];
 """
+
+
+def count(driver, css):
+    """How many elements match (read in the page: a list re-rendered meanwhile can't go stale)."""
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length", css)
 
 
 def keys(driver, *k):
@@ -369,7 +375,7 @@ def main(app):
             click(driver, "#tab-gallery")
             star = click(driver, "#outputs [data-action='favourite']")
             wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, "#outputs li.output").get_attribute("class").find("favourite") >= 0)
-            assert driver.find_element(By.CSS_SELECTOR, "#outputs [data-action='favourite']").get_attribute("aria-pressed") == "true"
+            assert driver.execute_script("return document.querySelector(\"#outputs [data-action='favourite']\").getAttribute('aria-pressed')") == "true"
             Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
             Select(driver.find_element(By.ID, "export-format")).select_by_value("jpg")
             Select(driver.find_element(By.ID, "export-size")).select_by_value("1024")
@@ -401,15 +407,15 @@ def main(app):
             click(driver, f"{row} button")
             wait(driver, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "cancelled")
             shot(driver, "08c-queue-cancelled")
-            assert "Cancelled" in driver.find_element(By.CSS_SELECTOR, f"{row} .state").text
-            job_id = driver.find_element(By.CSS_SELECTOR, row).get_attribute("data-job")
+            assert "Cancelled" in driver.execute_script(f"return document.querySelector('{row} .state').textContent")
+            job_id = driver.execute_script(f"return document.querySelector('{row}').dataset.job")
             outs = driver.execute_async_script(
                 "const done = arguments[arguments.length - 1]; window.__TAURI__.core.invoke('list_jobs').then(j => done(j.find(x => x.id === arguments[0]).outputs.length))",
                 job_id,
             )
             assert outs == 0, f"a cancelled job left {outs} outputs"
             click(driver, "#tab-gallery")
-            after = len(driver.find_elements(By.CSS_SELECTOR, "#outputs li.output"))
+            after = count(driver, "#outputs li.output")
             assert after == before, (before, after)
 
         step("cancel a job from the Queue: cancelled, no output", cancel_job)
@@ -436,7 +442,7 @@ def main(app):
             assert any(p.name.startswith("likeness-report-") and p.suffix == ".json" for p in batch_out.iterdir())
             # Batch jobs stay on the Batch screen.
             click(driver, "#tab-gallery")
-            assert len(driver.find_elements(By.CSS_SELECTOR, "#outputs li.output")) == 1
+            assert count(driver, "#outputs li.output") == 1
 
         step("batch: a folder of 3 photos and a broken file, progress, report", batch)
 
@@ -463,6 +469,7 @@ def main(app):
                 screens = ["create", "queue", "gallery", "batch", "models", "prefs"]
                 # Keyboard only: Home on the tab bar opens the first screen, ArrowRight the next.
                 driver.execute_script("document.querySelector('[role=tab][aria-selected=true]').focus()")
+                keys(driver, Keys.ARROW_RIGHT)
                 keys(driver, Keys.HOME)
                 for n, screen in enumerate(screens):
                     if n:
