@@ -41,6 +41,7 @@ impl From<CoreError> for IpcError {
             CoreError::Corrupt { .. } | CoreError::Database { .. } | CoreError::SchemaTooNew { .. } => "library_damaged",
             CoreError::Io { .. } | CoreError::NoDataDir => "io",
             CoreError::Crypto(_) => "internal",
+            CoreError::Policy(_) => "policy",
         };
         IpcError::new(code, e.to_string())
     }

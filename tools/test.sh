@@ -19,7 +19,14 @@ dbus-run-session -- bash -c '
   if [ "$(id -u)" = 0 ]; then export LIKENESS_TEST_TMPFS=1; fi
   npx vitest run
   cargo test --workspace --release --locked
+  # No HTTP / socket / TLS client in the dependency tree (deny.toml).
+  PATH="$PWD/.ci/venv/bin:$PATH" cargo deny --locked check bans
   # The E2E drives the app as shipped: rebuild it without the mock runtime the tests compiled in.
-  cargo build --release --locked -p likeness-app --bins
+  # Exactly the cargo command `tauri build` runs, so tools/deb_test.sh bundles this build as it is.
+  cargo build --release --locked --bins --features tauri/custom-protocol
   tools/e2e.sh
+  # The CLI flow, the app alone and its E2E again, each in a network namespace under strace.
+  tools/no_network.sh --app
+  # The signed .deb from this release build: install, run, open the window, purge.
+  tools/deb_test.sh
 '

@@ -2,6 +2,7 @@
 //! no display), the `likeness:` image scheme, the progress throttle and the capability file.
 
 mod batch;
+mod bundle;
 mod commands;
 mod generate;
 mod models;

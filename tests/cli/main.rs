@@ -4,5 +4,8 @@
 mod batch;
 mod errors;
 mod generate;
+mod generative;
 mod library;
+mod models;
+mod policy;
 mod support;

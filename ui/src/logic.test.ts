@@ -206,6 +206,8 @@ describe("batch progress", () => {
     expect(batchFailureText("a folder (use --recursive)")).toMatch(/Include subfolders/);
     expect(batchFailureText("not a photo (JPEG, PNG, WebP or HEIC)")).toBe("Skipped: not a photo.");
     expect(batchFailureText("no face found in the photo")).toMatch(/No face/);
+    expect(batchFailureText("broken.jpg: the image data is damaged or truncated (eof); re-export or re-copy the photo")).toMatch(/damaged or incomplete/);
+    expect(failureHint("the image is 40x40 pixels; at least 64x64 is needed for a headshot")).toMatch(/too small/);
     expect(batchStateLabel("not-processed")).toBe("Not processed");
     expect(batchStateLabel("done")).toBe("Done");
   });

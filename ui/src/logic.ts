@@ -114,7 +114,8 @@ export function errorText(e: unknown): string {
 export function failureHint(message: string | null | undefined): string {
   const m = (message ?? "").toLowerCase();
   if (m.includes("no face")) return "No face was found. Use a photo where your face is clearly visible, facing the camera.";
-  if (m.includes("too small")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
+  if (m.includes("damaged") || m.includes("truncated")) return "The file is damaged or incomplete. Copy or export the photo again and retry.";
+  if (m.includes("too small") || m.includes("is needed for a headshot")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
   if (m.includes("not an image") || m.includes("format") || m.includes("decode"))
     return "The file could not be read as a photo. Use a JPEG, PNG or WebP photo.";
   if (m.includes("full")) return "The disk is full. Free some space and start the job again.";

@@ -106,7 +106,7 @@ pub fn batch(global: &Global, a: BatchArgs) -> Result<ExitCode> {
             }
         }
     };
-    let run = library_cmds::work_queue_with(&lib, &models, a.workers, !a.json, &hook);
+    let run = library_cmds::work_queue_with(global, &lib, &models, a.workers, !a.json, &hook);
     let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
     let mut exporter = exporter.into_inner().map_err(|_| anyhow::anyhow!("export lock poisoned"))?;
     let finish = exporter.finish(&lib, &scan, &unreadable);

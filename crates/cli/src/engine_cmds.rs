@@ -1,12 +1,13 @@
-//! Commands that run the engine: detect, segment, generate, models.
+//! Commands that run the engine: detect, segment, generate.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
-use likeness_core::models::{ModelState, ModelStore};
+use clap::Args;
+use likeness_core::generative::{imported_dir, DiffusionCache};
+use likeness_core::models::ModelStore;
 use likeness_core::worker::StudioSettings;
 use likeness_core::{JobId, JobState};
 use likeness_engine::device::{self, DevicePref};
@@ -74,9 +75,10 @@ pub struct StyleArgs {
     /// Output format: png, jpg or webp.
     #[arg(long, default_value = "png")]
     pub format: String,
-    /// JPEG quality (1-100).
-    #[arg(long, default_value_t = 92)]
-    pub quality: u8,
+    /// JPEG quality (1-100), or for the generative look: draft, standard or high (working resolution,
+    /// denoising steps and scheduler).
+    #[arg(long, default_value = "92")]
+    pub quality: String,
     /// Relight strength (0-1).
     #[arg(long, default_value_t = 0.5)]
     pub relight: f32,
@@ -86,31 +88,68 @@ pub struct StyleArgs {
     /// Largest short side of the output in pixels.
     #[arg(long, default_value_t = 2048)]
     pub max_size: u32,
+    /// The look: studio (no diffusion; the default) or generative (Stable Diffusion repaints the
+    /// backdrop and, with --attire, the clothes; the face stays the photo's own pixels).
+    #[arg(long, default_value = "studio")]
+    pub look: String,
+    /// Generative look: the imported model's id (`likeness models import`) or its folder / file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Generative look: suit, blazer, business-casual, smart-shirt or keep (keep my clothes).
+    #[arg(long, default_value = "keep")]
+    pub attire: String,
+    /// Generative look: soft-studio, natural-window or dramatic. (The backdrop takes studio-grey,
+    /// white, office, bookshelf, outdoor or a brand colour #RRGGBB.)
+    #[arg(long, default_value = "soft-studio")]
+    pub lighting: String,
+    /// Generative look: variants per photo, one seed each.
+    #[arg(long, default_value_t = 1)]
+    pub variants: u32,
+    /// Generative look: the first variant's seed (the same seed gives the same image); random if not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Generative look: denoising steps instead of the quality level's.
+    #[arg(long, hide = true)]
+    pub steps: Option<u32>,
 }
 
 impl StyleArgs {
     pub fn settings(&self) -> StudioSettings {
+        // --quality is a JPEG quality when it is a number, else the generative quality level.
+        let (jpeg_quality, gen_quality) = match self.quality.parse::<u8>() {
+            Ok(q) => (q, "standard".to_owned()),
+            Err(_) => (92, self.quality.clone()),
+        };
         StudioSettings {
             preset: self.preset.clone(),
             backdrop: self.background.clone(),
             format: self.format.clone(),
-            jpeg_quality: self.quality,
+            jpeg_quality,
             relight: self.relight,
             retouch: self.retouch,
             max_size: self.max_size,
+            look: self.look.clone(),
+            model: self.model.clone(),
+            attire: self.attire.clone(),
+            lighting: self.lighting.clone(),
+            gen_quality,
+            variants: self.variants,
+            // Fixed when the job is made, so a re-run of the job makes the same images.
+            seed: self.seed.unwrap_or_else(random_seed),
+            steps: self.steps,
         }
     }
 }
 
-#[derive(Subcommand)]
-pub enum ModelsCmd {
-    /// List the models and their state.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check every model file against its sha256; exits non-zero if any is missing or corrupt.
-    Verify,
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Imported diffusion models, loaded on first use by the generative look.
+pub fn diffusion_cache(global: &Global) -> Result<DiffusionCache> {
+    let paths = likeness_core::DataPaths::resolve(global.data_dir.as_deref())?;
+    Ok(DiffusionCache::new(Some(imported_dir(&paths.root)), compute_device(global)?))
 }
 
 fn compute_device(global: &Global) -> Result<candle_core::Device> {
@@ -207,6 +246,10 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
     let settings = a.style.settings();
     // Every option is checked (and an image backdrop read) before anything is queued.
     let req = settings.request(assets_dir().as_deref())?;
+    if let (true, Some(id)) = (settings.is_generative(), settings.model.as_deref()) {
+        let paths = likeness_core::DataPaths::resolve(global.data_dir.as_deref())?;
+        likeness_core::generative::resolve_model(Some(&imported_dir(&paths.root)), id)?;
+    }
     // Models are checked before any job is recorded (a queue-only call leaves that to `jobs run`).
     let models = if a.queue { None } else { Some(load_models(global)?) };
     let lib = Mutex::new(library_cmds::open_library(global)?);
@@ -239,7 +282,7 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
         }
         return Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     };
-    let report = library_cmds::work_queue(&lib, &models, 1, !a.json);
+    let report = library_cmds::work_queue(global, &lib, &models, 1, !a.json);
     let lib = lib.into_inner().map_err(|_| anyhow::anyhow!("library lock poisoned"))?;
     report?;
 
@@ -277,24 +320,4 @@ pub fn generate(global: &Global, a: GenerateArgs) -> Result<ExitCode> {
         println!("{}", json!({"outputs": outputs, "failures": failures}));
     }
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-pub fn models(global: &Global, cmd: ModelsCmd) -> Result<ExitCode> {
-    let store = ModelStore::discover(global.models_dir.as_deref())?;
-    let statuses = store.verify_all();
-    let bad = statuses.iter().filter(|s| s.state != ModelState::Ok).count();
-    match cmd {
-        ModelsCmd::List { json: true } => {
-            println!("{}", json!({"models_dir": store.dir(), "models": statuses}));
-        }
-        ModelsCmd::List { json: false } | ModelsCmd::Verify => {
-            for s in &statuses {
-                println!("{:<26} {:<20} {:<8} {:?}", s.id, s.task, s.license, s.state);
-                if let Some(d) = &s.detail {
-                    println!("    {d}");
-                }
-            }
-        }
-    }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

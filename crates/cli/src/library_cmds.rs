@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use likeness_core::generative::LookRunner;
 use likeness_core::worker::{run_queue, StudioRunner, StudioSettings, WorkerEvent};
 use likeness_core::{CoreError, JobId, JobInfo, KeySource, Library, OutputId, OutputInfo};
 use serde_json::json;
@@ -109,7 +110,7 @@ pub fn jobs(global: &Global, cmd: JobsCmd) -> Result<ExitCode> {
             let lib = open_library(global)?;
             let models = crate::engine_cmds::load_models(global)?;
             let lib = Mutex::new(lib);
-            let report = work_queue(&lib, &models, threads, !as_json)?;
+            let report = work_queue(global, &lib, &models, threads, !as_json)?;
             if as_json {
                 println!("{}", json!({"report": report}));
             } else {
@@ -130,16 +131,18 @@ pub fn jobs(global: &Global, cmd: JobsCmd) -> Result<ExitCode> {
 
 /// Runs the queue with the studio look, showing a progress bar when asked.
 pub fn work_queue(
+    global: &Global,
     lib: &Mutex<Library>,
     models: &likeness_engine::pipeline::StudioModels,
     threads: usize,
     show: bool,
 ) -> Result<likeness_core::worker::RunReport> {
-    work_queue_with(lib, models, threads, show, &|_, _| {})
+    work_queue_with(global, lib, models, threads, show, &|_, _| {})
 }
 
 /// [`work_queue`] with a hook called after the bar has seen each event (outside the library lock).
 pub fn work_queue_with(
+    global: &Global,
     lib: &Mutex<Library>,
     models: &likeness_engine::pipeline::StudioModels,
     threads: usize,
@@ -156,7 +159,10 @@ pub fn work_queue_with(
     crate::catch_ctrl_c();
     let bar = JobBar::new(pending, show);
     let warn = |job: &JobId, msg: &str| bar.println(&format!("likeness: job {job}: {msg}"));
-    let runner = StudioRunner { models, assets: crate::engine_cmds::assets_dir(), on_warning: Some(&warn) };
+    let studio = StudioRunner { models, assets: crate::engine_cmds::assets_dir(), on_warning: Some(&warn) };
+    // Diffusion models load on the first generative job only.
+    let diffusion = crate::engine_cmds::diffusion_cache(global)?;
+    let runner = LookRunner { studio, diffusion: &diffusion };
     let on_event = |e: WorkerEvent| {
         bar.event(&e);
         hook(&e, &bar);
@@ -300,6 +306,10 @@ pub fn fill_template(template: &str, job: &JobInfo, o: &OutputInfo, n: usize) ->
 
 /// Exports outputs to `dir` under names from `template`; returns (output id, path) pairs.
 pub fn export_outputs(lib: &Library, items: &[(JobInfo, OutputInfo)], dir: &Path, template: &str) -> Result<Vec<(OutputId, PathBuf)>> {
+    // The machine policy may have blocked a format after the output was made: check all first.
+    for (_, o) in items {
+        lib.policy().check_export_format(&o.format)?;
+    }
     let mut written = Vec::new();
     for (n, (job, o)) in items.iter().enumerate() {
         let stem = fill_template(template, job, o, n + 1)?;

@@ -6,7 +6,9 @@
 mod batch_cmd;
 mod engine_cmds;
 mod library_cmds;
+mod models_cmd;
 mod output;
+mod policy_cmd;
 mod progress;
 
 use std::path::PathBuf;
@@ -46,9 +48,9 @@ enum Command {
     Segment(engine_cmds::SegmentArgs),
     /// Make a headshot from each photo.
     Generate(engine_cmds::GenerateArgs),
-    /// List or verify the installed models.
+    /// List, verify or import models.
     #[command(subcommand)]
-    Models(engine_cmds::ModelsCmd),
+    Models(models_cmd::ModelsCmd),
     /// Make headshots of every photo in a folder (the same look for all).
     Batch(batch_cmd::BatchArgs),
     /// List, run or cancel jobs in the library.
@@ -77,6 +79,9 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Show the machine policy (what IT manages, and from where).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// Check the library's database and files (and repair with --repair).
     Doctor {
         #[arg(long)]
@@ -114,13 +119,14 @@ fn main() -> ExitCode {
         Command::Detect(a) => engine_cmds::detect(&cli.global, a),
         Command::Segment(a) => engine_cmds::segment(&cli.global, a),
         Command::Generate(a) => engine_cmds::generate(&cli.global, a),
-        Command::Models(c) => engine_cmds::models(&cli.global, c),
+        Command::Models(c) => models_cmd::models(&cli.global, c),
         Command::Batch(a) => batch_cmd::batch(&cli.global, a),
         Command::Jobs(c) => library_cmds::jobs(&cli.global, c),
         Command::Export(a) => library_cmds::export(&cli.global, a),
         Command::Sweep { as_of, json } => library_cmds::sweep(&cli.global, as_of, json),
         Command::Delete { ids } => library_cmds::delete(&cli.global, ids),
         Command::Purge { all, yes } => library_cmds::purge(&cli.global, all, yes),
+        Command::Policy(c) => policy_cmd::policy(c),
         Command::Doctor { repair, json } => library_cmds::doctor(&cli.global, repair, json),
     };
     match result {

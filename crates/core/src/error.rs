@@ -45,6 +45,9 @@ pub enum CoreError {
     InvalidInput(String),
     #[error("the master key could not be derived from LIKENESS_PASSPHRASE: {0}")]
     Kdf(String),
+    /// Refused by the machine policy; the message names the policy and what is allowed.
+    #[error("{0}")]
+    Policy(String),
     #[error("encryption failed: {0}")]
     Crypto(&'static str),
 }

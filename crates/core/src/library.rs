@@ -14,6 +14,7 @@ use crate::db;
 use crate::error::{CoreError, Result};
 use crate::keys::{self, KeyKind, KeyRecord, KeySource, KeyStore};
 use crate::paths::DataPaths;
+use crate::policy::Policy;
 use crate::vault::{self, FaultHook, Vault};
 
 /// id, attempts, last error, settings, group id of a queued job.
@@ -221,6 +222,8 @@ pub struct Library {
     vault_id: String,
     /// How many times a job may be started; see [`MAX_ATTEMPTS`].
     max_attempts: u32,
+    /// The machine policy, above the user's settings (retention bounds, looks, formats).
+    policy: Arc<Policy>,
     _lock: File,
 }
 
@@ -285,13 +288,17 @@ fn lock_file(paths: &DataPaths) -> Result<File> {
         .map_err(|e| CoreError::io("open", &path, e))
 }
 
-fn validate_settings(json: &str) -> Result<String> {
+fn validate_settings(json: &str, policy: &Policy) -> Result<String> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| CoreError::InvalidSettings(format!("not valid JSON ({e})")))?;
     if !value.is_object() {
         return Err(CoreError::InvalidSettings("expected a JSON object like {\"preset\": \"linkedin\"}".into()));
     }
     serde_json::from_value::<StyleSettings>(value.clone()).map_err(|e| CoreError::InvalidSettings(e.to_string()))?;
+    // The machine policy, before anything is stored: a job without a look is a studio job, one
+    // without a format makes PNG (the worker's defaults).
+    policy.check_look(value.get("look").and_then(|v| v.as_str()).unwrap_or("studio"))?;
+    policy.check_export_format(value.get("format").and_then(|v| v.as_str()).unwrap_or("png"))?;
     Ok(value.to_string())
 }
 
@@ -303,7 +310,20 @@ impl Library {
     }
 
     pub fn open_with_clock(data_dir: Option<&Path>, keys: KeySource, clock: Arc<dyn Clock>) -> Result<Library> {
-        let paths = DataPaths::resolve(data_dir)?;
+        Self::open_with_policy(data_dir, keys, clock, Policy::machine())
+    }
+
+    /// Opens under an explicit machine policy (tests; the app and CLI use [`Policy::machine`]).
+    /// A managed data folder replaces `data_dir`; a managed maximum retention shortens outputs
+    /// made under a longer one.
+    pub fn open_with_policy(
+        data_dir: Option<&Path>,
+        keys: KeySource,
+        clock: Arc<dyn Clock>,
+        policy: Arc<Policy>,
+    ) -> Result<Library> {
+        let managed_dir = policy.data_dir();
+        let paths = DataPaths::resolve(managed_dir.as_deref().or(data_dir))?;
         vault::create_private_dir(&paths.root)?;
         vault::create_private_dir(&paths.vault())?;
         let lock = lock_file(&paths)?;
@@ -374,6 +394,12 @@ impl Library {
             .map_err(dberr)?;
             tx.commit().map_err(dberr)?;
         }
+        if policy.retention_max_days.managed {
+            // Expiry only ever moves earlier: outputs made under a longer retention follow the policy.
+            conn.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)")
+                .and_then(|mut s| s.execute([i64::from(policy.retention_max_days.value) * DAY]))
+                .map_err(dberr)?;
+        }
         let vault = Vault::new(paths.clone(), resolved.master);
         let mut lib = Library {
             paths,
@@ -384,6 +410,7 @@ impl Library {
             key_store: resolved.store,
             vault_id,
             max_attempts: max_attempts_from_env(),
+            policy,
             _lock: lock,
         };
         // We hold the folder's lock, so no other process is mid-write: a vault file without a row
@@ -425,6 +452,13 @@ impl Library {
 
     // ---- settings ----
 
+    /// The machine policy this library follows.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The user's settings as they apply: the retention is the user's choice (else the policy's
+    /// default) kept within the policy's bounds.
     pub fn settings(&self) -> Result<Settings> {
         let days: Option<String> = self
             .conn
@@ -432,16 +466,14 @@ impl Library {
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .optional()
             .map_err(self.dberr())?;
-        let retention_days = days.and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_RETENTION_DAYS);
-        Ok(Settings { retention_days })
+        let chosen = days.and_then(|d| d.parse().ok()).unwrap_or(self.policy.retention_days.value);
+        Ok(Settings { retention_days: self.policy.clamp_retention(chosen) })
     }
 
     /// Sets how long new outputs are kept. A shorter period also shortens existing outputs; a longer
-    /// one never extends them.
+    /// one never extends them. A retention outside the machine policy's bounds is refused.
     pub fn set_retention_days(&mut self, days: u32) -> Result<()> {
-        if days == 0 || days > 36_500 {
-            return Err(CoreError::InvalidInput(format!("retention must be 1 to 36500 days, not {days}")));
-        }
+        self.policy.check_retention(days)?;
         let path = self.paths.db();
         let err = |e| CoreError::db(&path, e);
         let tx = db::immediate(&mut self.conn).map_err(err)?;
@@ -501,7 +533,7 @@ impl Library {
                 return Err(CoreError::InvalidInput(format!("the photo {} is empty", input.name)));
             }
         }
-        let settings = validate_settings(&job.settings_json)?;
+        let settings = validate_settings(&job.settings_json, &self.policy)?;
         let stored = self.store_files(job.inputs.iter().map(|i| i.bytes.as_slice()))?;
         let now = self.now();
         let job_id = JobId(vault::random_id());
@@ -1110,7 +1142,8 @@ impl Library {
     /// Fails with `Locked` while another process has the library open. Files exported outside the
     /// data folder are not touched.
     pub fn purge_data_dir(data_dir: Option<&Path>, key_store: Option<&dyn KeyStore>) -> Result<()> {
-        let paths = DataPaths::resolve(data_dir)?;
+        let managed_dir = Policy::machine().data_dir();
+        let paths = DataPaths::resolve(managed_dir.as_deref().or(data_dir))?;
         if !paths.root.is_dir() {
             return Ok(());
         }

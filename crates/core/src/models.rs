@@ -71,6 +71,9 @@ pub enum ModelState {
     Ok,
     Missing,
     Corrupt,
+    /// A user-imported model (not bundled) that has not been imported: not an error.
+    #[serde(rename = "not-installed")]
+    NotInstalled,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,8 @@ pub struct ModelStatus {
 pub struct ModelStore {
     dir: PathBuf,
     manifest: Manifest,
+    /// The user's imported models (`<data dir>/models/imported`, see `import`), when known.
+    imported: Option<PathBuf>,
 }
 
 impl ModelStore {
@@ -95,13 +100,28 @@ impl ModelStore {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest { path: path.clone(), reason: e.to_string() })?;
-        Ok(Self { dir: dir.to_path_buf(), manifest: Manifest::parse(&text, &path)? })
+        Ok(Self { dir: dir.to_path_buf(), manifest: Manifest::parse(&text, &path)?, imported: None })
+    }
+
+    /// Also knows the user's imported models in `dir` (normally `import::imported_dir(data root)`).
+    pub fn with_imported_dir(mut self, dir: PathBuf) -> Self {
+        self.imported = Some(dir);
+        self
+    }
+
+    pub fn imported_dir(&self) -> Option<&Path> {
+        self.imported.as_deref()
     }
 
     /// Opens the first models folder found: `explicit`, `$LIKENESS_MODELS_DIR`, next to the executable
     /// (`models/`, `../share/likeness/models`, `../lib/likeness/models`, `../Resources/models`), then the
     /// source tree this binary was built from (development and tests).
+    /// A models folder the machine policy manages replaces all of these.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ModelError> {
+        let policy = crate::policy::Policy::machine();
+        if let Some(dir) = policy.models_dir() {
+            return Self::open(dir);
+        }
         if let Some(dir) = explicit {
             return Self::open(dir);
         }

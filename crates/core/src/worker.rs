@@ -38,6 +38,21 @@ pub struct StudioSettings {
     pub retouch: f32,
     /// Largest short side of the output.
     pub max_size: u32,
+    /// "studio" (the default) or "generative" (Stable Diffusion; see `generative.rs`).
+    pub look: String,
+    /// The imported diffusion model's id (generative look).
+    pub model: Option<String>,
+    /// Generative look: suit, blazer, business-casual, smart-shirt or keep.
+    pub attire: String,
+    /// Generative look: soft-studio, natural-window or dramatic.
+    pub lighting: String,
+    /// Generative look: draft, standard or high.
+    pub gen_quality: String,
+    /// Generative look: outputs per photo, one seed each (`seed`, `seed + 1`, ...).
+    pub variants: u32,
+    pub seed: u64,
+    /// Generative look: overrides the quality level's denoising steps.
+    pub steps: Option<u32>,
 }
 
 impl Default for StudioSettings {
@@ -50,6 +65,14 @@ impl Default for StudioSettings {
             relight: 0.5,
             retouch: 0.35,
             max_size: 2048,
+            look: "studio".into(),
+            model: None,
+            attire: "keep".into(),
+            lighting: "soft-studio".into(),
+            gen_quality: "standard".into(),
+            variants: 1,
+            seed: 0,
+            steps: None,
         }
     }
 }
@@ -67,6 +90,7 @@ impl StudioSettings {
     /// (`<assets>/backdrops/NAME.jpg`). Every option is checked here, before a job is queued.
     pub fn request(&self, assets: Option<&Path>) -> Result<HeadshotRequest> {
         let invalid = |m: String| CoreError::InvalidSettings(m);
+        self.check_look()?;
         let preset: Preset = self.preset.parse().map_err(|e: EngineError| invalid(e.to_string()))?;
         let format = match self.format.parse::<OutputFormat>().map_err(|e| invalid(e.to_string()))? {
             OutputFormat::Jpeg { .. } => {
@@ -85,7 +109,12 @@ impl StudioSettings {
         }
         Ok(HeadshotRequest {
             preset,
-            style: StudioStyle { backdrop: resolve_backdrop(&self.backdrop, assets)?, relight: self.relight, retouch: self.retouch },
+            style: StudioStyle {
+                // The generative look reads the backdrop as a prompt (generative.rs), not as a studio backdrop.
+                backdrop: if self.is_generative() { StudioStyle::default().backdrop } else { resolve_backdrop(&self.backdrop, assets)? },
+                relight: self.relight,
+                retouch: self.retouch,
+            },
             format,
             max_short_side: self.max_size,
             limits: DecodeLimits::default(),

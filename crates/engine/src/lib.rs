@@ -9,9 +9,11 @@
 
 pub mod composite;
 pub mod device;
+pub mod diffusion;
 pub mod error;
 pub mod faces;
 pub mod framing;
+pub mod generative;
 pub mod image_io;
 pub mod imgops;
 pub mod landmarks;

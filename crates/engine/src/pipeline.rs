@@ -204,7 +204,7 @@ pub fn face_geometry(lm: &FaceLandmarks) -> FaceGeometry {
 }
 
 /// 1 where an output pixel samples the photo, 0 where it lies beyond it (1-pixel soft edge).
-fn inside_mask(framing: &Framing, img_w: u32, img_h: u32) -> Mask {
+pub(crate) fn inside_mask(framing: &Framing, img_w: u32, img_h: u32) -> Mask {
     let (w, h) = (img_w as f32, img_h as f32);
     let m = framing.src_from_dst;
     Mask::from_fn(framing.width, framing.height, |x, y| {
@@ -218,7 +218,7 @@ fn inside_mask(framing: &Framing, img_w: u32, img_h: u32) -> Mask {
 /// Where the crop runs past the photo, the replicated edge pixels would show as streaks (the body
 /// below a photo cut at the chest, say). Blur them along the edge, more the farther from the photo,
 /// so the extension reads as smooth cloth and light.
-fn soften_extension(crop: &mut RgbImage, framing: &Framing, img_w: u32, img_h: u32) {
+pub(crate) fn soften_extension(crop: &mut RgbImage, framing: &Framing, img_w: u32, img_h: u32) {
     let w = crop.width() as usize;
     if framing.outside_fraction <= 0.0 || w == 0 {
         return;
@@ -263,7 +263,7 @@ fn soften_extension(crop: &mut RgbImage, framing: &Framing, img_w: u32, img_h: u
 }
 
 /// The face mesh polygons in output (crop) coordinates.
-fn face_regions(lm: &FaceLandmarks, src_from_dst: &Affine) -> Result<FaceRegions> {
+pub(crate) fn face_regions(lm: &FaceLandmarks, src_from_dst: &Affine) -> Result<FaceRegions> {
     let dst_from_src = src_from_dst
         .invert()
         .ok_or_else(|| EngineError::InvalidOption("degenerate framing transform".into()))?;

@@ -15,6 +15,8 @@ pub enum Stage {
     Framing,
     Segment,
     Composite,
+    /// Denoising steps of the generative look (not part of `ALL`, the studio pipeline's stages).
+    Generate,
     Encode,
 }
 
@@ -29,6 +31,7 @@ impl Stage {
             Stage::Framing => "framing",
             Stage::Segment => "segment",
             Stage::Composite => "composite",
+            Stage::Generate => "generate",
             Stage::Encode => "encode",
         }
     }

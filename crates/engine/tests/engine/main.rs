@@ -6,3 +6,4 @@ mod blazeface;
 mod facemesh;
 mod studio;
 mod selfie;
+mod diffusion;

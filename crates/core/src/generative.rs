@@ -1,0 +1,242 @@
+//! The generative look in the worker: a job's settings -> the engine's style, an imported model's files ->
+//! bytes for the engine, and the runner that sends each job to the studio or the generative pipeline.
+//!
+//! Imported models live in `<data dir>/models/imported/<id>/` (written by `likeness models import`): a
+//! diffusers folder (`unet/`, `vae/`, `text_encoder/`, optional `tokenizer/`, `scheduler/`) or one
+//! single-file checkpoint. A path to such a folder or file is accepted as the model too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use likeness_engine::diffusion::pipeline::DiffusionModel;
+use likeness_engine::diffusion::single_file::Configs;
+use likeness_engine::diffusion::{Component, DiffusionFiles, Device, TokenizerFiles};
+use likeness_engine::error::EngineError;
+use likeness_engine::generative::{self, Attire, GenBackdrop, GenerativeStyle, Lighting, Quality, Sampling};
+use likeness_engine::image_io::OutputFormat;
+use likeness_engine::progress::{CancelToken, ProgressSink};
+use zeroize::Zeroizing;
+
+use crate::error::{CoreError, Result};
+use crate::library::{ClaimedJob, NewOutput};
+use crate::worker::{JobRunner, RunError, StudioRunner, StudioSettings};
+
+/// The folder imported models live in, under a data folder.
+pub fn imported_dir(data_root: &Path) -> PathBuf {
+    data_root.join("models").join("imported")
+}
+
+fn invalid(m: impl Into<String>) -> CoreError {
+    CoreError::InvalidSettings(m.into())
+}
+
+impl StudioSettings {
+    /// Whether the job uses the generative look.
+    pub fn is_generative(&self) -> bool {
+        self.look == "generative"
+    }
+
+    /// The generative style of these settings (checked; the model id is `self.model`).
+    pub fn generative_style(&self) -> Result<GenerativeStyle> {
+        let e = |e: EngineError| invalid(e.to_string());
+        if !(1..=16).contains(&self.variants) {
+            return Err(invalid(format!("{} variants requested; use 1 to 16", self.variants)));
+        }
+        // The studio look's default backdrop means "no preference": studio grey.
+        let backdrop = match self.backdrop.as_str() {
+            "gradient" | "light-grey" | "dark-grey" | "charcoal" => GenBackdrop::StudioGrey,
+            b => GenBackdrop::parse(b).map_err(e)?,
+        };
+        Ok(GenerativeStyle {
+            attire: Attire::parse(&self.attire).map_err(e)?,
+            backdrop,
+            lighting: Lighting::parse(&self.lighting).map_err(e)?,
+            quality: Quality::parse(&self.gen_quality).map_err(e)?,
+            sampling: Sampling::Standard,
+            variants: self.variants,
+            seed: self.seed,
+            steps: self.steps.map(|s| s as usize),
+        })
+    }
+
+    /// Checks the look's own options (the model's presence is checked when it is loaded).
+    pub fn check_look(&self) -> Result<()> {
+        Quality::parse(&self.gen_quality).map_err(|e| invalid(e.to_string()))?;
+        match self.look.as_str() {
+            "studio" => Ok(()),
+            "generative" => {
+                if self.model.as_deref().unwrap_or("").is_empty() {
+                    return Err(invalid("the generative look needs a model: import one with `likeness models import` and pass --model ID"));
+                }
+                self.generative_style().map(|_| ())
+            }
+            other => Err(invalid(format!("unknown look '{other}'; use studio or generative"))),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| CoreError::io("read the model file", path, e))
+}
+
+/// The weights file of a diffusers component folder (the fp16 variant when it is the only one).
+fn weights_in(dir: &Path) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| CoreError::io("read the model folder", dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    found.sort();
+    // Prefer the full-precision file when both are present; either loads.
+    found
+        .iter()
+        .find(|p| !p.to_string_lossy().contains(".fp16."))
+        .or_else(|| found.first())
+        .cloned()
+        .ok_or_else(|| invalid(format!("{} holds no .safetensors weights; re-import the model", dir.display())))
+}
+
+fn component(root: &Path, name: &str) -> Result<Component> {
+    let dir = root.join(name);
+    Ok(Component { config: read(&dir.join("config.json"))?, weights: read(&weights_in(&dir)?)? })
+}
+
+/// Whether a single-file checkpoint's UNet takes 9 input channels (inpainting), from its header only.
+fn single_file_inpainting(bytes: &[u8]) -> Result<bool> {
+    let bad = || invalid("the checkpoint is not a valid safetensors file; re-import it");
+    let n = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or_else(bad)? as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?;
+    let shape = header
+        .get("model.diffusion_model.input_blocks.0.0.weight")
+        .and_then(|t| t.get("shape"))
+        .and_then(|s| s.as_array())
+        .and_then(|s| s.get(1))
+        .and_then(|c| c.as_u64());
+    Ok(shape == Some(9))
+}
+
+/// Reads an installed model (diffusers folder or single-file checkpoint) into the engine's input.
+pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
+    let record = std::fs::read_to_string(path.join("likeness-model.toml")).unwrap_or_default();
+    let sampling = if record.contains("sd-turbo") || record.contains("sdxl-turbo") { Sampling::Turbo } else { Sampling::Standard };
+    if path.join("unet").join("config.json").is_file() {
+        let tokenizer = {
+            let t = path.join("tokenizer");
+            match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
+                (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
+                _ => None,
+            }
+        };
+        let sched = path.join("scheduler").join("scheduler_config.json");
+        let files = DiffusionFiles::Diffusers {
+            unet: component(path, "unet")?,
+            vae: component(path, "vae")?,
+            text_encoder: component(path, "text_encoder")?,
+            tokenizer,
+            scheduler_config: if sched.is_file() { Some(read(&sched)?) } else { None },
+        };
+        return Ok((files, sampling));
+    }
+    let file = if path.is_file() { path.to_path_buf() } else { weights_in(path)? };
+    let checkpoint = read(&file)?;
+    let configs = Configs::sd15(single_file_inpainting(&checkpoint)?);
+    Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling))
+}
+
+/// Where model `id` is installed: `<imported>/<id>`, or `id` itself when it is a path.
+pub fn resolve_model(imported: Option<&Path>, id: &str) -> Result<PathBuf> {
+    let simple = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !id.starts_with('.');
+    if let Some(dir) = imported.filter(|_| simple).map(|d| d.join(id)) {
+        if dir.exists() {
+            return Ok(dir);
+        }
+    }
+    let p = PathBuf::from(id);
+    if p.exists() {
+        return Ok(p);
+    }
+    Err(invalid(format!(
+        "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
+    )))
+}
+
+/// Loads (once) and hands out diffusion models by id.
+pub struct DiffusionCache {
+    imported: Option<PathBuf>,
+    device: Device,
+    loaded: Mutex<HashMap<String, (Arc<DiffusionModel>, Sampling)>>,
+}
+
+impl DiffusionCache {
+    pub fn new(imported: Option<PathBuf>, device: Device) -> Self {
+        Self { imported, device, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn get(&self, id: &str) -> Result<(Arc<DiffusionModel>, Sampling)> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((m, s)) = loaded.get(id) {
+            return Ok((m.clone(), *s));
+        }
+        let path = resolve_model(self.imported.as_deref(), id)?;
+        let (files, sampling) = read_model(&path)?;
+        let model = DiffusionModel::load(files, &self.device).map_err(|e| invalid(format!("model '{id}': {e}")))?;
+        let model = Arc::new(model);
+        loaded.insert(id.to_owned(), (model.clone(), sampling));
+        Ok((model, sampling))
+    }
+}
+
+/// Runs studio jobs through the studio runner and generative jobs through Stable Diffusion.
+pub struct LookRunner<'a> {
+    pub studio: StudioRunner<'a>,
+    pub diffusion: &'a DiffusionCache,
+}
+
+impl JobRunner for LookRunner<'_> {
+    fn run(
+        &self,
+        job: &ClaimedJob,
+        inputs: &[(String, Zeroizing<Vec<u8>>)],
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> std::result::Result<Vec<NewOutput>, RunError> {
+        let failed = |e: CoreError| RunError::Failed(e.to_string());
+        let settings = StudioSettings::from_json(&job.settings_json).map_err(failed)?;
+        if !settings.is_generative() {
+            return self.studio.run(job, inputs, progress, cancel);
+        }
+        settings.check_look().map_err(failed)?;
+        let req = settings.request(self.studio.assets.as_deref()).map_err(failed)?;
+        let mut style = settings.generative_style().map_err(failed)?;
+        let (model, sampling) = self.diffusion.get(settings.model.as_deref().unwrap_or("")).map_err(failed)?;
+        style.sampling = sampling;
+        if inputs.is_empty() {
+            return Err(RunError::Failed("the job's photos were deleted before it ran".into()));
+        }
+        let n = inputs.len() as f32;
+        let mut outputs = Vec::new();
+        for (i, (name, bytes)) in inputs.iter().enumerate() {
+            let sink = |stage, f: f32| progress.stage(stage, (i as f32 + f) / n);
+            let shots = generative::generative_headshots(self.studio.models, &model, bytes, &req, &style, &sink, cancel)
+                .map_err(|e| match e {
+                    EngineError::Cancelled => RunError::Cancelled,
+                    e => RunError::Failed(format!("{name}: {e}")),
+                })?;
+            for shot in shots {
+                if let Some(warn) = self.studio.on_warning {
+                    for w in &shot.warnings {
+                        warn(&job.id, &format!("{name}: {w}"));
+                    }
+                }
+                let format = match shot.format {
+                    OutputFormat::Png => "png",
+                    OutputFormat::Jpeg { .. } => "jpeg",
+                    OutputFormat::WebP => "webp",
+                };
+                outputs.push(NewOutput { bytes: shot.encoded, format: format.into(), width: shot.width, height: shot.height });
+            }
+        }
+        Ok(outputs)
+    }
+}
