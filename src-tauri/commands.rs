@@ -48,6 +48,66 @@ pub struct AppInfo {
     pub max_photo_bytes: usize,
     /// The CPU / GPU choice and whether this build can use a GPU.
     pub device: Option<crate::models::DeviceInfo>,
+    /// Which settings the organisation's machine policy decides.
+    pub policy: PolicyView,
+}
+
+/// Whether a setting is decided by the machine policy, and where that policy lives.
+#[derive(Debug, Serialize)]
+pub struct ManagedView {
+    pub managed: bool,
+    pub source: Option<String>,
+}
+
+impl<T> From<&likeness_core::policy::Managed<T>> for ManagedView {
+    fn from(m: &likeness_core::policy::Managed<T>) -> Self {
+        ManagedView { managed: m.managed, source: m.source.clone() }
+    }
+}
+
+/// The machine policy as the page shows it (no paths: only whether folders are managed).
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    pub retention_days: ManagedView,
+    pub retention_min_days: u32,
+    pub retention_max_days: u32,
+    /// Whether the bounds come from the policy.
+    pub retention_bounds: ManagedView,
+    pub export_formats: Vec<String>,
+    pub export_formats_managed: ManagedView,
+    pub looks: Vec<String>,
+    pub data_dir: ManagedView,
+    pub models_dir: ManagedView,
+    pub model_import_allowed: bool,
+    pub model_import: ManagedView,
+    /// Why the policy file was refused (the safe defaults apply).
+    pub refused: Option<String>,
+}
+
+pub fn policy_view(p: &likeness_core::policy::Policy) -> PolicyView {
+    use likeness_core::policy::PolicyStatus;
+    let (min, max) = p.retention_bounds();
+    let bounds_managed = p.retention_min_days.managed || p.retention_max_days.managed;
+    PolicyView {
+        retention_days: (&p.retention_days).into(),
+        retention_min_days: min,
+        retention_max_days: max,
+        retention_bounds: ManagedView {
+            managed: bounds_managed,
+            source: p.retention_min_days.source.clone().or_else(|| p.retention_max_days.source.clone()),
+        },
+        export_formats: p.allowed_export_formats.value.clone(),
+        export_formats_managed: (&p.allowed_export_formats).into(),
+        looks: p.allowed_looks.value.clone(),
+        data_dir: (&p.data_dir).into(),
+        models_dir: (&p.models_dir).into(),
+        model_import_allowed: p.allow_model_import.value,
+        model_import: (&p.allow_model_import).into(),
+        refused: match &p.status {
+            PolicyStatus::Refused { reason } => Some(reason.clone()),
+            _ => None,
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -210,6 +270,7 @@ pub fn app_info(state: State<'_, AppState>) -> AppInfo {
         max_photos: MAX_PHOTOS,
         max_photo_bytes: MAX_PHOTO_BYTES,
         device: crate::models::device_info(&state).ok(),
+        policy: policy_view(&state.policy()),
     }
 }
 

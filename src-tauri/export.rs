@@ -131,6 +131,8 @@ pub fn render(state: &AppState, id: &OutputId, n: usize, options: &ExportOptions
         (info, bytes, settings, photo)
     };
     let format = options.output_format(&info.format)?;
+    // The organisation may allow only some formats (an export of an existing headshot too).
+    state.policy().check_export_format(format.extension())?;
     let (w, h) = (info.width, info.height);
     let target = options.max_side.filter(|&s| s < w.max(h));
     let stored_ext = info.format.parse::<OutputFormat>().ok().map(|f| f.extension());

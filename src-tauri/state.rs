@@ -33,6 +33,8 @@ pub struct Config {
     pub passphrase: Option<String>,
     /// Whether the background worker runs queued jobs (tests may turn it off).
     pub run_worker: bool,
+    /// The machine policy; `None`: this computer's (`Policy::machine()`). Tests pass their own.
+    pub policy: Option<Arc<likeness_core::policy::Policy>>,
 }
 
 /// A photo picked or dropped, held in memory until it joins a job or is removed.
@@ -101,10 +103,18 @@ impl Inner {
                     Some(p) => KeySource::passphrase(p),
                     None => KeySource::Auto,
                 };
-                Library::open(self.config.data_dir.as_deref(), keys).map(|l| Arc::new(Mutex::new(l))).map_err(IpcError::from)
+                let policy = self.policy();
+                Library::open_with_policy(self.config.data_dir.as_deref(), keys, Arc::new(likeness_core::SystemClock), policy)
+                    .map(|l| Arc::new(Mutex::new(l)))
+                    .map_err(IpcError::from)
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The machine policy in force (managed settings show as such in the page).
+    pub fn policy(&self) -> Arc<likeness_core::policy::Policy> {
+        self.config.policy.clone().unwrap_or_else(likeness_core::policy::Policy::machine)
     }
 
     /// The face and segmentation models, loaded (and checked against the manifest) on first use.

@@ -36,6 +36,27 @@ export interface AppInfo {
   max_photos: number;
   max_photo_bytes: number;
   device: DeviceInfo | null;
+  policy: PolicyView;
+}
+
+export interface ManagedView {
+  managed: boolean;
+  source: string | null;
+}
+
+export interface PolicyView {
+  retention_days: ManagedView;
+  retention_min_days: number;
+  retention_max_days: number;
+  retention_bounds: ManagedView;
+  export_formats: string[];
+  export_formats_managed: ManagedView;
+  looks: string[];
+  data_dir: ManagedView;
+  models_dir: ManagedView;
+  model_import_allowed: boolean;
+  model_import: ManagedView;
+  refused: string | null;
 }
 
 export interface DeviceInfo {

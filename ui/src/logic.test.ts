@@ -15,6 +15,7 @@ import {
   formatDuration,
   galleryOrder,
   imageUrl,
+  managedHint,
   parseRetention,
   percent,
   remainingSeconds,
@@ -126,6 +127,11 @@ describe("validation", () => {
     expect(parseRetention("4000")).toHaveProperty("error");
     expect(parseRetention("1.5")).toHaveProperty("error");
     expect(parseRetention("")).toHaveProperty("error");
+    // Bounds set by the organisation's policy.
+    expect(parseRetention("5", 7, 90)).toEqual({ error: "Choose between 7 and 90 days." });
+    expect(parseRetention("90", 7, 90)).toEqual({ days: 90 });
+    expect(managedHint("/etc/likeness/policy.json")).toBe("Set by your organisation's policy (/etc/likeness/policy.json).");
+    expect(managedHint(null)).toBe("Set by your organisation's policy.");
   });
 });
 

@@ -158,13 +158,19 @@ export function validatePhotos<T extends PhotoCandidate>(
   return { accepted, errors };
 }
 
-/** Retention days typed by the person: an integer 1..3650, or an error in plain words. */
-export function parseRetention(text: string): { days: number } | { error: string } {
+/** Retention days typed by the person: an integer within the bounds (1..3650 unless the
+ * organisation's policy sets others), or an error in plain words. */
+export function parseRetention(text: string, min = 1, max = 3650): { days: number } | { error: string } {
   const t = text.trim();
   if (!/^\d+$/.test(t)) return { error: "Enter a whole number of days." };
   const days = Number(t);
-  if (days < 1 || days > 3650) return { error: "Choose between 1 and 3650 days." };
+  if (days < min || days > max) return { error: `Choose between ${min} and ${max} days.` };
   return { days };
+}
+
+/** The hint under a setting the organisation manages. */
+export function managedHint(source: string | null): string {
+  return source ? `Set by your organisation's policy (${source}).` : "Set by your organisation's policy.";
 }
 
 /** URL of an image served by the app's `likeness:` scheme (Windows maps custom schemes to http). */

@@ -13,6 +13,7 @@ import {
   exportSize,
   failureHint,
   galleryOrder,
+  managedHint,
   templateError,
   formatBytes,
   imageUrl,
@@ -690,6 +691,41 @@ async function showLicense(id: string) {
 }
 
 // ---- Preferences ----
+/** Managed settings: a badge, the reason, and the control disabled where nothing is left to choose. */
+function applyPolicy() {
+  const p = info?.policy;
+  if (!p) return;
+  const bounds = p.retention_bounds.managed || p.retention_days.managed;
+  $("retention-managed").hidden = !bounds;
+  const input = $input("retention");
+  if (bounds) {
+    const fixed = p.retention_min_days === p.retention_max_days;
+    $("retention-help").textContent = fixed
+      ? `${managedHint(p.retention_bounds.source ?? p.retention_days.source)} Headshots are deleted after ${p.retention_max_days} days.`
+      : `${managedHint(p.retention_bounds.source ?? p.retention_days.source)} Choose between ${p.retention_min_days} and ${p.retention_max_days} days. Exported files are never touched.`;
+    input.disabled = fixed;
+    (document.querySelector("#retention-form button[type=submit]") as HTMLButtonElement).disabled = fixed;
+  }
+  $("data-dir-managed").hidden = !p.data_dir.managed;
+  $("models-managed").hidden = !p.models_dir.managed;
+  // Formats the organisation does not allow stay visible, disabled, with the reason.
+  $("export-format-managed").hidden = !p.export_formats_managed.managed;
+  const allowed = (v: string) => v === "original" || p.export_formats.includes(v === "jpeg" ? "jpg" : v);
+  for (const id of ["export-format", "format", "batch-format"]) {
+    const sel = $select(id);
+    for (const o of Array.from(sel.options)) {
+      if (!allowed(o.value)) {
+        o.disabled = true;
+        if (!o.textContent?.endsWith("(blocked by your organisation)")) o.textContent = `${o.textContent} (blocked by your organisation)`;
+      }
+    }
+    if (sel.selectedOptions[0]?.disabled) {
+      const first = Array.from(sel.options).find((o) => !o.disabled);
+      if (first) sel.value = first.value;
+    }
+  }
+}
+
 function renderDevice() {
   const d = info?.device;
   const gpu = $input("device-gpu");
@@ -711,13 +747,14 @@ function setupPrefs() {
       } catch (e) {
         $("device-msg").textContent = errorText(e);
         renderDevice();
+  applyPolicy();
       }
     });
   }
   $("license-close").addEventListener("click", () => $dialog("license").close());
   $("retention-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const parsed = parseRetention($input("retention").value);
+    const parsed = parseRetention($input("retention").value, info?.policy.retention_min_days ?? 1, info?.policy.retention_max_days ?? 3650);
     const msg = $("retention-msg");
     if ("error" in parsed) {
       msg.textContent = parsed.error;
