@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -377,8 +377,19 @@ def main(app):
             wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, "#outputs li.output").get_attribute("class").find("favourite") >= 0)
             assert driver.execute_script("return document.querySelector(\"#outputs [data-action='favourite']\").getAttribute('aria-pressed')") == "true"
             Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
-            Select(driver.find_element(By.ID, "export-format")).select_by_value("jpg")
-            Select(driver.find_element(By.ID, "export-size")).select_by_value("1024")
+            for sel, value in [("export-format", "jpg"), ("export-size", "1024")]:
+                # A native option menu that was just closed can leave the next select busy a moment.
+                for attempt in range(5):
+                    try:
+                        el = driver.find_element(By.ID, sel)
+                        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+                        Select(el).select_by_value(value)
+                        break
+                    except ElementNotInteractableException:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.3)
+                assert driver.find_element(By.ID, sel).get_attribute("value") == value
             tpl = driver.find_element(By.ID, "export-template")
             tpl.clear()
             tpl.send_keys("e2e-{preset}-{n}")
