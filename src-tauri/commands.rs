@@ -46,6 +46,68 @@ pub struct AppInfo {
     pub formats: Vec<Choice>,
     pub max_photos: usize,
     pub max_photo_bytes: usize,
+    /// The CPU / GPU choice and whether this build can use a GPU.
+    pub device: Option<crate::models::DeviceInfo>,
+    /// Which settings the organisation's machine policy decides.
+    pub policy: PolicyView,
+}
+
+/// Whether a setting is decided by the machine policy, and where that policy lives.
+#[derive(Debug, Serialize)]
+pub struct ManagedView {
+    pub managed: bool,
+    pub source: Option<String>,
+}
+
+impl<T> From<&likeness_core::policy::Managed<T>> for ManagedView {
+    fn from(m: &likeness_core::policy::Managed<T>) -> Self {
+        ManagedView { managed: m.managed, source: m.source.clone() }
+    }
+}
+
+/// The machine policy as the page shows it (no paths: only whether folders are managed).
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    pub retention_days: ManagedView,
+    pub retention_min_days: u32,
+    pub retention_max_days: u32,
+    /// Whether the bounds come from the policy.
+    pub retention_bounds: ManagedView,
+    pub export_formats: Vec<String>,
+    pub export_formats_managed: ManagedView,
+    pub looks: Vec<String>,
+    pub data_dir: ManagedView,
+    pub models_dir: ManagedView,
+    pub model_import_allowed: bool,
+    pub model_import: ManagedView,
+    /// Why the policy file was refused (the safe defaults apply).
+    pub refused: Option<String>,
+}
+
+pub fn policy_view(p: &likeness_core::policy::Policy) -> PolicyView {
+    use likeness_core::policy::PolicyStatus;
+    let (min, max) = p.retention_bounds();
+    let bounds_managed = p.retention_min_days.managed || p.retention_max_days.managed;
+    PolicyView {
+        retention_days: (&p.retention_days).into(),
+        retention_min_days: min,
+        retention_max_days: max,
+        retention_bounds: ManagedView {
+            managed: bounds_managed,
+            source: p.retention_min_days.source.clone().or_else(|| p.retention_max_days.source.clone()),
+        },
+        export_formats: p.allowed_export_formats.value.clone(),
+        export_formats_managed: (&p.allowed_export_formats).into(),
+        looks: p.allowed_looks.value.clone(),
+        data_dir: (&p.data_dir).into(),
+        models_dir: (&p.models_dir).into(),
+        model_import_allowed: p.allow_model_import.value,
+        model_import: (&p.allow_model_import).into(),
+        refused: match &p.status {
+            PolicyStatus::Refused { reason } => Some(reason.clone()),
+            _ => None,
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -64,11 +126,14 @@ pub struct OutputView {
     pub size: u64,
     pub created_at: i64,
     pub expires_at: i64,
+    pub favourite: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: JobId,
+    /// The batch the job belongs to (its jobs show on the Batch screen, not in the Queue).
+    pub group_id: Option<String>,
     pub state: JobState,
     pub stage: Option<String>,
     pub progress: f32,
@@ -80,14 +145,6 @@ pub struct JobView {
     pub inputs: Vec<String>,
     pub settings: serde_json::Value,
     pub outputs: Vec<OutputView>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ExportResult {
-    /// False when the person closed the dialog without saving.
-    pub saved: bool,
-    /// The file name written (the folder stays on this side).
-    pub file_name: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +176,7 @@ fn output_view(o: &OutputInfo) -> OutputView {
         size: o.size,
         created_at: o.created_at,
         expires_at: o.expires_at,
+        favourite: o.favourite,
     }
 }
 
@@ -128,6 +186,7 @@ fn job_view(j: JobInfo) -> JobView {
         outputs: j.outputs.iter().map(output_view).collect(),
         inputs: j.inputs.into_iter().map(|i| i.name).collect(),
         id: j.id,
+        group_id: j.group_id,
         state: j.state,
         stage: j.stage,
         progress: j.progress,
@@ -210,6 +269,8 @@ pub fn app_info(state: State<'_, AppState>) -> AppInfo {
         formats: vec![choice("png", "PNG (lossless)"), choice("jpg", "JPEG"), choice("webp", "WebP (lossless)")],
         max_photos: MAX_PHOTOS,
         max_photo_bytes: MAX_PHOTO_BYTES,
+        device: crate::models::device_info(&state).ok(),
+        policy: policy_view(&state.policy()),
     }
 }
 
@@ -329,6 +390,7 @@ pub fn create_job(photos: Vec<String>, settings: StudioSettings, state: State<'_
         return Err(IpcError::invalid(format!("choose 1 to {MAX_PHOTOS} photos (got {})", photos.len())));
     }
     // Every option is checked before anything is stored.
+    check_backdrop(&settings.backdrop)?;
     settings.request(assets_dir().as_deref())?;
     let lib = state.library()?;
     let (inputs, before) = {
@@ -353,6 +415,17 @@ pub fn create_job(photos: Vec<String>, settings: StudioSettings, state: State<'_
     Ok(id)
 }
 
+/// The page names backdrops by id (`image:warm-beige`), never by path: a backdrop image from a
+/// path is for the command line only.
+pub fn check_backdrop(spec: &str) -> Res<()> {
+    match spec.strip_prefix("image:") {
+        Some(name) if name.is_empty() || name.contains(['/', '\\', '.', ':']) => {
+            Err(IpcError::invalid(format!("backdrop '{spec}' is not one of the bundled backdrops; choose one from the list")))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[tauri::command]
 pub fn list_jobs(state: State<'_, AppState>) -> Res<Vec<JobView>> {
     let jobs = lock(state.library()?).list_jobs()?;
@@ -374,48 +447,6 @@ pub fn delete_job(id: JobId, state: State<'_, AppState>) -> Res<()> {
 #[tauri::command]
 pub fn delete_output(id: OutputId, state: State<'_, AppState>) -> Res<()> {
     Ok(lock(state.library()?).delete_output(&id)?)
-}
-
-/// The suggested file name of an export: `likeness-<preset>-<output id>.<ext>`.
-pub fn export_name(preset: Option<&str>, id: &OutputId, format: &str) -> String {
-    let ext = match format {
-        "jpeg" | "jpg" => "jpg",
-        "webp" => "webp",
-        _ => "png",
-    };
-    let preset: String = preset.unwrap_or("headshot").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    let short: String = id.0.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
-    format!("likeness-{preset}-{short}.{ext}")
-}
-
-/// Asks where to save an output (native save dialog) and writes the decrypted file there.
-#[tauri::command]
-pub async fn export_output<R: Runtime>(id: OutputId, app: AppHandle<R>, state: State<'_, AppState>) -> Res<ExportResult> {
-    let (info, preset) = {
-        let lib = lock(state.library()?);
-        let info = lib.output_info(&id)?;
-        let preset = lib
-            .get_job(&info.job_id)
-            .ok()
-            .and_then(|j| serde_json::from_str::<StudioSettings>(&j.settings_json).ok())
-            .map(|s| s.preset);
-        (info, preset)
-    };
-    let name = export_name(preset.as_deref(), &id, &info.format);
-    let dialog = app.dialog().file().set_title("Export headshot").set_file_name(&name);
-    let chosen = tauri::async_runtime::spawn_blocking(move || dialog.blocking_save_file())
-        .await
-        .map_err(|e| IpcError::new("internal", format!("the save dialog failed: {e}")))?;
-    let Some(chosen) = chosen else { return Ok(ExportResult { saved: false, file_name: None }) };
-    let path = chosen.into_path().map_err(|e| IpcError::new("io", format!("the chosen place cannot be written: {e}")))?;
-    write_export(&state, &id, &path)
-}
-
-/// Writes an output, decrypted, to `path` (what the save dialog chose).
-pub fn write_export(state: &AppState, id: &OutputId, path: &Path) -> Res<ExportResult> {
-    let bytes = lock(state.library()?).get_output(id)?;
-    std::fs::write(path, &bytes[..]).map_err(|e| IpcError::new("io", format!("could not write {}: {e}; choose another folder", path.display())))?;
-    Ok(ExportResult { saved: true, file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()) })
 }
 
 #[tauri::command]

@@ -3,8 +3,11 @@
 //! (src-tauri/protocol.rs), and one background thread works the job queue (src-tauri/worker.rs).
 //! No model math and no SQL here.
 
+pub mod batch;
 pub mod commands;
 pub mod error;
+pub mod export;
+pub mod models;
 pub mod protocol;
 pub mod startup;
 pub mod state;
@@ -47,10 +50,19 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri:
             commands::cancel_job,
             commands::delete_job,
             commands::delete_output,
-            commands::export_output,
+            export::export_output,
+            export::export_outputs,
+            export::set_favourite,
             commands::set_retention_days,
             commands::delete_all_data,
             commands::preview_photo,
+            batch::pick_folder,
+            batch::start_batch,
+            batch::batch_status,
+            batch::cancel_batch,
+            models::list_models,
+            models::model_license,
+            models::set_device,
         ])
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub passphrase: Option<String>,
     /// Whether the background worker runs queued jobs (tests may turn it off).
     pub run_worker: bool,
+    /// The machine policy; `None`: this computer's (`Policy::machine()`). Tests pass their own.
+    pub policy: Option<Arc<likeness_core::policy::Policy>>,
 }
 
 /// A photo picked or dropped, held in memory until it joins a job or is removed.
@@ -56,6 +58,10 @@ pub struct Inner {
     library: OnceLock<Result<Arc<Mutex<Library>>, IpcError>>,
     models: OnceLock<Result<Arc<StudioModels>, IpcError>>,
     pub staged: Mutex<HashMap<String, Staged>>,
+    /// Folders picked for batches (by token) and the batches started in this session.
+    pub batches: Mutex<crate::batch::Batches>,
+    /// The device the models were loaded on ("cpu" until they are loaded on a GPU).
+    active_device: Mutex<&'static str>,
     /// The photos of jobs made in this session, for the gallery's before/after: the library deletes
     /// a job's photos once no job needs them, so after a restart only the headshot remains.
     /// Memory only, newest [`MAX_BEFORE_JOBS`] jobs.
@@ -73,6 +79,8 @@ impl AppState {
             library: OnceLock::new(),
             models: OnceLock::new(),
             staged: Mutex::new(HashMap::new()),
+            batches: Mutex::new(crate::batch::Batches::default()),
+            active_device: Mutex::new("cpu"),
             before: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             wake: (Mutex::new(true), Condvar::new()),
@@ -95,10 +103,18 @@ impl Inner {
                     Some(p) => KeySource::passphrase(p),
                     None => KeySource::Auto,
                 };
-                Library::open(self.config.data_dir.as_deref(), keys).map(|l| Arc::new(Mutex::new(l))).map_err(IpcError::from)
+                let policy = self.policy();
+                Library::open_with_policy(self.config.data_dir.as_deref(), keys, Arc::new(likeness_core::SystemClock), policy)
+                    .map(|l| Arc::new(Mutex::new(l)))
+                    .map_err(IpcError::from)
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The machine policy in force (managed settings show as such in the page).
+    pub fn policy(&self) -> Arc<likeness_core::policy::Policy> {
+        self.config.policy.clone().unwrap_or_else(likeness_core::policy::Policy::machine)
     }
 
     /// The face and segmentation models, loaded (and checked against the manifest) on first use.
@@ -108,18 +124,31 @@ impl Inner {
                 let store = ModelStore::discover(self.config.models_dir.as_deref())
                     .map_err(|e| IpcError::new("models_missing", e.to_string()))?;
                 let bytes = store.studio_model_bytes().map_err(|e| IpcError::new("models_missing", e.to_string()))?;
+                let device = self.chosen_device();
+                *lock(&self.active_device) = if device.is_cpu() { "cpu" } else { "gpu" };
                 // Real-ESRGAN is read only when a job first asks for an output larger than its crop.
-                let upscaler = likeness_core::worker::upscaler_source(
-                    store,
-                    likeness_engine::upscale::REALESRGAN_X4PLUS,
-                    candle_core::Device::Cpu,
-                );
-                StudioModels::load(bytes, &candle_core::Device::Cpu)
+                let upscaler =
+                    likeness_core::worker::upscaler_source(store, likeness_engine::upscale::REALESRGAN_X4PLUS, device.clone());
+                StudioModels::load(bytes, &device)
                     .map(|m| Arc::new(m.with_upscaler(upscaler)))
                     .map_err(|e| IpcError::new("models_missing", format!("the bundled models could not be loaded ({e}); reinstall Likeness")))
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The device of the stored preference: the GPU when chosen and usable, else the CPU.
+    fn chosen_device(&self) -> candle_core::Device {
+        let pref = self.library().ok().and_then(|l| lock(l).preference(crate::models::DEVICE_PREF).ok().flatten());
+        match pref.as_deref() {
+            Some("gpu") => likeness_engine::device::select(likeness_engine::device::DevicePref::Gpu).unwrap_or(candle_core::Device::Cpu),
+            _ => candle_core::Device::Cpu,
+        }
+    }
+
+    /// "cpu" or "gpu": where the models run (once loaded).
+    pub fn active_device(&self) -> &'static str {
+        *lock(&self.active_device)
     }
 
     pub fn data_dir(&self) -> Result<PathBuf, IpcError> {

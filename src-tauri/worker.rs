@@ -64,6 +64,8 @@ pub fn spawn<R: Runtime>(app: AppHandle<R>, state: AppState) -> std::io::Result<
     std::thread::Builder::new().name("likeness-worker".into()).spawn(move || {
         while state.wait_for_work() {
             work_queue(&app, &state);
+            // Batches whose photos have all finished are exported and reported now.
+            crate::batch::finish_and_notify(&app, &state);
         }
     })
 }
@@ -96,6 +98,9 @@ fn work_queue<R: Runtime>(app: &AppHandle<R>, state: &AppState) {
     let runner = StudioRunner { models: &models, assets: assets_dir(), on_warning: Some(&warn) };
     let throttle = Throttle::default();
     let on_event = |e: WorkerEvent| {
+        if let WorkerEvent::Finished { job, .. } = &e {
+            crate::batch::job_finished(state, job);
+        }
         if let Some(ev) = throttle.filter(e, Instant::now()) {
             emit(app, ev);
         }

@@ -15,10 +15,23 @@ trap 'rm -rf "$WORK"' EXIT
 export LIKENESS_DATA_DIR="$WORK/data" LIKENESS_PASSPHRASE="likeness-e2e" NO_AT_BRIDGE=1
 rm -rf target/e2e-screenshots
 
+# A free pair of ports for tauri-driver and WebKitWebDriver (other test runs on this machine may
+# hold the defaults, 4444/4445): LIKENESS_E2E_PORT, else a random free one.
+free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+PORT="${LIKENESS_E2E_PORT:-}"
+if [ -z "$PORT" ]; then
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 20000))
+    if free "$p" && free "$((p + 1))"; then PORT=$p; break; fi
+  done
+fi
+[ -n "$PORT" ] || { echo "e2e: no free port found; set LIKENESS_E2E_PORT" >&2; exit 1; }
+export LIKENESS_E2E_PORT="$PORT" TAURI_DRIVER_URL="http://127.0.0.1:$PORT"
+
 run() {
   xvfb-run -a -s "-screen 0 1280x800x24" bash -c '
-    tauri-driver --port 4444 >target/e2e-tauri-driver.log 2>&1 & TD=$!
-    for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/4444) 2>/dev/null && break; sleep 0.1; done
+    tauri-driver --port "$LIKENESS_E2E_PORT" --native-port "$((LIKENESS_E2E_PORT + 1))" >target/e2e-tauri-driver.log 2>&1 & TD=$!
+    for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$LIKENESS_E2E_PORT") 2>/dev/null && break; sleep 0.1; done
     rc=0
     .ci/venv/bin/python tests/e2e/test_e2e.py "$0" || rc=$?
     kill $TD 2>/dev/null; wait $TD 2>/dev/null || true

@@ -161,3 +161,29 @@ fn preview_finds_the_face_and_the_crop() {
     assert!(p["faces"].as_array().is_some_and(|f| f.is_empty()), "{p}");
     assert!(p["notes"][0].as_str().is_some_and(|n| n.contains("No face")), "{p}");
 }
+
+#[test]
+fn settings_managed_by_the_machine_policy_show_as_managed() {
+    let json = br#"{"retention_min_days": 7, "retention_max_days": 7, "allowed_export_formats": ["png"], "allow_model_import": false}"#;
+    let policy = likeness_core::policy::Policy::from_json(json, "/etc/likeness/policy.json");
+    let t = app_with(|d| likeness_app::Config { policy: Some(std::sync::Arc::new(policy)), ..config(d, false) });
+    let info = t.invoke("app_info", Value::Null).expect("app_info");
+    let p = &info["policy"];
+    assert_eq!(p["refused"], Value::Null, "{p}");
+    assert_eq!((p["retention_min_days"].as_u64(), p["retention_max_days"].as_u64()), (Some(7), Some(7)));
+    assert_eq!(p["retention_bounds"]["managed"], true);
+    assert_eq!(p["retention_bounds"]["source"], "/etc/likeness/policy.json");
+    assert_eq!(p["export_formats"], json!(["png"]));
+    assert_eq!(p["export_formats_managed"]["managed"], true);
+    assert_eq!(p["model_import_allowed"], false);
+    assert_eq!(p["data_dir"]["managed"], false);
+    assert_eq!(info["retention_days"], 7, "the retention is clamped to the policy's bounds");
+    // The page cannot change what the policy fixes.
+    assert_eq!(code(t.invoke("set_retention_days", json!({"days": 30}))), "policy");
+
+    // Without a policy nothing is managed.
+    let t = app();
+    let p = t.invoke("app_info", Value::Null).expect("app_info")["policy"].clone();
+    assert_eq!(p["retention_bounds"]["managed"], false);
+    assert_eq!(p["export_formats"], json!(["png", "jpg", "webp"]));
+}

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use likeness_app::export::{self, ExportOptions};
 use likeness_core::OutputId;
 use serde_json::{json, Value};
 use tauri::Listener;
@@ -68,14 +69,47 @@ fn a_job_runs_to_a_headshot_that_can_be_seen_exported_and_deleted() {
     assert_eq!(before.body(), &photo());
     assert_eq!(likeness_app::protocol::serve(&state, &format!("/input/{}/5", id.as_str().expect("id"))).status(), 404);
 
-    // Export writes the decrypted file where the dialog pointed.
+    // Favourites: stored with the output, shown in the job list.
+    t.invoke("set_favourite", json!({"id": oid, "favourite": true})).expect("star");
+    assert_eq!(t.jobs()[0]["outputs"][0]["favourite"], true);
+    assert_eq!(code(t.invoke("set_favourite", json!({"id": "no-such-output", "favourite": true}))), "not_found");
+
+    // Export writes the decrypted file where the dialog pointed: as made ...
+    let oid_ = OutputId(oid.clone());
     let dest = t.dir.path().join("exported.png");
-    let res = likeness_app::commands::write_export(&state, &OutputId(oid.clone()), &dest).expect("export");
+    let res = export::write_to(&state, &oid_, &ExportOptions::default(), &dest).expect("export");
     assert!(res.saved);
-    assert_eq!(res.file_name.as_deref(), Some("exported.png"));
+    assert_eq!(res.files, ["exported.png"]);
     assert_eq!(std::fs::read(&dest).expect("exported file"), r.body().clone());
-    let bad = likeness_app::commands::write_export(&state, &OutputId(oid.clone()), &t.dir.path().join("no/such/dir/x.png"));
+    let bad = export::write_to(&state, &oid_, &ExportOptions::default(), &t.dir.path().join("no/such/dir/x.png"));
     assert_eq!(bad.map_err(|e| e.code), Err("io"));
+    // ... or converted: JPEG, 256 px on the longest side, a templated name; several into a
+    // folder never replace a file.
+    let opts = ExportOptions { format: "jpg".into(), max_side: Some(256), jpeg_quality: 90, template: "{photo}-{preset}-{size}-{n}".into() };
+    let folder = t.dir.path().join("several");
+    std::fs::create_dir(&folder).expect("folder");
+    let res = export::write_into(&state, &[oid_.clone(), oid_.clone()], &opts, &folder).expect("export several");
+    assert_eq!(res.files, ["grace-square-256x256-1.jpg", "grace-square-256x256-2.jpg"]);
+    let again = export::write_into(&state, &[oid_.clone()], &opts, &folder).expect("export again");
+    assert_eq!(again.files, ["grace-square-256x256-1-2.jpg"], "an existing file is never replaced");
+    let jpeg = std::fs::read(folder.join(&res.files[0])).expect("jpeg");
+    assert!(jpeg.starts_with(&[0xFF, 0xD8, 0xFF]));
+    let decoded = likeness_engine::image_io::decode(&jpeg, &Default::default()).expect("decodes");
+    assert_eq!(decoded.image.dimensions(), (256, 256));
+    // A larger size than the headshot never enlarges it; WebP is lossless.
+    let big = ExportOptions { format: "webp".into(), max_side: Some(4096), ..ExportOptions::default() };
+    let res = export::write_into(&state, &[oid_.clone()], &big, &folder).expect("webp");
+    let webp = std::fs::read(folder.join(&res.files[0])).expect("webp");
+    assert_eq!(likeness_app::commands::sniff_image(&webp), Some("image/webp"));
+    assert_eq!(likeness_engine::image_io::decode(&webp, &Default::default()).expect("decodes").image.dimensions(), (512, 512));
+    // Bad options are refused before any dialog opens.
+    let with = |o: Value| t.invoke("export_output", json!({"id": oid, "options": o}));
+    assert_eq!(code(with(json!({"format": "gif"}))), "invalid_input");
+    assert_eq!(code(with(json!({"max_side": 10}))), "invalid_input");
+    assert_eq!(code(with(json!({"template": "{nope}"}))), "invalid_input");
+    assert!(with(json!({"path": "/etc/passwd"})).is_err(), "unknown options are refused");
+    assert_eq!(code(t.invoke("export_outputs", json!({"ids": [], "options": {}}))), "invalid_input");
+    assert_eq!(code(t.invoke("export_outputs", json!({"ids": [oid, "no-such-output"], "options": {}}))), "not_found");
 
     t.invoke("delete_output", json!({"id": oid})).expect("delete output");
     assert_eq!(code(t.invoke("delete_output", json!({"id": oid}))), "not_found");

@@ -100,6 +100,13 @@ fn photo_names_and_ids_are_decoded_and_checked() {
     assert_eq!(likeness_app::commands::percent_decode("a%20b%2Fc%zz"), "a b/c%zz");
     assert_eq!(likeness_app::commands::sniff_image(b"GIF89a......"), None);
     assert_eq!(likeness_app::commands::sniff_image(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
-    let name = likeness_app::commands::export_name(Some("passport-eu"), &likeness_core::OutputId("ab12-cd34-ef56".into()), "jpeg");
-    assert_eq!(name, "likeness-passport-eu-ab12cd34.jpg");
+    assert_eq!(likeness_app::export::date_of(0), "1970-01-01");
+    assert_eq!(likeness_app::export::date_of(1_800_000_000), "2027-01-15");
+    assert_eq!(likeness_app::export::date_of(951_782_400), "2000-02-29");
+    // Backdrops are named, never given as paths by the page.
+    use likeness_app::commands::check_backdrop;
+    assert!(check_backdrop("image:warm-beige").is_ok() && check_backdrop("navy").is_ok());
+    for bad in ["image:/etc/passwd", "image:../x", "image:a.jpg", "image:", "image:C:x"] {
+        assert_eq!(check_backdrop(bad).map_err(|e| e.code), Err("invalid_input"), "{bad}");
+    }
 }

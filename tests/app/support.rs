@@ -24,7 +24,7 @@ pub fn photo() -> Vec<u8> {
 }
 
 pub fn config(dir: &tempfile::TempDir, run_worker: bool) -> Config {
-    Config { data_dir: Some(dir.path().join("data")), models_dir: None, passphrase: Some("mock-runtime-test".into()), run_worker }
+    Config { data_dir: Some(dir.path().join("data")), models_dir: None, passphrase: Some("mock-runtime-test".into()), run_worker, policy: None }
 }
 
 pub fn app_with(config_for: impl FnOnce(&tempfile::TempDir) -> Config) -> TestApp {

@@ -20,6 +20,8 @@ import traceback
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
@@ -66,7 +68,8 @@ def screen_shot(name):
 
 
 def wait(driver, seconds=20):
-    return WebDriverWait(driver, seconds, poll_frequency=0.2)
+    # Lists are re-rendered as progress comes in: an element may be replaced while it is read.
+    return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
 
 
 def ready(driver):
@@ -74,9 +77,16 @@ def ready(driver):
 
 
 def click(driver, css):
-    el = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css)))
-    el.click()
-    return el
+    # Lists are re-rendered as progress comes in: a row found a moment ago may be replaced.
+    for attempt in range(5):
+        el = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css)))
+        try:
+            el.click()
+            return el
+        except StaleElementReferenceException:
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
 
 
 def drive_save_dialog(path, errors):
@@ -123,10 +133,126 @@ def drive_open_dialog(path, errors):
         errors.append(f"driving the open dialog failed: {e}")
 
 
+def drive_dialog(title, path, errors, shot_name=None, location=True, folder=False):
+    """Types `path` into the GTK file dialog titled `title` (location bar) and presses Enter. For a
+    folder picker, the folder itself is chosen."""
+    try:
+        win = subprocess.run(["xdotool", "search", "--sync", "--name", title], capture_output=True, text=True, timeout=30).stdout.split()
+        if not win:
+            errors.append(f"the dialog '{title}' did not appear")
+            return
+        time.sleep(0.8)
+        subprocess.run(["xdotool", "windowfocus", "--sync", win[-1]], check=True, timeout=10)
+        if folder:
+            # Out of "Recent" (where no folder can be chosen) into the home folder first.
+            subprocess.run(["xdotool", "key", "--clearmodifiers", "alt+Home"], check=True, timeout=10)
+            time.sleep(0.6)
+        if location:
+            subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+l"], check=True, timeout=10)
+            time.sleep(0.6)
+        subprocess.run(["xdotool", "key", "--clearmodifiers", "ctrl+a"], check=True, timeout=10)
+        subprocess.run(["xdotool", "type", "--delay", "20", path], check=True, timeout=30)
+        time.sleep(0.5)
+        if shot_name:
+            screen_shot(shot_name)
+        if folder:
+            # GTK completes a folder's name with "/" (selected): removing it makes Enter choose
+            # the folder instead of opening it.
+            subprocess.run(["xdotool", "key", "Delete"], check=True, timeout=10)
+            time.sleep(0.3)
+        subprocess.run(["xdotool", "key", "Return"], check=True, timeout=10)
+    except Exception as e:
+        errors.append(f"driving the dialog '{title}' failed: {e}")
+
+
+def with_dialog(driver, css, title, path, shot_name=None, folder=False):
+    """Clicks `css`, which opens a native dialog, and answers it with `path`."""
+    errors = []
+    t = threading.Thread(target=drive_dialog, args=(title, str(path), errors, shot_name, True, folder))
+    t.start()
+    click(driver, css)
+    t.join(90)
+    assert not errors, errors
+
+
+FOCUSABLE_JS = """
+const panel = document.querySelector('main section:not([hidden])');
+const all = [...document.querySelectorAll('header button[role=tab][tabindex="0"], #' + panel.id + ' :is(button, input, select, textarea, a[href], [tabindex="0"])')];
+return all.filter(e => !e.disabled && e.offsetParent !== null && getComputedStyle(e).visibility !== 'hidden').map(e => {
+  if (!e.dataset.e2e) e.dataset.e2e = 'k' + Math.random().toString(36).slice(2);
+  return e.dataset.e2e;
+});
+"""
+
+ACTIVE_JS = """
+const e = document.activeElement;
+if (!e || e === document.body) return null;
+if (!e.dataset.e2e) e.dataset.e2e = 'k' + Math.random().toString(36).slice(2);
+const st = getComputedStyle(e);
+const r = e.getBoundingClientRect();
+return [e.dataset.e2e, st.outlineStyle, parseFloat(st.outlineWidth) || 0, r.width > 0 && r.height > 0, e.id || e.textContent.trim().slice(0, 30)];
+"""
+
+OVERFLOW_JS = """
+const m = document.querySelector('main');
+return [document.documentElement.scrollWidth - document.documentElement.clientWidth, m.scrollWidth - m.clientWidth];
+"""
+
+
+def count(driver, css):
+    """How many elements match (read in the page: a list re-rendered meanwhile can't go stale)."""
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length", css)
+
+
+def keys(driver, *k):
+    """Presses keys on whatever has focus (W3C actions: no element lookup, which CSS zoom confuses)."""
+    ActionChains(driver).send_keys(*k).perform()
+
+
+def keyboard_sweep(driver, screen):
+    """Every control of the shown screen is reached by Tab, each with a visible focus ring. Focus
+    starts on the screen's tab, reached with the arrow keys."""
+    wanted = set(driver.execute_script(FOCUSABLE_JS))
+    assert wanted, f"{screen}: no controls found"
+    reached, no_ring = set(), []
+
+    def record():
+        a = driver.execute_script(ACTIVE_JS)
+        if a is None:
+            return
+        key, style, width, shown, name = a
+        if key in wanted and key not in reached:
+            reached.add(key)
+            if style == "none" or width < 2 or not shown:
+                no_ring.append(name)
+
+    record()
+    for _ in range(len(wanted) * 2 + 10):
+        keys(driver, Keys.TAB)
+        record()
+        if reached == wanted:
+            break
+    missing = driver.execute_script(
+        "return arguments[0].map(k => { const e = document.querySelector(`[data-e2e=\"${k}\"]`); return e ? (e.id || e.getAttribute('aria-label') || e.textContent.trim().slice(0, 30)) : k; })",
+        sorted(wanted - reached),
+    )
+    assert not missing, f"{screen}: not reachable by Tab: {missing}"
+    assert not no_ring, f"{screen}: no visible focus ring on {no_ring}"
+
+
 def main(app):
     results = []
     export_dir = Path(tempfile.mkdtemp(prefix="likeness-e2e-export-"))
     exported = export_dir / "my-headshot.png"
+    several_dir = export_dir / "several"
+    several_dir.mkdir()
+    batch_in = export_dir / "batch-in"
+    batch_out = export_dir / "batch-out"
+    batch_in.mkdir()
+    batch_out.mkdir()
+    for name in ["a", "b", "c"]:
+        (batch_in / f"{name}.jpg").write_bytes(PHOTO.read_bytes())
+    (batch_in / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
 
     def step(name, fn):
         t0 = time.monotonic()
@@ -244,6 +370,135 @@ def main(app):
             assert name == PHOTO.name, name
 
         step("choose a photo with the native open dialog", pick_with_dialog)
+
+        def favourite_and_export_several():
+            click(driver, "#tab-gallery")
+            star = click(driver, "#outputs [data-action='favourite']")
+            wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, "#outputs li.output").get_attribute("class").find("favourite") >= 0)
+            assert driver.execute_script("return document.querySelector(\"#outputs [data-action='favourite']\").getAttribute('aria-pressed')") == "true"
+            Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
+            for sel, value in [("export-format", "jpg"), ("export-size", "1024")]:
+                # A native option menu that was just closed can leave the next select busy a moment.
+                for attempt in range(5):
+                    try:
+                        el = driver.find_element(By.ID, sel)
+                        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+                        Select(el).select_by_value(value)
+                        break
+                    except ElementNotInteractableException:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.3)
+                assert driver.find_element(By.ID, sel).get_attribute("value") == value
+            tpl = driver.find_element(By.ID, "export-template")
+            tpl.clear()
+            tpl.send_keys("e2e-{preset}-{n}")
+            click(driver, "#select-all")
+            wait(driver).until(lambda d: d.find_element(By.ID, "export-selected").is_enabled())
+            shot(driver, "08b-gallery-favourite-export-options")
+            with_dialog(driver, "#export-selected", "Export headshots to a folder", several_dir, folder=True)
+            wait(driver, 30).until(lambda d: "Saved" in d.find_element(By.ID, "export-msg").text)
+            files = sorted(p.name for p in several_dir.iterdir())
+            assert files == ["e2e-portrait-1.jpg"], files
+            assert (several_dir / files[0]).read_bytes()[:3] == b"\xff\xd8\xff"
+            del star
+
+        step("favourite a headshot; export several with format, size and name", favourite_and_export_several)
+
+        def cancel_job():
+            click(driver, "#tab-create")
+            b64 = base64.b64encode(PHOTO.read_bytes()).decode()
+            for n in range(3):
+                driver.execute_async_script(DROP_JS, b64, f"cancel-{n}.jpg")
+            wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 3)
+            before = len(driver.execute_script("return [...document.querySelectorAll('#outputs li.output')]"))
+            click(driver, "#start")
+            wait(driver).until(lambda d: d.find_element(By.ID, "queue").is_displayed())
+            row = "#jobs li.job:last-child"
+            click(driver, f"{row} button")
+            wait(driver, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "cancelled")
+            shot(driver, "08c-queue-cancelled")
+            assert "Cancelled" in driver.execute_script(f"return document.querySelector('{row} .state').textContent")
+            job_id = driver.execute_script(f"return document.querySelector('{row}').dataset.job")
+            outs = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1]; window.__TAURI__.core.invoke('list_jobs').then(j => done(j.find(x => x.id === arguments[0]).outputs.length))",
+                job_id,
+            )
+            assert outs == 0, f"a cancelled job left {outs} outputs"
+            click(driver, "#tab-gallery")
+            after = count(driver, "#outputs li.output")
+            assert after == before, (before, after)
+
+        step("cancel a job from the Queue: cancelled, no output", cancel_job)
+
+        def batch():
+            click(driver, "#tab-batch")
+            shot(driver, "08d-batch-empty")
+            with_dialog(driver, "#batch-in", "Choose the folder of photos", batch_in, "08d-batch-folder-dialog", folder=True)
+            wait(driver).until(lambda d: d.find_element(By.ID, "batch-in-name").text == batch_in.name)
+            with_dialog(driver, "#batch-out", "Choose where the headshots go", batch_out, folder=True)
+            wait(driver).until(lambda d: d.find_element(By.ID, "batch-out-name").text == batch_out.name)
+            click(driver, "#batch-start")
+            wait(driver).until(lambda d: d.find_element(By.ID, "batch-run").is_displayed())
+            wait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#batch-files li[data-state='running'], #batch-files li[data-state='done']"))
+            shot(driver, "08e-batch-running")
+            wait(driver, 600).until(lambda d: "Finished" in d.find_element(By.ID, "batch-summary").text)
+            summary = driver.find_element(By.ID, "batch-summary").text
+            assert "3 made" in summary and "1 failed" in summary, summary
+            assert "broken.jpg" in summary, summary
+            shot(driver, "08f-batch-report")
+            made = sorted(p.name for p in batch_out.iterdir() if p.suffix == ".png")
+            assert made == ["a-square.png", "b-square.png", "c-square.png"], made
+            assert any(p.name.startswith("likeness-report-") and p.suffix == ".csv" for p in batch_out.iterdir())
+            assert any(p.name.startswith("likeness-report-") and p.suffix == ".json" for p in batch_out.iterdir())
+            # Batch jobs stay on the Batch screen.
+            click(driver, "#tab-gallery")
+            assert count(driver, "#outputs li.output") == 1
+
+        step("batch: a folder of 3 photos and a broken file, progress, report", batch)
+
+        def models_and_prefs():
+            click(driver, "#tab-models")
+            wait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-list li[data-state='ok']")) >= 4)
+            shot(driver, "08g-models")
+            click(driver, "#model-list [data-action='license']")
+            wait(driver).until(lambda d: d.execute_script("return document.getElementById('license').open"))
+            assert "License" in driver.find_element(By.ID, "license-text").text
+            shot(driver, "08h-license")
+            click(driver, "#license-close")
+            click(driver, "#tab-prefs")
+            gpu = driver.find_element(By.ID, "device-gpu")
+            assert not gpu.is_enabled(), "this build has no GPU support: the option is shown disabled"
+            assert "CUDA" in driver.find_element(By.ID, "device-reason").text
+            assert driver.find_element(By.ID, "device-cpu").is_selected()
+
+        step("models with state and license text; GPU shown disabled with the reason", models_and_prefs)
+
+        def zoom_200():
+            driver.execute_script("document.documentElement.style.zoom = '2'")
+            try:
+                screens = ["create", "queue", "gallery", "batch", "models", "prefs"]
+                # Keyboard only: Home on the tab bar opens the first screen, ArrowRight the next.
+                driver.execute_script("document.querySelector('[role=tab][aria-selected=true]').focus()")
+                keys(driver, Keys.ARROW_RIGHT)
+                keys(driver, Keys.HOME)
+                for n, screen in enumerate(screens):
+                    if n:
+                        driver.execute_script("document.querySelector('[role=tab][aria-selected=true]').focus()")
+                        keys(driver, Keys.ARROW_RIGHT)
+                    wait(driver).until(lambda d: d.execute_script(f"return !document.getElementById('{screen}').hidden"))
+                    assert driver.execute_script("return document.activeElement.id") == f"tab-{screen}"
+                    time.sleep(0.4)
+                    if screen == "models":
+                        wait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-list li"))
+                    overflow = driver.execute_script(OVERFLOW_JS)
+                    assert max(overflow) <= 1, f"{screen}: horizontal overflow {overflow} at 200% zoom"
+                    shot(driver, f"14-zoom200-{screen}")
+                    keyboard_sweep(driver, screen)
+            finally:
+                driver.execute_script("document.documentElement.style.zoom = ''")
+
+        step("200% zoom in 1024x700: no horizontal overflow, every control reachable by Tab with a focus ring", zoom_200)
 
         def delete_all():
             click(driver, "#tab-prefs")

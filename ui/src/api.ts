@@ -35,6 +35,98 @@ export interface AppInfo {
   formats: Choice[];
   max_photos: number;
   max_photo_bytes: number;
+  device: DeviceInfo | null;
+  policy: PolicyView;
+}
+
+export interface ManagedView {
+  managed: boolean;
+  source: string | null;
+}
+
+export interface PolicyView {
+  retention_days: ManagedView;
+  retention_min_days: number;
+  retention_max_days: number;
+  retention_bounds: ManagedView;
+  export_formats: string[];
+  export_formats_managed: ManagedView;
+  looks: string[];
+  data_dir: ManagedView;
+  models_dir: ManagedView;
+  model_import_allowed: boolean;
+  model_import: ManagedView;
+  refused: string | null;
+}
+
+export interface DeviceInfo {
+  choice: string;
+  gpu_available: boolean;
+  gpu_reason: string | null;
+  active: string;
+}
+
+export interface ExportOptions {
+  format: string;
+  max_side: number | null;
+  jpeg_quality: number;
+  template: string;
+}
+
+export interface ExportResult {
+  saved: boolean;
+  files: string[];
+}
+
+export interface FolderToken {
+  token: string;
+  name: string;
+}
+
+export interface BatchFileView {
+  name: string;
+  state: string;
+  progress: number;
+  stage: string | null;
+  error: string | null;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export interface BatchReport {
+  done: number;
+  earlier: number;
+  failed: number;
+  cancelled: number;
+  not_processed: number;
+  failures: { file: string; reason: string }[];
+  report_csv: string;
+  report_json: string;
+}
+
+export interface BatchView {
+  id: string;
+  input_name: string;
+  output_name: string;
+  started_at: number;
+  total: number;
+  finished: number;
+  files: BatchFileView[];
+  warning: string | null;
+  report: BatchReport | null;
+}
+
+export interface ModelView {
+  id: string;
+  task: string;
+  purpose: string;
+  description: string;
+  bundled: boolean;
+  state: "ok" | "missing" | "corrupt";
+  detail: string | null;
+  license: string;
+  has_license_text: boolean;
+  bytes: number;
 }
 
 export interface StagedPhoto {
@@ -51,10 +143,12 @@ export interface OutputView {
   size: number;
   created_at: number;
   expires_at: number;
+  favourite: boolean;
 }
 
 export interface JobView {
   id: string;
+  group_id: string | null;
   state: "queued" | "running" | "done" | "failed" | "cancelled";
   stage: string | null;
   progress: number;
@@ -109,7 +203,19 @@ export const api = {
   cancelJob: (id: string) => call<string>("cancel_job", { id }),
   deleteJob: (id: string) => call<void>("delete_job", { id }),
   deleteOutput: (id: string) => call<void>("delete_output", { id }),
-  exportOutput: (id: string) => call<{ saved: boolean; file_name: string | null }>("export_output", { id }),
+  exportOutput: (id: string, options: ExportOptions) => call<ExportResult>("export_output", { id, options }),
+  exportOutputs: (ids: string[], options: ExportOptions) => call<ExportResult>("export_outputs", { ids, options }),
+  setFavourite: (id: string, favourite: boolean) => call<void>("set_favourite", { id, favourite }),
+  pickFolder: (purpose: "input" | "output") => call<FolderToken | null>("pick_folder", { purpose }),
+  startBatch: (input: string, output: string, recursive: boolean, settings: StudioSettings, template: string) =>
+    call<BatchView>("start_batch", { input, output, recursive, settings, template }),
+  batchStatus: (id: string) => call<BatchView>("batch_status", { id }),
+  cancelBatch: (id: string) => call<BatchView>("cancel_batch", { id }),
+  listModels: () => call<ModelView[]>("list_models"),
+  modelLicense: (id: string) => call<{ id: string; license: string; text: string }>("model_license", { id }),
+  setDevice: (device: string) => call<DeviceInfo>("set_device", { device }),
+  onBatchEvent: (handler: (e: { kind: string; batch: string }) => void) =>
+    window.__TAURI__.event.listen<{ kind: string; batch: string }>("batch-event", (e) => handler(e.payload)),
   setRetentionDays: (days: number) => call<{ retention_days: number }>("set_retention_days", { days }),
   deleteAllData: () => call<void>("delete_all_data"),
   onJobEvent: (handler: (e: JobEvent) => void) => window.__TAURI__.event.listen<JobEvent>("job-event", (e) => handler(e.payload)),

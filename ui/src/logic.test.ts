@@ -1,18 +1,27 @@
 import { describe, expect, it } from "vitest";
 import {
+  batchFailureText,
+  batchLine,
+  batchProgress,
+  batchStateLabel,
   DAY,
   daysLeft,
   daysLeftLabel,
   errorText,
+  exportMessage,
+  exportSize,
   failureHint,
   formatBytes,
   formatDuration,
+  galleryOrder,
   imageUrl,
+  managedHint,
   parseRetention,
   percent,
   remainingSeconds,
   stageLabel,
   stateLabel,
+  templateError,
   timeLine,
   validatePhotos,
 } from "./logic.js";
@@ -118,6 +127,11 @@ describe("validation", () => {
     expect(parseRetention("4000")).toHaveProperty("error");
     expect(parseRetention("1.5")).toHaveProperty("error");
     expect(parseRetention("")).toHaveProperty("error");
+    // Bounds set by the organisation's policy.
+    expect(parseRetention("5", 7, 90)).toEqual({ error: "Choose between 7 and 90 days." });
+    expect(parseRetention("90", 7, 90)).toEqual({ days: 90 });
+    expect(managedHint("/etc/likeness/policy.json")).toBe("Set by your organisation's policy (/etc/likeness/policy.json).");
+    expect(managedHint(null)).toBe("Set by your organisation's policy.");
   });
 });
 
@@ -126,5 +140,81 @@ describe("image URLs", () => {
     expect(imageUrl("output/abc", false)).toBe("likeness://localhost/output/abc");
     expect(imageUrl("input/a b/0", false)).toBe("likeness://localhost/input/a%20b/0");
     expect(imageUrl("output/abc", true)).toBe("http://likeness.localhost/output/abc");
+  });
+});
+
+describe("gallery: favourites, export options", () => {
+  it("puts favourites first and keeps the order otherwise", () => {
+    const items = [
+      { id: "a", favourite: false },
+      { id: "b", favourite: true },
+      { id: "c", favourite: false },
+      { id: "d", favourite: true },
+    ];
+    expect(galleryOrder(items).map((i) => i.id)).toEqual(["b", "d", "a", "c"]);
+    expect(galleryOrder([])).toEqual([]);
+    expect(items.map((i) => i.id)).toEqual(["a", "b", "c", "d"]); // not sorted in place
+  });
+
+  it("checks name templates like the Rust side", () => {
+    expect(templateError("")).toBeNull();
+    expect(templateError("likeness-{preset}-{n}")).toBeNull();
+    expect(templateError("{photo}_{date}_{size}")).toBeNull();
+    expect(templateError("{stem}")).toMatch(/Unknown placeholder \{stem\}/);
+    expect(templateError("a-{preset")).toMatch(/not closed/);
+    expect(templateError("a}b")).toMatch(/no matching/);
+  });
+
+  it("reads the export size", () => {
+    expect(exportSize("original", "")).toEqual({ max_side: null });
+    expect(exportSize("2048", "")).toEqual({ max_side: 2048 });
+    expect(exportSize("1024", "999")).toEqual({ max_side: 1024 });
+    expect(exportSize("custom", " 800 ")).toEqual({ max_side: 800 });
+    expect(exportSize("custom", "12")).toHaveProperty("error");
+    expect(exportSize("custom", "9000")).toHaveProperty("error");
+    expect(exportSize("custom", "1.5")).toHaveProperty("error");
+  });
+
+  it("says what was exported", () => {
+    expect(exportMessage({ saved: false, files: [] })).toBe("Not exported.");
+    expect(exportMessage({ saved: true, files: ["a.png"] })).toMatch(/^Saved as a\.png\./);
+    expect(exportMessage({ saved: true, files: ["a.png", "b.png", "c.png", "d.png"] })).toMatch(/^Saved 4 files \(a\.png, b\.png, c\.png, …\)/);
+  });
+});
+
+describe("batch progress", () => {
+  const f = (state: string, progress = 0) => ({ name: state, state, progress, started_at: null, finished_at: null });
+
+  it("counts finished photos, the running one's share, rate and time left", () => {
+    const p = batchProgress([f("done"), f("failed"), f("running", 0.5), f("queued"), f("not-processed")], 1000, 1040);
+    expect(p.total).toBe(4);
+    expect(p.finished).toBe(2);
+    expect(p.fraction).toBeCloseTo(2.5 / 4);
+    expect(p.perSecond).toBeCloseTo(2 / 40);
+    expect(p.remaining).toBeCloseTo((40 * 1.5) / 2.5);
+    expect(batchLine(p)).toBe("2 of 4 photos · 3.0 photos/min · about 24 s left");
+  });
+
+  it("knows nothing about speed before the first photo and is done at the end", () => {
+    const start = batchProgress([f("queued"), f("queued")], 1000, 1000);
+    expect(start.perSecond).toBeNull();
+    expect(start.remaining).toBeNull();
+    expect(batchLine(start)).toBe("0 of 2 photos");
+    const end = batchProgress([f("done"), f("cancelled")], 1000, 1002);
+    expect(end.fraction).toBe(1);
+    expect(end.remaining).toBe(0);
+    expect(batchLine(end)).toBe("2 of 2 photos · 1.0 photos/s");
+    expect(batchProgress([], 0, 1).fraction).toBe(1);
+  });
+
+  it("explains failures in plain words", () => {
+    expect(batchFailureText("a symbolic link (not followed)")).toMatch(/link/);
+    expect(batchFailureText("a folder (use --recursive)")).toMatch(/Include subfolders/);
+    expect(batchFailureText("not a photo (JPEG, PNG, WebP or HEIC)")).toBe("Skipped: not a photo.");
+    expect(batchFailureText("no face found in the photo")).toMatch(/No face/);
+    expect(batchFailureText("broken.jpg: the image data is damaged or truncated (eof); re-export or re-copy the photo")).toMatch(/damaged or incomplete/);
+    expect(failureHint("the image is 40x40 pixels; at least 64x64 is needed for a headshot")).toMatch(/too small/);
+    expect(batchStateLabel("not-processed")).toBe("Not processed");
+    expect(batchStateLabel("done")).toBe("Done");
   });
 });

@@ -115,7 +115,8 @@ export function errorText(e: unknown): string {
 export function failureHint(message: string | null | undefined): string {
   const m = (message ?? "").toLowerCase();
   if (m.includes("no face")) return "No face was found. Use a photo where your face is clearly visible, facing the camera.";
-  if (m.includes("too small")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
+  if (m.includes("damaged") || m.includes("truncated")) return "The file is damaged or incomplete. Copy or export the photo again and retry.";
+  if (m.includes("too small") || m.includes("is needed for a headshot")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
   if (m.includes("not an image") || m.includes("format") || m.includes("decode"))
     return "The file could not be read as a photo. Use a JPEG, PNG or WebP photo.";
   if (m.includes("full")) return "The disk is full. Free some space and start the job again.";
@@ -158,13 +159,19 @@ export function validatePhotos<T extends PhotoCandidate>(
   return { accepted, errors };
 }
 
-/** Retention days typed by the person: an integer 1..3650, or an error in plain words. */
-export function parseRetention(text: string): { days: number } | { error: string } {
+/** Retention days typed by the person: an integer within the bounds (1..3650 unless the
+ * organisation's policy sets others), or an error in plain words. */
+export function parseRetention(text: string, min = 1, max = 3650): { days: number } | { error: string } {
   const t = text.trim();
   if (!/^\d+$/.test(t)) return { error: "Enter a whole number of days." };
   const days = Number(t);
-  if (days < 1 || days > 3650) return { error: "Choose between 1 and 3650 days." };
+  if (days < min || days > max) return { error: `Choose between ${min} and ${max} days.` };
   return { days };
+}
+
+/** The hint under a setting the organisation manages. */
+export function managedHint(source: string | null): string {
+  return source ? `Set by your organisation's policy (${source}).` : "Set by your organisation's policy.";
 }
 
 /** URL of an image served by the app's `likeness:` scheme (Windows maps custom schemes to http). */
@@ -177,4 +184,115 @@ export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
   return `${(n / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+// ---- Gallery ----
+
+/** Favourites first, otherwise the order given (stable). */
+export function galleryOrder<T extends { favourite: boolean }>(items: T[]): T[] {
+  return items.map((item, i) => ({ item, i })).sort((a, b) => Number(b.item.favourite) - Number(a.item.favourite) || a.i - b.i).map((x) => x.item);
+}
+
+export const EXPORT_PLACEHOLDERS = ["preset", "id", "n", "photo", "date", "size"];
+
+/** Checks a file name template in the page (the Rust side checks again); null when fine. */
+export function templateError(template: string, known: string[] = EXPORT_PLACEHOLDERS): string | null {
+  const t = template.trim();
+  if (t === "") return null; // the default template is used
+  let rest = t;
+  for (;;) {
+    const open = rest.indexOf("{");
+    const close = rest.indexOf("}");
+    if (open < 0) return close >= 0 ? "A '}' has no matching '{'." : null;
+    if (close >= 0 && close < open) return "A '}' has no matching '{'.";
+    const end = rest.indexOf("}", open);
+    if (end < 0) return "A '{' is not closed.";
+    const key = rest.slice(open + 1, end);
+    if (!known.includes(key)) return `Unknown placeholder {${key}}; use ${known.map((k) => `{${k}}`).join(", ")}.`;
+    rest = rest.slice(end + 1);
+  }
+}
+
+/** The export size: "original", "2048", "1024" or "custom" with a typed number of pixels. */
+export function exportSize(choice: string, custom: string): { max_side: number | null } | { error: string } {
+  if (choice === "original") return { max_side: null };
+  if (choice === "custom") {
+    const t = custom.trim();
+    if (!/^\d+$/.test(t)) return { error: "Enter the longest side in whole pixels." };
+    const n = Number(t);
+    if (n < 64 || n > 8192) return { error: "Choose a size between 64 and 8192 pixels." };
+    return { max_side: n };
+  }
+  const n = Number(choice);
+  return Number.isInteger(n) && n > 0 ? { max_side: n } : { error: `Unknown size ${choice}.` };
+}
+
+/** What the page says after an export. */
+export function exportMessage(r: { saved: boolean; files: string[] }): string {
+  if (!r.saved) return "Not exported.";
+  if (r.files.length === 1) return `Saved as ${r.files[0]}. Exported files are yours to keep.`;
+  return `Saved ${r.files.length} files (${r.files.slice(0, 3).join(", ")}${r.files.length > 3 ? ", …" : ""}). Exported files are yours to keep.`;
+}
+
+// ---- Batch ----
+
+export interface BatchFile {
+  name: string;
+  state: string;
+  progress: number;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export interface BatchProgress {
+  finished: number;
+  total: number;
+  /** Overall fraction, counting the running photo's own progress. */
+  fraction: number;
+  /** Photos per second so far; null until one has finished. */
+  perSecond: number | null;
+  /** Seconds left at that rate; null when unknown. */
+  remaining: number | null;
+}
+
+const FINISHED = ["done", "failed", "cancelled"];
+
+/** Overall progress of a batch: photos finished, rate and time left. */
+export function batchProgress(files: BatchFile[], startedAt: number, nowSec: number): BatchProgress {
+  const taken = files.filter((f) => f.state !== "not-processed");
+  const total = taken.length;
+  const finished = taken.filter((f) => FINISHED.includes(f.state)).length;
+  const partial = taken.filter((f) => f.state === "running").reduce((s, f) => s + Math.min(1, Math.max(0, f.progress)), 0);
+  const fraction = total === 0 ? 1 : Math.min(1, (finished + partial) / total);
+  const spent = nowSec - startedAt;
+  const perSecond = finished > 0 && spent > 0 ? finished / spent : null;
+  let remaining: number | null = null;
+  if (finished >= total) remaining = 0;
+  else if (fraction > 0.02 && spent > 0) remaining = (spent * (1 - fraction)) / fraction;
+  return { finished, total, fraction, perSecond, remaining };
+}
+
+/** "3 of 10 photos · 0.25 photos/s · about 28 s left". */
+export function batchLine(p: BatchProgress): string {
+  const parts = [`${p.finished} of ${p.total} photo${p.total === 1 ? "" : "s"}`];
+  if (p.perSecond !== null) {
+    parts.push(p.perSecond >= 1 ? `${p.perSecond.toFixed(1)} photos/s` : `${(p.perSecond * 60).toFixed(1)} photos/min`);
+  }
+  if (p.finished < p.total && p.remaining !== null) parts.push(`about ${formatDuration(p.remaining)} left`);
+  return parts.join(" · ");
+}
+
+/** A batch file's state in words. */
+export function batchStateLabel(state: string): string {
+  return state === "not-processed" ? "Not processed" : stateLabel(state);
+}
+
+/** Plain words for why a batch file failed or was not processed. */
+export function batchFailureText(reason: string | null | undefined): string {
+  const m = (reason ?? "").toLowerCase();
+  if (m.includes("symbolic link")) return "Skipped: it is a link (links are never followed).";
+  if (m.includes("not a photo")) return "Skipped: not a photo.";
+  if (m.includes("a folder (use")) return "Skipped: a subfolder (turn on “Include subfolders” to take its photos).";
+  if (m.includes("empty")) return "The file is empty.";
+  return failureHint(reason);
 }

@@ -1,11 +1,20 @@
 // The Likeness page: Create, Queue, Gallery and Preferences over the app's commands.
 // Everything shown is built with DOM calls (no HTML strings), so file names can't inject markup.
 
-import { api, type AppInfo, type JobEvent, type JobView, type Preview, type StagedPhoto, type StudioSettings } from "./api.js";
+import { api, type AppInfo, type BatchView, type ExportOptions, type JobEvent, type JobView, type ModelView, type OutputView, type Preview, type StagedPhoto, type StudioSettings } from "./api.js";
 import {
+  batchFailureText,
+  batchLine,
+  batchProgress,
+  batchStateLabel,
   daysLeftLabel,
   errorText,
+  exportMessage,
+  exportSize,
   failureHint,
+  galleryOrder,
+  managedHint,
+  templateError,
   formatBytes,
   imageUrl,
   parseRetention,
@@ -62,7 +71,7 @@ function banner(text: string | null) {
 }
 
 // ---- tabs (arrow keys move between them, as in the WAI-ARIA tabs pattern) ----
-const TABS = ["create", "queue", "gallery", "prefs"];
+const TABS = ["create", "queue", "gallery", "batch", "models", "prefs"];
 function showTab(name: string, focus = true) {
   for (const t of TABS) {
     const tab = $(`tab-${t}`);
@@ -73,6 +82,7 @@ function showTab(name: string, focus = true) {
     if (on && focus) tab.focus();
   }
   if (name === "queue" || name === "gallery") void refreshJobs();
+  if (name === "models") void refreshModels();
 }
 function setupTabs() {
   TABS.forEach((t, i) => {
@@ -89,11 +99,11 @@ function setupTabs() {
 }
 
 // ---- Create ----
-function settings(): StudioSettings {
+function settings(prefix = ""): StudioSettings {
   return {
-    preset: $select("preset").value,
-    backdrop: $select("backdrop").value,
-    format: $select("format").value,
+    preset: $select(`${prefix}preset`).value,
+    backdrop: $select(`${prefix}backdrop`).value,
+    format: $select(`${prefix}format`).value,
     jpeg_quality: 92,
     relight: Number($input("relight").value) / 100,
     retouch: Number($input("retouch").value) / 100,
@@ -313,12 +323,16 @@ function renderJob(j: JobView): HTMLElement {
   return li;
 }
 
+/** Jobs made on the Create screen (a batch's jobs show on the Batch screen). */
+const ownJobs = () => jobs.filter((j) => !j.group_id);
+
 function renderJobs() {
   const list = $("jobs");
   const focusedJob = (document.activeElement?.closest("[data-job]") as HTMLElement | null)?.dataset.job;
-  list.replaceChildren(...jobs.map(renderJob));
-  $("queue-empty").hidden = jobs.length > 0;
-  const active = jobs.filter((j) => j.state === "queued" || j.state === "running").length;
+  const mine = ownJobs();
+  list.replaceChildren(...mine.map(renderJob));
+  $("queue-empty").hidden = mine.length > 0;
+  const active = mine.filter((j) => j.state === "queued" || j.state === "running").length;
   $("queue-count").textContent = active ? String(active) : "";
   if (focusedJob) (list.querySelector(`[data-job="${CSS.escape(focusedJob)}"] button`) as HTMLElement | null)?.focus();
   renderGallery();
@@ -359,6 +373,7 @@ async function refreshJobs(): Promise<void> {
 }
 
 function onJobEvent(e: JobEvent) {
+  if (batchId) scheduleBatchRefresh();
   if (e.kind === "progress") {
     const j = jobs.find((x) => x.id === e.job);
     if (!j) return void refreshJobs();
@@ -390,58 +405,356 @@ function onJobEvent(e: JobEvent) {
 }
 
 // ---- Gallery ----
+const selected = new Set<string>();
+
 function renderGallery() {
   const list = $("outputs");
-  const items: HTMLElement[] = [];
-  for (const j of jobs) {
-    j.outputs.forEach((o, n) => {
-      const before = h("img", { class: "before", src: img(`input/${j.id}/${n}`), alt: `Before: ${j.inputs[n] ?? "your photo"}` });
-      const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Before and after: slide to compare" }) as HTMLInputElement;
-      const setClip = () => (before.style.clipPath = `inset(0 ${100 - Number(slider.value)}% 0 0)`);
-      slider.addEventListener("input", setClip);
-      // Photos are kept only while a job needs them (and in memory for this session's jobs).
-      before.addEventListener("error", () => (before.remove(), slider.remove()), { once: true });
-      const msg = h("p", { class: "meta", role: "status" });
-      const compare = h("div", { class: "compare" }, h("img", { class: "after", src: img(`output/${o.id}`), alt: `Headshot from ${j.inputs[n] ?? "your photo"}` }), before, slider);
-      compare.style.aspectRatio = `${o.width} / ${o.height}`;
-      items.push(
+  const focused = (document.activeElement?.closest("[data-output]") as HTMLElement | null)?.dataset.output;
+  const focusedAction = (document.activeElement as HTMLElement | null)?.dataset?.action;
+  const entries: { j: JobView; o: OutputView; n: number }[] = [];
+  for (const j of ownJobs()) j.outputs.forEach((o, n) => entries.push({ j, o, n }));
+  const ordered = galleryOrder(entries.map((e) => ({ ...e, favourite: e.o.favourite })));
+  const live = new Set(entries.map((e) => e.o.id));
+  for (const id of [...selected]) if (!live.has(id)) selected.delete(id);
+  const items = ordered.map(({ j, o, n }) => {
+    const before = h("img", { class: "before", src: img(`input/${j.id}/${n}`), alt: `Before: ${j.inputs[n] ?? "your photo"}` });
+    const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Before and after: slide to compare" }) as HTMLInputElement;
+    const setClip = () => (before.style.clipPath = `inset(0 ${100 - Number(slider.value)}% 0 0)`);
+    slider.addEventListener("input", setClip);
+    // Photos are kept only while a job needs them (and in memory for this session's jobs).
+    before.addEventListener("error", () => (before.remove(), slider.remove()), { once: true });
+    const msg = h("p", { class: "meta", role: "status" });
+    const compare = h("div", { class: "compare" }, h("img", { class: "after", src: img(`output/${o.id}`), alt: `Headshot from ${j.inputs[n] ?? "your photo"}` }), before, slider);
+    compare.style.aspectRatio = `${o.width} / ${o.height}`;
+    const name = j.inputs[n] ?? "headshot";
+    const check = h("input", { type: "checkbox", "data-action": "select", "aria-label": `Select ${name} for export`, onchange: (e: Event) => toggleSelected(o.id, (e.target as HTMLInputElement).checked) }) as HTMLInputElement;
+    check.checked = selected.has(o.id);
+    queueMicrotask(setClip);
+    return h(
+      "li",
+      { class: o.favourite ? "output favourite" : "output", "data-output": o.id },
+      compare,
+      h("p", { class: "meta" }, `${o.width}×${o.height} ${o.format.toUpperCase()} · ${formatBytes(o.size)}`),
+      h("p", { class: "meta muted", "data-role": "expiry" }, daysLeftLabel(o.expires_at, nowSec()) + (o.favourite ? ", even as a favourite" : "")),
+      h(
+        "div",
+        { class: "actions" },
         h(
-          "li",
-          { class: "output", "data-output": o.id },
-          compare,
-          h("p", { class: "meta" }, `${o.width}×${o.height} ${o.format.toUpperCase()} · ${formatBytes(o.size)}`),
-          h("p", { class: "meta muted", "data-role": "expiry" }, daysLeftLabel(o.expires_at, nowSec())),
-          h(
-            "div",
-            { class: "actions" },
-            h("button", { type: "button", class: "primary", "data-action": "export", onclick: () => void exportOutput(o.id, msg) }, "Export…"),
-            h("button", { type: "button", "data-action": "delete", onclick: () => void act(() => api.deleteOutput(o.id), "Headshot deleted") }, "Delete"),
-          ),
-          msg,
+          "button",
+          { type: "button", class: "star", "data-action": "favourite", "aria-pressed": String(o.favourite), "aria-label": `Favourite: ${name}`, title: o.favourite ? "Remove from favourites" : "Add to favourites", onclick: () => void toggleFavourite(o.id, !o.favourite) },
+          o.favourite ? "★" : "☆",
         ),
-      );
-      queueMicrotask(setClip);
-    });
-  }
+        h("button", { type: "button", class: "primary", "data-action": "export", onclick: () => void exportOne(o.id, msg) }, "Export…"),
+        h("button", { type: "button", "data-action": "delete", onclick: () => void act(() => api.deleteOutput(o.id), "Headshot deleted") }, "Delete"),
+        h("label", { class: "check inline" }, check, "Select"),
+      ),
+      msg,
+    );
+  });
   list.replaceChildren(...items);
   $("gallery-empty").hidden = items.length > 0;
+  $("export-form").hidden = items.length === 0;
   $("gallery-count").textContent = items.length ? String(items.length) : "";
+  updateSelection();
+  if (focused) (list.querySelector(`[data-output="${CSS.escape(focused)}"] [data-action="${focusedAction ?? "favourite"}"]`) as HTMLElement | null)?.focus();
 }
 
-async function exportOutput(id: string, msg: HTMLElement) {
+function toggleSelected(id: string, on: boolean) {
+  if (on) selected.add(id);
+  else selected.delete(id);
+  updateSelection();
+}
+
+function updateSelection() {
+  const n = selected.size;
+  const b = $("export-selected") as HTMLButtonElement;
+  b.disabled = n === 0;
+  b.textContent = n ? `Export ${n} selected…` : "Export selected…";
+}
+
+async function toggleFavourite(id: string, on: boolean) {
+  await act(() => api.setFavourite(id, on), on ? "Added to favourites" : "Removed from favourites");
+}
+
+/** The export options of the form, or what is wrong with them. */
+function exportOptions(): ExportOptions | { error: string } {
+  const size = exportSize($select("export-size").value, $input("export-custom").value);
+  if ("error" in size) return size;
+  const template = $input("export-template").value;
+  const bad = templateError(template);
+  if (bad) return { error: bad };
+  return { format: $select("export-format").value, max_side: size.max_side, jpeg_quality: 92, template };
+}
+
+async function exportOne(id: string, msg: HTMLElement) {
+  const options = exportOptions();
+  if ("error" in options) {
+    msg.textContent = options.error;
+    return;
+  }
   try {
-    const r = await api.exportOutput(id);
-    msg.textContent = r.saved ? `Saved as ${r.file_name ?? "a file"}. Exported files are yours to keep.` : "Not exported.";
+    msg.textContent = exportMessage(await api.exportOutput(id, options));
   } catch (e) {
     msg.textContent = errorText(e);
   }
 }
 
+function setupGallery() {
+  $select("export-size").addEventListener("change", () => ($("export-custom-box").hidden = $select("export-size").value !== "custom"));
+  $("export-form").addEventListener("submit", (e) => e.preventDefault());
+  $("select-all").addEventListener("click", () => {
+    for (const j of ownJobs()) for (const o of j.outputs) selected.add(o.id);
+    renderGallery();
+  });
+  $("export-selected").addEventListener("click", async () => {
+    const msg = $("export-msg");
+    const options = exportOptions();
+    if ("error" in options) {
+      msg.textContent = options.error;
+      return;
+    }
+    try {
+      msg.textContent = exportMessage(await api.exportOutputs([...selected], options));
+    } catch (e) {
+      msg.textContent = errorText(e);
+    }
+  });
+}
+
+// ---- Batch ----
+const folders: { input: { token: string; name: string } | null; output: { token: string; name: string } | null } = { input: null, output: null };
+let batchId: string | null = null;
+let batchView: BatchView | null = null;
+let batchTimer: number | null = null;
+
+function updateBatchStart() {
+  ($("batch-start") as HTMLButtonElement).disabled = !(folders.input && folders.output);
+}
+
+function scheduleBatchRefresh() {
+  if (batchTimer !== null) return;
+  batchTimer = window.setTimeout(() => {
+    batchTimer = null;
+    void refreshBatch();
+  }, 250);
+}
+
+async function refreshBatch() {
+  if (!batchId) return;
+  try {
+    renderBatch(await api.batchStatus(batchId));
+  } catch (e) {
+    $("batch-errors").replaceChildren(h("p", {}, errorText(e)));
+  }
+}
+
+function renderBatch(v: BatchView) {
+  batchView = v;
+  $("batch-run").hidden = false;
+  $("batch-run-title").textContent = `Batch: ${v.input_name} → ${v.output_name}`;
+  const p = batchProgress(v.files, v.started_at, nowSec());
+  const bar = $("batch-progress") as HTMLProgressElement;
+  bar.value = percent(p.fraction);
+  bar.setAttribute("aria-valuetext", `${percent(p.fraction)}%`);
+  $("batch-line").textContent = v.report ? `${p.finished} of ${p.total} photos · finished` : batchLine(p);
+  ($("batch-cancel") as HTMLButtonElement).disabled = v.report !== null;
+  ($("batch-cancel") as HTMLElement).hidden = v.report !== null;
+  $("batch-files").replaceChildren(
+    ...v.files.map((f) => {
+      const li = h(
+        "li",
+        { "data-file": f.name, "data-state": f.state },
+        h("span", { class: "name", title: f.name }, f.name),
+        h("span", { class: `state ${f.state}` }, batchStateLabel(f.state)),
+      );
+      if (f.state === "running") {
+        li.append(h("progress", { max: 100, value: percent(f.progress), "aria-label": `Progress of ${f.name}`, "aria-valuetext": `${percent(f.progress)}%` }));
+        if (f.stage) li.append(h("span", { class: "muted small" }, stageLabel(f.stage)));
+      }
+      if ((f.state === "failed" || f.state === "not-processed") && f.error) li.append(h("p", { class: f.state === "failed" ? "error" : "muted small" }, batchFailureText(f.error)));
+      return li;
+    }),
+  );
+  if (v.warning && !v.report) $("batch-errors").replaceChildren(h("p", {}, `A headshot could not be saved yet: ${v.warning}`));
+  const summary = $("batch-summary");
+  if (!v.report) {
+    summary.replaceChildren();
+    return;
+  }
+  const r = v.report;
+  const parts = [`${r.done} made`];
+  if (r.earlier) parts.push(`${r.earlier} done by an earlier run`);
+  if (r.failed) parts.push(`${r.failed} failed`);
+  if (r.cancelled) parts.push(`${r.cancelled} cancelled`);
+  if (r.not_processed) parts.push(`${r.not_processed} not processed`);
+  const lines: HTMLElement[] = [h("p", { class: "summary" }, `Finished: ${parts.join(", ")}.`)];
+  if (r.report_csv) lines.push(h("p", { class: "muted" }, `The headshots and the report (${r.report_csv}, ${r.report_json}) are in ${v.output_name}.`));
+  if (r.failures.length)
+    lines.push(h("ul", { class: "failures", "aria-label": "What did not work" }, ...r.failures.map((f) => h("li", {}, h("strong", {}, f.file), `: ${batchFailureText(f.reason)}`))));
+  summary.replaceChildren(...lines);
+  if (batchId === v.id) announce(`Batch finished: ${parts.join(", ")}`);
+}
+
+function setupBatch() {
+  for (const which of ["input", "output"] as const) {
+    $(`batch-${which === "input" ? "in" : "out"}`).addEventListener("click", async () => {
+      try {
+        const f = await api.pickFolder(which);
+        if (f) {
+          folders[which] = f;
+          const label = $(`batch-${which === "input" ? "in" : "out"}-name`);
+          label.textContent = f.name;
+          label.classList.remove("muted");
+        }
+        $("batch-errors").replaceChildren();
+      } catch (e) {
+        $("batch-errors").replaceChildren(h("p", {}, errorText(e)));
+      }
+      updateBatchStart();
+    });
+  }
+  $("batch-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!folders.input || !folders.output) return;
+    const start = $("batch-start") as HTMLButtonElement;
+    start.disabled = true;
+    try {
+      const v = await api.startBatch(folders.input.token, folders.output.token, $input("batch-recursive").checked, settings("batch-"), $input("batch-template").value);
+      batchId = v.id;
+      $("batch-errors").replaceChildren();
+      renderBatch(v);
+      announce("Batch started");
+    } catch (err) {
+      $("batch-errors").replaceChildren(h("p", {}, errorText(err)));
+    }
+    updateBatchStart();
+  });
+  $("batch-cancel").addEventListener("click", async () => {
+    if (!batchId) return;
+    try {
+      renderBatch(await api.cancelBatch(batchId));
+      announce("Batch cancelled");
+    } catch (e) {
+      $("batch-errors").replaceChildren(h("p", {}, errorText(e)));
+    }
+  });
+}
+
+// ---- Models ----
+const MODEL_STATES: Record<string, string> = { ok: "OK", missing: "Missing", corrupt: "Damaged" };
+
+async function refreshModels() {
+  const msg = $("models-msg");
+  msg.textContent = "Checking the models…";
+  try {
+    const models = await api.listModels();
+    renderModels(models);
+    const bad = models.filter((m) => m.state !== "ok").length;
+    msg.textContent = bad ? `${bad} model${bad === 1 ? " needs" : "s need"} attention.` : `All ${models.length} models are present and intact.`;
+  } catch (e) {
+    msg.textContent = errorText(e);
+  }
+}
+
+function renderModels(models: ModelView[]) {
+  $("model-list").replaceChildren(
+    ...models.map((m) =>
+      h(
+        "li",
+        { class: "model card", "data-model": m.id, "data-state": m.state },
+        h("div", { class: "title" }, h("strong", {}, m.id), h("span", { class: `state ${m.state === "ok" ? "done" : "failed"}` }, MODEL_STATES[m.state] ?? m.state), h("span", { class: "muted small" }, m.bundled ? " bundled" : " imported")),
+        h("p", {}, m.purpose),
+        h("p", { class: "muted small" }, `${m.description} · ${formatBytes(m.bytes)}`),
+        m.detail ? h("p", { class: "error" }, m.detail) : null,
+        h(
+          "p",
+          { class: "row" },
+          h("span", {}, `License: ${m.license}`),
+          m.has_license_text ? h("button", { type: "button", "data-action": "license", onclick: () => void showLicense(m.id), "aria-label": `License text of ${m.id}` }, "License text") : null,
+        ),
+      ),
+    ),
+  );
+}
+
+async function showLicense(id: string) {
+  const d = $dialog("license");
+  try {
+    const l = await api.modelLicense(id);
+    $("license-title").textContent = `${l.id}: ${l.license}`;
+    $("license-text").textContent = l.text;
+    d.showModal();
+    $("license-text").focus();
+  } catch (e) {
+    $("models-msg").textContent = errorText(e);
+  }
+}
+
 // ---- Preferences ----
+/** Managed settings: a badge, the reason, and the control disabled where nothing is left to choose. */
+function applyPolicy() {
+  const p = info?.policy;
+  if (!p) return;
+  const bounds = p.retention_bounds.managed || p.retention_days.managed;
+  $("retention-managed").hidden = !bounds;
+  const input = $input("retention");
+  if (bounds) {
+    const fixed = p.retention_min_days === p.retention_max_days;
+    $("retention-help").textContent = fixed
+      ? `${managedHint(p.retention_bounds.source ?? p.retention_days.source)} Headshots are deleted after ${p.retention_max_days} days.`
+      : `${managedHint(p.retention_bounds.source ?? p.retention_days.source)} Choose between ${p.retention_min_days} and ${p.retention_max_days} days. Exported files are never touched.`;
+    input.disabled = fixed;
+    (document.querySelector("#retention-form button[type=submit]") as HTMLButtonElement).disabled = fixed;
+  }
+  $("data-dir-managed").hidden = !p.data_dir.managed;
+  $("models-managed").hidden = !p.models_dir.managed;
+  // Formats the organisation does not allow stay visible, disabled, with the reason.
+  $("export-format-managed").hidden = !p.export_formats_managed.managed;
+  const allowed = (v: string) => v === "original" || p.export_formats.includes(v === "jpeg" ? "jpg" : v);
+  for (const id of ["export-format", "format", "batch-format"]) {
+    const sel = $select(id);
+    for (const o of Array.from(sel.options)) {
+      if (!allowed(o.value)) {
+        o.disabled = true;
+        if (!o.textContent?.endsWith("(blocked by your organisation)")) o.textContent = `${o.textContent} (blocked by your organisation)`;
+      }
+    }
+    if (sel.selectedOptions[0]?.disabled) {
+      const first = Array.from(sel.options).find((o) => !o.disabled);
+      if (first) sel.value = first.value;
+    }
+  }
+}
+
+function renderDevice() {
+  const d = info?.device;
+  const gpu = $input("device-gpu");
+  const cpu = $input("device-cpu");
+  cpu.checked = d?.choice !== "gpu";
+  gpu.checked = d?.choice === "gpu";
+  gpu.disabled = !d?.gpu_available;
+  $("device-reason").textContent = d?.gpu_available ? "Uses your graphics card: faster for large models." : (d?.gpu_reason ?? "No GPU can be used.");
+}
+
 function setupPrefs() {
+  for (const r of ["device-cpu", "device-gpu"]) {
+    $input(r).addEventListener("change", async () => {
+      const choice = $input("device-gpu").checked ? "gpu" : "cpu";
+      try {
+        const d = await api.setDevice(choice);
+        if (info) info.device = d;
+        $("device-msg").textContent = d.active === d.choice ? `Saved: ${choice.toUpperCase()}.` : `Saved: ${choice.toUpperCase()} is used from the next start of Likeness.`;
+      } catch (e) {
+        $("device-msg").textContent = errorText(e);
+        renderDevice();
+  applyPolicy();
+      }
+    });
+  }
+  $("license-close").addEventListener("click", () => $dialog("license").close());
   $("retention-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const parsed = parseRetention($input("retention").value);
+    const parsed = parseRetention($input("retention").value, info?.policy.retention_min_days ?? 1, info?.policy.retention_max_days ?? 3650);
     const msg = $("retention-msg");
     if ("error" in parsed) {
       msg.textContent = parsed.error;
@@ -478,12 +791,16 @@ function setupPrefs() {
 async function start() {
   setupTabs();
   setupCreate();
+  setupGallery();
+  setupBatch();
   setupPrefs();
   // Keep elapsed / remaining times and days left current.
   setInterval(() => {
     if (jobs.some((j) => j.state === "running") && !$("queue").hidden) renderJobs();
+    if (batchView && !batchView.report && !$("batch").hidden) void refreshBatch();
   }, 1000);
   await api.onJobEvent(onJobEvent);
+  await api.onBatchEvent(() => void refreshBatch());
   info = await api.appInfo();
   document.body.dataset.ready = "true";
   $("version").textContent = info.version;
@@ -492,9 +809,12 @@ async function start() {
     $dialog("fatal").showModal();
     return;
   }
-  fillSelect("preset", info.presets);
-  fillSelect("backdrop", info.backdrops);
-  fillSelect("format", info.formats);
+  for (const prefix of ["", "batch-"]) {
+    fillSelect(`${prefix}preset`, info.presets);
+    fillSelect(`${prefix}backdrop`, info.backdrops);
+    fillSelect(`${prefix}format`, info.formats);
+  }
+  renderDevice();
   updateSwatch();
   $input("retention").value = String(info.retention_days ?? 30);
   $("data-dir").textContent = info.data_dir ?? "";

@@ -76,6 +76,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: job groups (batches).
     "ALTER TABLE jobs ADD COLUMN group_id TEXT;
      CREATE INDEX jobs_group ON jobs (group_id);",
+    // 3: favourite outputs (starred in the gallery; the sweeper still deletes them at expiry).
+    "ALTER TABLE outputs ADD COLUMN favourite INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -180,6 +180,8 @@ pub struct OutputInfo {
     pub created_at: i64,
     /// Seconds since the epoch; the sweeper deletes the output once this has passed. Never extended.
     pub expires_at: i64,
+    /// Starred by the person. Only an ordering hint: a favourite still expires like any output.
+    pub favourite: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -443,7 +445,8 @@ impl Library {
         move |e| CoreError::db(self.paths.db(), e)
     }
 
-    pub(crate) fn now(&self) -> i64 {
+    /// The library's clock (seconds since the epoch).
+    pub fn now(&self) -> i64 {
         self.clock.now()
     }
 
@@ -482,6 +485,26 @@ impl Library {
         .map_err(err)?;
         tx.prepare_cached("UPDATE outputs SET expires_at = MIN(expires_at, created_at + ?1)")
             .and_then(|mut s| s.execute([i64::from(days) * DAY]))
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// A stored preference of the app (e.g. `device`), `None` when never set.
+    pub fn preference(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")
+            .and_then(|mut s| s.query_row([format!("pref.{key}")], |r| r.get(0)))
+            .optional()
+            .map_err(self.dberr())
+    }
+
+    /// Stores a preference of the app (kept apart from the library's own settings by a prefix).
+    pub fn set_preference(&mut self, key: &str, value: &str) -> Result<()> {
+        let path = self.paths.db();
+        let err = |e| CoreError::db(&path, e);
+        let tx = db::immediate(&mut self.conn).map_err(err)?;
+        tx.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .and_then(|mut s| s.execute([format!("pref.{key}"), value.to_string()]))
             .map_err(err)?;
         tx.commit().map_err(err)
     }
@@ -946,7 +969,7 @@ impl Library {
     fn outputs_where(&self, filter: &str, arg: &str) -> Result<Vec<OutputInfo>> {
         let err = self.dberr();
         let sql = format!(
-            "SELECT o.id, o.job_id, o.format, o.size, o.width, o.height, o.created_at, o.expires_at
+            "SELECT o.id, o.job_id, o.format, o.size, o.width, o.height, o.created_at, o.expires_at, o.favourite
              FROM outputs o {filter} ORDER BY o.job_id, o.position"
         );
         let mut stmt = self.conn.prepare_cached(&sql).map_err(&err)?;
@@ -961,6 +984,7 @@ impl Library {
                     height: r.get(5)?,
                     created_at: r.get(6)?,
                     expires_at: r.get(7)?,
+                    favourite: r.get::<_, i64>(8)? != 0,
                 })
             })
             .map_err(&err)?
@@ -988,6 +1012,22 @@ impl Library {
             .map_err(self.dberr())?;
         let (blob, key) = row.ok_or_else(|| CoreError::OutputNotFound(id.0.clone()))?;
         self.vault.load(&blob, &key)
+    }
+
+    /// Stars (or unstars) an output. Favourites sort first in the gallery; they expire like any
+    /// other output (retention is a promise to the person, not a preference).
+    pub fn set_favourite(&mut self, id: &OutputId, favourite: bool) -> Result<()> {
+        let path = self.paths.db();
+        let err = |e| CoreError::db(&path, e);
+        let tx = db::immediate(&mut self.conn).map_err(err)?;
+        let n = tx
+            .prepare_cached("UPDATE outputs SET favourite = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(rusqlite::params![&id.0, i64::from(favourite)]))
+            .map_err(err)?;
+        if n == 0 {
+            return Err(CoreError::OutputNotFound(id.0.clone()));
+        }
+        tx.commit().map_err(err)
     }
 
     pub fn delete_output(&mut self, id: &OutputId) -> Result<()> {

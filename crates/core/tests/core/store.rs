@@ -493,3 +493,32 @@ fn sweep_uses_the_library_clock_and_a_backwards_clock_keeps_nothing_longer() {
     assert_eq!(lib.sweep().unwrap().outputs_expired, 1);
     assert!(lib.list_outputs().unwrap().is_empty());
 }
+
+#[test]
+fn favourites_survive_a_restart_but_still_expire() {
+    let dir = tmp();
+    let store = MemoryKeyStore::new();
+    let clock = likeness_core::ManualClock::new(T0);
+    let mut lib = crate::common::open_clock(dir.path(), &store, &clock);
+    let id = lib.create_job("a.jpg", b"a", "{}").unwrap();
+    lib.claim_next_job().unwrap();
+    let outs = lib.complete_job(&id, vec![output(b"one".to_vec(), "png"), output(b"two".to_vec(), "png")]).unwrap();
+    assert!(!lib.output_info(&outs[0]).unwrap().favourite, "outputs start unstarred");
+    lib.set_favourite(&outs[1], true).unwrap();
+    assert!(matches!(lib.set_favourite(&likeness_core::OutputId("nope".into()), true), Err(CoreError::OutputNotFound(_))));
+    lib.set_preference("device", "cpu").unwrap();
+    drop(lib);
+
+    let mut lib = crate::common::open_clock(dir.path(), &store, &clock);
+    let favs: Vec<bool> = lib.list_outputs().unwrap().iter().map(|o| o.favourite).collect();
+    assert_eq!(favs, [false, true], "the star is stored, not remembered in memory");
+    assert_eq!(lib.preference("device").unwrap().as_deref(), Some("cpu"));
+    assert_eq!(lib.preference("theme").unwrap(), None);
+    lib.set_favourite(&outs[1], false).unwrap();
+    assert!(!lib.output_info(&outs[1]).unwrap().favourite);
+    lib.set_favourite(&outs[0], true).unwrap();
+    // A favourite is deleted at expiry like any other output.
+    clock.advance(30 * DAY);
+    assert_eq!(lib.sweep().unwrap().outputs_expired, 2);
+    assert!(lib.list_outputs().unwrap().is_empty());
+}
