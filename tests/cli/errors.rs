@@ -44,12 +44,13 @@ fn a_huge_png_header_is_refused_quickly() {
     std::fs::write(&huge, png_header_only(60_000, 60_000)).expect("w");
     let start = Instant::now();
     generate_fails(&huge, "pixels");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     let start = Instant::now();
     let o = run(&["detect", huge.to_str().expect("utf8")], dir.path());
     assert!(!o.status.success());
-    // The whole process (start, model load, refusal) well under a second.
-    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    // Refused from the header: decoding 3.6 gigapixels would take minutes and ~11 GB, so a
+    // generous bound (a loaded CI machine) still tells the two apart.
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
 
 #[test]
