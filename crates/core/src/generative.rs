@@ -14,7 +14,6 @@ use likeness_engine::diffusion::single_file::Configs;
 use likeness_engine::diffusion::{Component, DiffusionFiles, Device, TokenizerFiles};
 use likeness_engine::error::EngineError;
 use likeness_engine::generative::{self, Attire, GenBackdrop, GenerativeStyle, Lighting, Quality, Sampling};
-use likeness_engine::image_io::OutputFormat;
 use likeness_engine::progress::{CancelToken, ProgressSink};
 use zeroize::Zeroizing;
 
@@ -298,19 +297,7 @@ impl JobRunner for LookRunner<'_> {
                     EngineError::Cancelled => RunError::Cancelled,
                     e => RunError::Failed(format!("{name}: {e}")),
                 })?;
-            for shot in shots {
-                if let Some(warn) = self.studio.on_warning {
-                    for w in &shot.warnings {
-                        warn(&job.id, &format!("{name}: {w}"));
-                    }
-                }
-                let format = match shot.format {
-                    OutputFormat::Png => "png",
-                    OutputFormat::Jpeg { .. } => "jpeg",
-                    OutputFormat::WebP => "webp",
-                };
-                outputs.push(NewOutput { bytes: shot.encoded, format: format.into(), width: shot.width, height: shot.height });
-            }
+            outputs.extend(shots.into_iter().map(|shot| self.studio.output_of(job, name, shot)));
         }
         Ok(outputs)
     }

@@ -266,19 +266,26 @@ impl JobRunner for StudioRunner<'_> {
                 EngineError::Cancelled => RunError::Cancelled,
                 e => RunError::Failed(format!("{name}: {e}")),
             })?;
-            if let Some(warn) = self.on_warning {
-                for w in &shot.warnings {
-                    warn(&job.id, &format!("{name}: {w}"));
-                }
-            }
-            let format = match shot.format {
-                OutputFormat::Png => "png",
-                OutputFormat::Jpeg { .. } => "jpeg",
-                OutputFormat::WebP => "webp",
-            };
-            outputs.push(NewOutput { bytes: shot.encoded, format: format.into(), width: shot.width, height: shot.height });
+            outputs.push(self.output_of(job, name, shot));
         }
         Ok(outputs)
+    }
+}
+
+impl StudioRunner<'_> {
+    /// A finished headshot as a job output; its warnings go to `on_warning`, named by photo.
+    pub(crate) fn output_of(&self, job: &ClaimedJob, name: &str, shot: pipeline::Headshot) -> NewOutput {
+        if let Some(warn) = self.on_warning {
+            for w in &shot.warnings {
+                warn(&job.id, &format!("{name}: {w}"));
+            }
+        }
+        let format = match shot.format {
+            OutputFormat::Png => "png",
+            OutputFormat::Jpeg { .. } => "jpeg",
+            OutputFormat::WebP => "webp",
+        };
+        NewOutput { bytes: shot.encoded, format: format.into(), width: shot.width, height: shot.height }
     }
 }
 

@@ -18,20 +18,8 @@ use likeness_engine::imgops::{self, Affine, Border};
 use likeness_engine::models::gfpgan::{Config, Gfpgan};
 use likeness_engine::pth::pth_var_builder;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("LIKENESS_BENCH_PYTHON") {
-        return p;
-    }
-    let venv = root().join(".venv/bin/python");
-    if venv.is_file() {
-        return venv.display().to_string();
-    }
-    "python3".into()
-}
+mod common;
+use common::{python, root};
 
 fn main() {
     let dev = Device::Cpu;

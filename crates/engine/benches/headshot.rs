@@ -19,9 +19,8 @@ use likeness_engine::models::{blazeface, facemesh, selfie};
 use likeness_engine::pipeline::{studio_headshot, HeadshotRequest, ModelBytes, StudioModels};
 use likeness_engine::progress::{CancelToken, NoProgress};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{python, root};
 
 fn read(rel: &str) -> Vec<u8> {
     let p = root().join(rel);
@@ -57,17 +56,6 @@ fn twelve_megapixel_jpeg() -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&canvas).expect("jpeg");
     out
-}
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("LIKENESS_BENCH_PYTHON") {
-        return p;
-    }
-    let venv = root().join(".venv/bin/python");
-    if venv.is_file() {
-        return venv.display().to_string();
-    }
-    "python3".into()
 }
 
 fn reference_times(inputs: &Path) -> Option<serde_json::Value> {

@@ -21,11 +21,10 @@ use likeness_engine::models::rrdbnet::{self, RrdbNet};
 use likeness_engine::models::srvgg::{self, SrVggNetCompact};
 use likeness_engine::nn::{Conv2d, Padding};
 
-const THREADS: usize = 2;
+mod common;
+use common::{python, root};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+const THREADS: usize = 2;
 
 /// This process's CPU time (all threads, user + system) in ms, from /proc (Linux; 0 elsewhere).
 fn cpu_ms() -> f64 {
@@ -52,17 +51,6 @@ fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     wall.sort_by(f64::total_cmp);
     cpu.sort_by(f64::total_cmp);
     (wall[wall.len() / 2], cpu[cpu.len() / 2])
-}
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("LIKENESS_BENCH_PYTHON") {
-        return p;
-    }
-    let venv = root().join(".venv/bin/python");
-    if venv.is_file() {
-        return venv.display().to_string();
-    }
-    "python3".into()
 }
 
 fn main() {
