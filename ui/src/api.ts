@@ -122,7 +122,7 @@ export interface ModelView {
   purpose: string;
   description: string;
   bundled: boolean;
-  state: "ok" | "missing" | "corrupt";
+  state: "ok" | "missing" | "corrupt" | "not-installed";
   detail: string | null;
   license: string;
   has_license_text: boolean;

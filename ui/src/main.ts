@@ -641,7 +641,7 @@ function setupBatch() {
 }
 
 // ---- Models ----
-const MODEL_STATES: Record<string, string> = { ok: "OK", missing: "Missing", corrupt: "Damaged" };
+const MODEL_STATES: Record<string, string> = { ok: "OK", missing: "Missing", corrupt: "Damaged", "not-installed": "Not installed (optional)" };
 
 async function refreshModels() {
   const msg = $("models-msg");
@@ -649,8 +649,10 @@ async function refreshModels() {
   try {
     const models = await api.listModels();
     renderModels(models);
-    const bad = models.filter((m) => m.state !== "ok").length;
-    msg.textContent = bad ? `${bad} model${bad === 1 ? " needs" : "s need"} attention.` : `All ${models.length} models are present and intact.`;
+    // An optional model the user has not imported is not a problem.
+    const bad = models.filter((m) => m.state !== "ok" && m.state !== "not-installed").length;
+    const present = models.filter((m) => m.state === "ok").length;
+    msg.textContent = bad ? `${bad} model${bad === 1 ? " needs" : "s need"} attention.` : `All ${present} installed models are present and intact.`;
   } catch (e) {
     msg.textContent = errorText(e);
   }
@@ -662,7 +664,7 @@ function renderModels(models: ModelView[]) {
       h(
         "li",
         { class: "model card", "data-model": m.id, "data-state": m.state },
-        h("div", { class: "title" }, h("strong", {}, m.id), h("span", { class: `state ${m.state === "ok" ? "done" : "failed"}` }, MODEL_STATES[m.state] ?? m.state), h("span", { class: "muted small" }, m.bundled ? " bundled" : " imported")),
+        h("div", { class: "title" }, h("strong", {}, m.id), h("span", { class: `state ${m.state === "ok" ? "done" : m.state === "not-installed" ? "queued" : "failed"}` }, MODEL_STATES[m.state] ?? m.state), h("span", { class: "muted small" }, m.bundled ? " bundled" : m.state === "not-installed" ? " optional" : " imported")),
         h("p", {}, m.purpose),
         h("p", { class: "muted small" }, `${m.description} · ${formatBytes(m.bytes)}`),
         m.detail ? h("p", { class: "error" }, m.detail) : null,
