@@ -190,9 +190,9 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                     inst.arch.name()
                 )));
             }
+            // The import already told inpainting from the header: no second parse.
             let checkpoint = read(path)?;
-            let configs = Configs::sd15(single_file_inpainting(&checkpoint)?);
-            DiffusionFiles::SingleFile { checkpoint, configs }
+            DiffusionFiles::SingleFile { checkpoint, configs: Configs::sd15(inst.arch == Arch::Sd15Inpaint) }
         }
     };
     Ok((files, sampling))
