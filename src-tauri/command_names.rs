@@ -1,7 +1,7 @@
 /// Every command the UI may call: the same list as `generate_handler!` in src-tauri/lib.rs and the
 /// `allow-*` grants in capabilities/default.json (tests/app/security.rs checks they agree).
 /// Included by build.rs (the app's ACL manifest) and by the tests, so the list is written once.
-const COMMANDS: [&str; 23] = [
+const COMMANDS: [&str; 28] = [
     "app_info",
     "acknowledge_privacy",
     "pick_photos",
@@ -25,4 +25,9 @@ const COMMANDS: [&str; 23] = [
     "list_models",
     "model_license",
     "set_device",
+    "create_options",
+    "import_model",
+    "cancel_import",
+    "remove_model",
+    "verify_model",
 ];

@@ -63,6 +63,11 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, config: Config) -> tauri:
             models::list_models,
             models::model_license,
             models::set_device,
+            models::create_options,
+            models::import_model,
+            models::cancel_import,
+            models::remove_model,
+            models::verify_model,
         ])
 }
 
@@ -75,6 +80,10 @@ pub fn start<R: Runtime>(app: &tauri::AppHandle<R>) -> std::io::Result<()> {
     std::thread::Builder::new().name("likeness-open".into()).spawn(move || {
         if let Ok(lib) = opener.library() {
             let _ = lock_and_sweep(lib);
+        }
+        // Imports a crash or a kill interrupted leave a temporary folder: it goes now.
+        if let Ok(store) = opener.store() {
+            store.remove_import_leftovers();
         }
     })?;
     if state.config.run_worker {

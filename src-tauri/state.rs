@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
+use likeness_core::generative::DiffusionCache;
 use likeness_core::models::ModelStore;
+use likeness_core::models_runtime;
 use likeness_core::{KeySource, Library};
 use likeness_engine::pipeline::StudioModels;
 use zeroize::Zeroizing;
@@ -57,6 +59,17 @@ pub struct Inner {
     pub config: Config,
     library: OnceLock<Result<Arc<Mutex<Library>>, IpcError>>,
     models: OnceLock<Result<Arc<StudioModels>, IpcError>>,
+    /// The same models with GFPGAN, loaded when a job first asks for face restoration; with the
+    /// notice naming an installed restorer that could not be used.
+    restoring: OnceLock<Result<(Arc<StudioModels>, Option<String>), IpcError>>,
+    /// Stable Diffusion models, loaded on a generative job's first use; made anew when models are
+    /// imported or removed.
+    diffusion: Mutex<Option<Arc<DiffusionCache>>>,
+    /// The import running now (one at a time): its cancel flag.
+    pub import: Mutex<Option<Arc<AtomicBool>>>,
+    /// Denoising steps per variant and variants of the generative jobs running now (for the
+    /// Queue's "step 3 of 20").
+    pub gen_steps: Mutex<HashMap<likeness_core::JobId, crate::worker::GenPlan>>,
     pub staged: Mutex<HashMap<String, Staged>>,
     /// Folders picked for batches (by token) and the batches started in this session.
     pub batches: Mutex<crate::batch::Batches>,
@@ -78,6 +91,10 @@ impl AppState {
             config,
             library: OnceLock::new(),
             models: OnceLock::new(),
+            restoring: OnceLock::new(),
+            diffusion: Mutex::new(None),
+            import: Mutex::new(None),
+            gen_steps: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
             batches: Mutex::new(crate::batch::Batches::default()),
             active_device: Mutex::new("cpu"),
@@ -119,22 +136,51 @@ impl Inner {
 
     /// The face and segmentation models, loaded (and checked against the manifest) on first use.
     pub fn models(&self) -> Result<&Arc<StudioModels>, IpcError> {
-        self.models
+        self.models.get_or_init(|| self.load_studio().map(Arc::new)).as_ref().map_err(Clone::clone)
+    }
+
+    fn load_studio(&self) -> Result<StudioModels, IpcError> {
+        let store = ModelStore::discover(self.config.models_dir.as_deref()).map_err(|e| IpcError::new("models_missing", e.to_string()))?;
+        let device = self.chosen_device();
+        *lock(&self.active_device) = if device.is_cpu() { "cpu" } else { "gpu" };
+        // Real-ESRGAN is read only when a job first asks for an output larger than its crop.
+        models_runtime::studio_models(&store, &device).map_err(|e| IpcError::new("models_missing", e.to_string()))
+    }
+
+    /// The studio models with GFPGAN when it is installed (see `models_runtime::with_restorer`),
+    /// and the notice about an installed restorer that could not be used.
+    pub fn restoring_models(&self) -> Result<(Arc<StudioModels>, Option<String>), IpcError> {
+        self.restoring
             .get_or_init(|| {
-                let store = ModelStore::discover(self.config.models_dir.as_deref())
-                    .map_err(|e| IpcError::new("models_missing", e.to_string()))?;
-                let bytes = store.studio_model_bytes().map_err(|e| IpcError::new("models_missing", e.to_string()))?;
-                let device = self.chosen_device();
-                *lock(&self.active_device) = if device.is_cpu() { "cpu" } else { "gpu" };
-                // Real-ESRGAN is read only when a job first asks for an output larger than its crop.
-                let upscaler =
-                    likeness_core::worker::upscaler_source(store, likeness_engine::upscale::REALESRGAN_X4PLUS, device.clone());
-                StudioModels::load(bytes, &device)
-                    .map(|m| Arc::new(m.with_upscaler(upscaler)))
-                    .map_err(|e| IpcError::new("models_missing", format!("the bundled models could not be loaded ({e}); reinstall Likeness")))
+                let models = self.load_studio()?;
+                let store = self.store()?;
+                let (models, notice) = models_runtime::with_restorer(models, &store, &self.chosen_device(), true);
+                Ok((Arc::new(models), notice))
             })
-            .as_ref()
-            .map_err(Clone::clone)
+            .clone()
+    }
+
+    /// The models folder, knowing the imported models of the data folder.
+    pub fn store(&self) -> Result<ModelStore, IpcError> {
+        let data = self.data_dir().ok();
+        models_runtime::model_store(self.config.models_dir.as_deref(), data.as_deref())
+            .map_err(|e| IpcError::new("models_missing", e.to_string()))
+    }
+
+    /// The Stable Diffusion models (loaded on first use, on the preferred device).
+    pub fn diffusion(&self) -> Result<Arc<DiffusionCache>, IpcError> {
+        let mut d = lock(&self.diffusion);
+        if let Some(c) = d.as_ref() {
+            return Ok(c.clone());
+        }
+        let cache = Arc::new(models_runtime::diffusion_cache(self.store()?, self.chosen_device()));
+        *d = Some(cache.clone());
+        Ok(cache)
+    }
+
+    /// Forgets loaded diffusion models (after an import or a removal).
+    pub fn reset_diffusion(&self) {
+        *lock(&self.diffusion) = None;
     }
 
     /// The device of the stored preference: the GPU when chosen and usable, else the CPU.

@@ -127,6 +127,56 @@ export interface ModelView {
   license: string;
   has_license_text: boolean;
   bytes: number;
+  imported: boolean;
+  arch: string | null;
+  known: boolean | null;
+  linked: boolean;
+}
+
+export interface QualityChoice {
+  value: string;
+  label: string;
+  steps: number;
+  turbo_steps: number;
+  resolution: number;
+}
+
+export interface DiffusionChoice {
+  id: string;
+  arch: string;
+  unusable: string | null;
+}
+
+export interface CreateOptions {
+  choices: { attires: Choice[]; lightings: Choice[]; backdrops: Choice[]; qualities: QualityChoice[]; max_variants: number };
+  models: DiffusionChoice[];
+  generative_available: boolean;
+  generative_reason: string | null;
+  restore_available: boolean;
+  upscale_available: boolean;
+}
+
+export interface ImportView {
+  id: string;
+  arch: string | null;
+  official: string;
+  known: boolean;
+  files: number;
+  bytes: number;
+  already_imported: boolean;
+  warnings: string[];
+}
+
+export type ImportEvent =
+  | { kind: "progress"; done: number; total: number; file: string }
+  | { kind: "finished"; id: string }
+  | { kind: "failed"; code: string; message: string };
+
+export interface StepInfo {
+  step: number;
+  steps: number;
+  variant: number;
+  variants: number;
 }
 
 export interface StagedPhoto {
@@ -170,6 +220,15 @@ export interface StudioSettings {
   relight: number;
   retouch: number;
   max_size: number;
+  look?: string;
+  model?: string | null;
+  attire?: string;
+  lighting?: string;
+  gen_quality?: string;
+  variants?: number;
+  seed?: number;
+  restore?: number | null;
+  size?: number | null;
 }
 
 export interface Preview {
@@ -182,7 +241,7 @@ export interface Preview {
 
 export type JobEvent =
   | { kind: "started"; job: string; attempt: number }
-  | { kind: "progress"; job: string; stage: string; fraction: number }
+  | { kind: "progress"; job: string; stage: string; fraction: number; step: StepInfo | null }
   | { kind: "finished"; job: string; state: string; error: string | null; outputs: string[] }
   | { kind: "warning"; job: string; message: string }
   | { kind: "worker_error"; code: string; message: string };
@@ -214,6 +273,12 @@ export const api = {
   listModels: () => call<ModelView[]>("list_models"),
   modelLicense: (id: string) => call<{ id: string; license: string; text: string }>("model_license", { id }),
   setDevice: (device: string) => call<DeviceInfo>("set_device", { device }),
+  createOptions: () => call<CreateOptions>("create_options"),
+  importModel: (kind: "file" | "folder") => call<ImportView | null>("import_model", { kind }),
+  cancelImport: () => call<boolean>("cancel_import"),
+  removeModel: (id: string) => call<void>("remove_model", { id }),
+  verifyModel: (id: string) => call<ModelView>("verify_model", { id }),
+  onImportEvent: (handler: (e: ImportEvent) => void) => window.__TAURI__.event.listen<ImportEvent>("import-event", (e) => handler(e.payload)),
   onBatchEvent: (handler: (e: { kind: string; batch: string }) => void) =>
     window.__TAURI__.event.listen<{ kind: string; batch: string }>("batch-event", (e) => handler(e.payload)),
   setRetentionDays: (days: number) => call<{ retention_days: number }>("set_retention_days", { days }),

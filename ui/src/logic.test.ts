@@ -15,7 +15,13 @@ import {
   formatDuration,
   galleryOrder,
   imageUrl,
+  importLine,
+  importMessage,
   managedHint,
+  outputPhoto,
+  parseSeed,
+  qualityHelp,
+  randomSeed,
   parseRetention,
   percent,
   remainingSeconds,
@@ -216,5 +222,62 @@ describe("batch progress", () => {
     expect(failureHint("the image is 40x40 pixels; at least 64x64 is needed for a headshot")).toMatch(/too small/);
     expect(batchStateLabel("not-processed")).toBe("Not processed");
     expect(batchStateLabel("done")).toBe("Done");
+  });
+});
+
+describe("generative look", () => {
+  const step = (step: number, steps: number, variant = 1, variants = 1) => ({ step, steps, variant, variants });
+  it("tells the denoising step, and the variant when there are several", () => {
+    expect(stageLabel("generate", step(3, 20))).toBe("Generating backdrop and attire, step 3 of 20");
+    expect(stageLabel("generate", step(5, 12, 2, 2))).toBe("Generating backdrop and attire, step 5 of 12 (variant 2 of 2)");
+    expect(stageLabel("generate", step(0, 12))).toBe("Generating backdrop and attire, starting");
+    expect(stageLabel("generate", null)).toBe("Generating backdrop and attire");
+    expect(stageLabel("segment", step(3, 20))).toBe("Separating you from the background");
+  });
+  it("shows the working resolution and steps of a quality level", () => {
+    const q = { resolution: 512, steps: 25, turbo_steps: 2 };
+    expect(qualityHelp(q, false)).toBe("Works at 512 px, 25 denoising steps per variant.");
+    expect(qualityHelp({ ...q, turbo_steps: 1 }, true)).toBe("Works at 512 px, 1 denoising step per variant.");
+  });
+  it("reads the seed: empty is random, otherwise a whole number", () => {
+    expect(parseSeed("")).toEqual({ seed: null });
+    expect(parseSeed(" 42 ")).toEqual({ seed: 42 });
+    expect("error" in parseSeed("-1")).toBe(true);
+    expect("error" in parseSeed("4.2")).toBe(true);
+    expect("error" in parseSeed("1234567890123456")).toBe(true);
+    const r = randomSeed(() => 0.5);
+    expect(r).toBe(5e11);
+    expect(parseSeed(String(randomSeed(() => 0.999999999999)))).not.toHaveProperty("error");
+  });
+  it("maps a job's outputs to their photo and variant", () => {
+    expect([0, 1, 2, 3].map((i) => outputPhoto(i, 2, 2))).toEqual([
+      { photo: 0, variant: 1 },
+      { photo: 0, variant: 2 },
+      { photo: 1, variant: 1 },
+      { photo: 1, variant: 2 },
+    ]);
+    expect(outputPhoto(2, 1, 3)).toEqual({ photo: 2, variant: 1 });
+    // More outputs than expected never point past the last photo.
+    expect(outputPhoto(9, 1, 2)).toEqual({ photo: 1, variant: 1 });
+  });
+});
+
+describe("model import", () => {
+  it("shows bytes and the file being read", () => {
+    expect(importLine(512, 2048, "unet/model.safetensors")).toBe("512 B of 2 KB · unet/model.safetensors");
+    expect(importLine(0, 0, "")).toBe("0 B of 0 B");
+  });
+  it("says whether the file is a known release", () => {
+    const v = { id: "tiny", arch: "sd15-inpaint", official: "unknown", known: false, already_imported: false, warnings: [] };
+    expect(importMessage(v)).toContain("Warning: its fingerprint");
+    expect(importMessage(v)).toContain("Stable Diffusion (sd15-inpaint)");
+    expect(importMessage({ ...v, arch: null, official: "GFPGANv1.4.pth", known: true })).toBe(
+      "Imported “tiny”: GFPGANv1.4.pth. Its fingerprint matches the official release.",
+    );
+    expect(importMessage({ ...v, already_imported: true })).toBe("Already imported as “tiny”: nothing was copied.");
+  });
+  it("gives import errors a plain lead", () => {
+    expect(errorText({ code: "corrupt", message: "x is truncated" })).toBe("The model file is damaged or incomplete. x is truncated");
+    expect(errorText({ code: "policy", message: "p" })).toBe("Your organisation does not allow this. p");
   });
 });

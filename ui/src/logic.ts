@@ -65,13 +65,67 @@ const STAGES: Record<string, string> = {
   framing: "Framing",
   segment: "Separating you from the background",
   composite: "Building the studio look",
+  generate: "Generating backdrop and attire",
   upscale: "Upscaling",
   encode: "Saving",
 };
 
-export function stageLabel(stage: string | null | undefined): string {
+export interface Step {
+  step: number;
+  steps: number;
+  variant: number;
+  variants: number;
+}
+
+/** "Generating backdrop and attire, step 3 of 20" (and which variant, when there are several). */
+export function stageLabel(stage: string | null | undefined, step?: Step | null): string {
   if (!stage) return "";
-  return STAGES[stage] ?? stage;
+  const label = STAGES[stage] ?? stage;
+  if (stage !== "generate" || !step || step.steps <= 0) return label;
+  if (step.step <= 0) return `${label}, starting`;
+  const variant = step.variants > 1 ? ` (variant ${step.variant} of ${step.variants})` : "";
+  return `${label}, step ${Math.min(step.step, step.steps)} of ${step.steps}${variant}`;
+}
+
+/** The help under the quality choice: working resolution and steps (a Turbo model takes fewer). */
+export function qualityHelp(q: { resolution: number; steps: number; turbo_steps: number }, turbo: boolean): string {
+  const steps = turbo ? q.turbo_steps : q.steps;
+  return `Works at ${q.resolution} px, ${steps} denoising step${steps === 1 ? "" : "s"} per variant.`;
+}
+
+/** The seed typed by the person: empty for a random one, else a whole number. */
+export function parseSeed(text: string): { seed: number | null } | { error: string } {
+  const t = text.trim();
+  if (t === "") return { seed: null };
+  if (!/^\d{1,15}$/.test(t)) return { error: "The seed is a whole number (up to 15 digits), or empty for a random one." };
+  return { seed: Number(t) };
+}
+
+/** A random seed that fits the seed field (so a job's seed can be typed again). */
+export function randomSeed(rand: () => number = Math.random): number {
+  return Math.floor(rand() * 1e12);
+}
+
+/** Which photo an output of a job comes from: a generative job makes `variants` outputs per photo, in photo order. */
+export function outputPhoto(index: number, variants: number, photos: number): { photo: number; variant: number } {
+  const v = Math.max(1, Math.floor(variants));
+  const photo = Math.min(Math.floor(index / v), Math.max(0, photos - 1));
+  return { photo, variant: (index % v) + 1 };
+}
+
+/** Import progress: "1.2 MB of 3.4 MB · unet/diffusion_pytorch_model.safetensors". */
+export function importLine(done: number, total: number, file: string): string {
+  const parts = [`${formatBytes(done)} of ${formatBytes(total)}`];
+  if (file) parts.push(file);
+  return parts.join(" · ");
+}
+
+/** What the page says after an import. */
+export function importMessage(v: { id: string; arch: string | null; official: string; known: boolean; already_imported: boolean; warnings: string[] }): string {
+  if (v.already_imported) return `Already imported as “${v.id}”: nothing was copied.`;
+  const what = v.arch ? `Stable Diffusion (${v.arch})` : v.official;
+  const known = v.known ? "Its fingerprint matches the official release." : "Warning: its fingerprint (sha256) is not a known official release; use it only if you trust where it came from.";
+  return `Imported “${v.id}”: ${what}. ${known}`;
 }
 
 const STATES: Record<string, string> = {
@@ -104,6 +158,9 @@ export function errorText(e: unknown): string {
       disk_full: "The disk is full.",
       models_missing: "The face models are missing.",
       library_damaged: "Likeness's storage is damaged.",
+      corrupt: "The model file is damaged or incomplete.",
+      unsupported: "This is not a model Likeness can use.",
+      policy: "Your organisation does not allow this.",
     };
     return lead[e.code] ? `${lead[e.code]} ${e.message}` : e.message;
   }

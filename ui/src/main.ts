@@ -1,7 +1,7 @@
 // The Likeness page: Create, Queue, Gallery and Preferences over the app's commands.
 // Everything shown is built with DOM calls (no HTML strings), so file names can't inject markup.
 
-import { api, type AppInfo, type BatchView, type ExportOptions, type JobEvent, type JobView, type ModelView, type OutputView, type Preview, type StagedPhoto, type StudioSettings } from "./api.js";
+import { api, type AppInfo, type BatchView, type CreateOptions, type ExportOptions, type ImportEvent, type JobEvent, type JobView, type ModelView, type OutputView, type Preview, type StagedPhoto, type StepInfo, type StudioSettings } from "./api.js";
 import {
   batchFailureText,
   batchLine,
@@ -13,7 +13,13 @@ import {
   exportSize,
   failureHint,
   galleryOrder,
+  importLine,
+  importMessage,
   managedHint,
+  outputPhoto,
+  parseSeed,
+  qualityHelp,
+  randomSeed,
   templateError,
   formatBytes,
   imageUrl,
@@ -60,6 +66,9 @@ let info: AppInfo | null = null;
 let staged: StagedPhoto[] = [];
 const previews = new Map<string, Preview | "loading" | string>();
 let jobs: JobView[] = [];
+let createOpts: CreateOptions | null = null;
+/** The denoising step of running generative jobs, from their progress events. */
+const steps = new Map<string, StepInfo>();
 
 function announce(text: string) {
   $("status").textContent = text;
@@ -109,6 +118,111 @@ function settings(prefix = ""): StudioSettings {
     retouch: Number($input("retouch").value) / 100,
     max_size: 2048,
   };
+}
+
+const isGenerative = () => $input("look-generative").checked;
+
+/** The Create form's settings: the studio ones, and the generative look's when chosen. */
+function createSettings(): StudioSettings | { error: string } {
+  const base = settings();
+  const restore = $input("restore").checked ? Number($input("restore-strength").value) / 100 : null;
+  const size = $select("out-size").value ? Number($select("out-size").value) : null;
+  const out: StudioSettings = { ...base, restore, size };
+  if (!isGenerative()) return out;
+  const seed = parseSeed($input("seed").value);
+  if ("error" in seed) return seed;
+  const model = $select("gen-model").value;
+  if (!model) return { error: "Choose a model for the generative look (import one on the Models screen)." };
+  return {
+    ...out,
+    look: "generative",
+    model,
+    backdrop: $select("gen-backdrop").value,
+    attire: $select("attire").value,
+    lighting: $select("lighting").value,
+    gen_quality: $select("gen-quality").value,
+    variants: Number($input("variants").value),
+    seed: seed.seed ?? randomSeed(),
+  };
+}
+
+/** The generative look, restoration and upscaling as the installed models allow. */
+async function loadCreateOptions() {
+  try {
+    createOpts = await api.createOptions();
+  } catch (e) {
+    $("look-reason").textContent = errorText(e);
+    return;
+  }
+  const o = createOpts;
+  const keep = { attire: $select("attire").value, lighting: $select("lighting").value, q: $select("gen-quality").value, b: $select("gen-backdrop").value };
+  fillSelect("attire", o.choices.attires);
+  fillSelect("lighting", o.choices.lightings);
+  fillSelect("gen-backdrop", o.choices.backdrops);
+  fillSelect("gen-quality", o.choices.qualities);
+  if (keep.attire) $select("attire").value = keep.attire;
+  if (keep.lighting) $select("lighting").value = keep.lighting;
+  if (keep.b) $select("gen-backdrop").value = keep.b;
+  $select("gen-quality").value = keep.q || "draft";
+  const models = $select("gen-model");
+  models.replaceChildren(
+    ...o.models.map((m) => {
+      const opt = h("option", { value: m.id, disabled: m.unusable !== null }, `${m.id} (${m.arch})${m.unusable ? ` — ${m.unusable}` : ""}`);
+      return opt;
+    }),
+  );
+  const firstUsable = o.models.find((m) => m.unusable === null);
+  if (firstUsable) models.value = firstUsable.id;
+  $input("variants").max = String(o.choices.max_variants);
+  const gen = $input("look-generative");
+  gen.disabled = !o.generative_available;
+  $("look-reason").textContent = o.generative_reason ?? "Repaints the backdrop (and clothes, with an attire) with the model; your face stays your own pixels.";
+  if (gen.disabled && gen.checked) $input("look-studio").checked = true;
+  const restore = $input("restore");
+  restore.disabled = !o.restore_available;
+  if (restore.disabled) restore.checked = false;
+  $input("restore-strength").disabled = !restore.checked;
+  $("restore-help").textContent = o.restore_available
+    ? "Sharpens a soft face with GFPGAN, blended with your own pixels by the strength."
+    : "Needs the GFPGAN v1.4 model: import GFPGANv1.4.pth on the Models screen.";
+  $("size-help").textContent = o.upscale_available
+    ? "The short side. A crop smaller than this is enlarged with Real-ESRGAN."
+    : "The short side. A crop smaller than this is resized (no upscaling model is installed).";
+  updateLook();
+}
+
+function updateLook() {
+  const gen = isGenerative();
+  $("gen-fields").hidden = !gen;
+  $("studio-fields").hidden = gen;
+  updatePreviews();
+}
+
+const GEN_SWATCHES: Record<string, string> = {
+  "studio-grey": "linear-gradient(#9a9ea3, #6b6e73)",
+  white: "#ffffff",
+  office: "linear-gradient(90deg, #c9c3b5, #e8e4da 40%, #9fb0c0)",
+  bookshelf: "repeating-linear-gradient(90deg, #7a4e2d 0 6px, #b08050 6px 9px, #4f6b3a 9px 14px, #a33 14px 17px)",
+  outdoor: "linear-gradient(#bfe0f5, #8fbf73)",
+};
+
+/** The small pictures of the chosen attire, lighting and backdrop, and the quality's cost. */
+function updatePreviews() {
+  const attire = $select("attire").value || "keep";
+  const lighting = $select("lighting").value || "soft-studio";
+  const a = createOpts?.choices.attires.find((c) => c.value === attire);
+  const l = createOpts?.choices.lightings.find((c) => c.value === lighting);
+  const ai = $("attire-preview") as HTMLImageElement;
+  ai.src = `icons/attire-${attire}.svg`;
+  ai.alt = a ? `Preview: ${a.label}` : "";
+  const li = $("lighting-preview") as HTMLImageElement;
+  li.src = `icons/lighting-${lighting}.svg`;
+  li.alt = l ? `Preview: ${l.label}` : "";
+  $("gen-swatch").style.background = GEN_SWATCHES[$select("gen-backdrop").value] ?? "#888";
+  const q = createOpts?.choices.qualities.find((c) => c.value === $select("gen-quality").value);
+  const model = createOpts?.models.find((m) => m.id === $select("gen-model").value);
+  $("quality-help").textContent = q ? qualityHelp(q, model?.arch === "sd-turbo") : "";
+  $("variants-out").textContent = $input("variants").value;
 }
 
 function fillSelect(id: string, choices: { value: string; label: string }[]) {
@@ -264,18 +378,28 @@ function setupCreate() {
   });
   $select("preset").addEventListener("change", () => staged.forEach((p) => void loadPreview(p.id)));
   $select("backdrop").addEventListener("change", updateSwatch);
+  for (const id of ["look-studio", "look-generative"]) $input(id).addEventListener("change", updateLook);
+  for (const id of ["attire", "lighting", "gen-quality", "gen-model", "gen-backdrop"]) $select(id).addEventListener("change", updatePreviews);
+  $input("variants").addEventListener("input", updatePreviews);
+  $input("restore").addEventListener("change", () => ($input("restore-strength").disabled = !$input("restore").checked));
+  $input("restore-strength").addEventListener("input", () => ($("restore-out").textContent = `${$input("restore-strength").value}%`));
   for (const r of ["relight", "retouch"]) {
     $input(r).addEventListener("input", () => ($(`${r}-out`).textContent = `${$input(r).value}%`));
   }
   $("style-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     if (!staged.length) return;
+    const chosen = createSettings();
+    if ("error" in chosen) {
+      $("photo-errors").replaceChildren(h("p", {}, chosen.error));
+      return;
+    }
     const start = $("start") as HTMLButtonElement;
     start.disabled = true;
     try {
       await api.createJob(
         staged.map((p) => p.id),
-        settings(),
+        chosen,
       );
       staged = [];
       previews.clear();
@@ -308,7 +432,7 @@ function renderJob(j: JobView): HTMLElement {
   } else {
     actions.append(h("button", { type: "button", onclick: () => void act(() => api.deleteJob(j.id), "Job deleted"), "aria-label": `Delete job ${jobTitle(j)}` }, "Delete"));
   }
-  const stage = j.state === "running" ? stageLabel(j.stage) : "";
+  const stage = j.state === "running" ? stageLabel(j.stage, steps.get(j.id)) : "";
   const li = h(
     "li",
     { class: "job", "data-job": j.id, "data-state": j.state },
@@ -379,6 +503,8 @@ function onJobEvent(e: JobEvent) {
     if (!j) return void refreshJobs();
     j.progress = e.fraction;
     j.stage = e.stage;
+    if (e.step) steps.set(e.job, e.step);
+    else steps.delete(e.job);
     j.state = "running";
     j.started_at ??= nowSec();
     const row = $("jobs").querySelector(`[data-job="${CSS.escape(e.job)}"]`);
@@ -389,11 +515,12 @@ function onJobEvent(e: JobEvent) {
         bar.setAttribute("aria-valuetext", `${percent(e.fraction)}%`);
       }
       const line = row.querySelector('[data-role="line"]');
-      if (line) line.textContent = [stageLabel(j.stage), timeLine(j, nowSec())].filter(Boolean).join(" · ");
+      if (line) line.textContent = [stageLabel(j.stage, steps.get(j.id)), timeLine(j, nowSec())].filter(Boolean).join(" · ");
       const state = row.querySelector(".state");
       if (state) state.textContent = stateLabel("running");
     } else renderJobs();
   } else if (e.kind === "finished") {
+    steps.delete(e.job);
     void refreshJobs();
     if (e.state === "done") announce(`Headshot ready: see the Gallery`);
     else if (e.state === "failed") announce(`A job failed: ${failureHint(e.error)}`);
@@ -416,7 +543,10 @@ function renderGallery() {
   const ordered = galleryOrder(entries.map((e) => ({ ...e, favourite: e.o.favourite })));
   const live = new Set(entries.map((e) => e.o.id));
   for (const id of [...selected]) if (!live.has(id)) selected.delete(id);
-  const items = ordered.map(({ j, o, n }) => {
+  const items = ordered.map(({ j, o, n: index }) => {
+    const generative = j.settings?.look === "generative";
+    const variants = generative && typeof j.settings?.variants === "number" ? j.settings.variants : 1;
+    const { photo: n, variant } = outputPhoto(index, variants, Math.max(1, j.inputs.length));
     const before = h("img", { class: "before", src: img(`input/${j.id}/${n}`), alt: `Before: ${j.inputs[n] ?? "your photo"}` });
     const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Before and after: slide to compare" }) as HTMLInputElement;
     const setClip = () => (before.style.clipPath = `inset(0 ${100 - Number(slider.value)}% 0 0)`);
@@ -432,8 +562,9 @@ function renderGallery() {
     queueMicrotask(setClip);
     return h(
       "li",
-      { class: o.favourite ? "output favourite" : "output", "data-output": o.id },
+      { class: `output${o.favourite ? " favourite" : ""}${variants > 1 ? " variant" : ""}`, "data-output": o.id, "data-job": j.id, "data-variant": variant },
       compare,
+      variants > 1 ? h("p", { class: "meta variant-tag" }, `Variant ${variant} of ${variants}`) : null,
       h("p", { class: "meta" }, `${o.width}×${o.height} ${o.format.toUpperCase()} · ${formatBytes(o.size)}`),
       h("p", { class: "meta muted", "data-role": "expiry" }, daysLeftLabel(o.expires_at, nowSec()) + (o.favourite ? ", even as a favourite" : "")),
       h(
@@ -659,24 +790,117 @@ async function refreshModels() {
 }
 
 function renderModels(models: ModelView[]) {
+  const importAllowed = info?.policy.model_import_allowed !== false;
   $("model-list").replaceChildren(
-    ...models.map((m) =>
-      h(
+    ...models.map((m) => {
+      const msg = h("p", { class: "meta", role: "status" });
+      const kind = m.bundled ? " bundled" : m.state === "not-installed" ? " optional" : m.linked ? " imported (linked)" : " imported";
+      return h(
         "li",
         { class: "model card", "data-model": m.id, "data-state": m.state },
-        h("div", { class: "title" }, h("strong", {}, m.id), h("span", { class: `state ${m.state === "ok" ? "done" : m.state === "not-installed" ? "queued" : "failed"}` }, MODEL_STATES[m.state] ?? m.state), h("span", { class: "muted small" }, m.bundled ? " bundled" : m.state === "not-installed" ? " optional" : " imported")),
+        h("div", { class: "title" }, h("strong", {}, m.id), h("span", { class: `state ${m.state === "ok" ? "done" : m.state === "not-installed" ? "queued" : "failed"}` }, MODEL_STATES[m.state] ?? m.state), h("span", { class: "muted small" }, kind)),
         h("p", {}, m.purpose),
-        h("p", { class: "muted small" }, `${m.description} · ${formatBytes(m.bytes)}`),
-        m.detail ? h("p", { class: "error" }, m.detail) : null,
+        h("p", { class: "muted small" }, `${m.description}${m.description ? " · " : ""}${formatBytes(m.bytes)}`),
+        m.known === true ? h("p", { class: "muted small", "data-role": "sha" }, "Fingerprint (sha256) matches the official release.") : null,
+        m.known === false ? h("p", { class: "warning", "data-role": "sha" }, "Warning: unknown file (its sha256 is not a known official release). Use it only if you trust where it came from.") : null,
+        m.detail ? h("p", { class: m.state === "not-installed" ? "muted small" : "error" }, m.detail) : null,
         h(
           "p",
           { class: "row" },
-          h("span", {}, `License: ${m.license}`),
+          m.license ? h("span", {}, `License: ${m.license}`) : null,
           m.has_license_text ? h("button", { type: "button", "data-action": "license", onclick: () => void showLicense(m.id), "aria-label": `License text of ${m.id}` }, "License text") : null,
+          m.state !== "not-installed" ? h("button", { type: "button", "data-action": "verify", onclick: () => void verifyModel(m.id, msg), "aria-label": `Verify ${m.id}` }, "Verify") : null,
+          m.imported && m.state !== "not-installed"
+            ? h("button", { type: "button", "data-action": "remove", disabled: !importAllowed, onclick: () => askRemove(m.id), "aria-label": `Remove ${m.id}` }, "Remove")
+            : null,
         ),
-      ),
-    ),
+        msg,
+      );
+    }),
   );
+}
+
+async function verifyModel(id: string, msg: HTMLElement) {
+  msg.textContent = "Checking the fingerprint…";
+  try {
+    const m = await api.verifyModel(id);
+    msg.textContent = m.state === "ok" ? "Verified: the files are intact." : `${MODEL_STATES[m.state] ?? m.state}: ${m.detail ?? ""}`;
+  } catch (e) {
+    msg.textContent = errorText(e);
+  }
+}
+
+let removing: string | null = null;
+function askRemove(id: string) {
+  removing = id;
+  $("remove-body").textContent = `“${id}” is removed from Likeness. Files you imported it from stay where they are. Jobs that use it will fail until it is imported again.`;
+  $dialog("confirm-remove").showModal();
+}
+
+let importing = false;
+function setImporting(on: boolean) {
+  importing = on;
+  const allowed = info?.policy.model_import_allowed !== false;
+  for (const id of ["import-file", "import-folder"]) ($(id) as HTMLButtonElement).disabled = on || !allowed;
+  $("import-run").hidden = !on;
+}
+
+function onImportEvent(e: ImportEvent) {
+  if (e.kind !== "progress") return;
+  const bar = $("import-progress") as HTMLProgressElement;
+  const pct = e.total > 0 ? percent(e.done / e.total) : 0;
+  bar.value = pct;
+  bar.setAttribute("aria-valuetext", `${pct}%`);
+  $("import-line").textContent = importLine(e.done, e.total, e.file);
+}
+
+async function importModel(kind: "file" | "folder") {
+  if (importing) return;
+  const msg = $("import-msg");
+  setImporting(true);
+  ($("import-progress") as HTMLProgressElement).value = 0;
+  $("import-line").textContent = "Waiting for your choice…";
+  msg.textContent = "";
+  try {
+    const v = await api.importModel(kind);
+    if (v) {
+      ($("import-progress") as HTMLProgressElement).value = 100;
+      msg.textContent = [importMessage(v), ...v.warnings].join(" ");
+      msg.dataset.done = v.id;
+      await refreshModels();
+      await loadCreateOptions();
+    } else msg.textContent = "";
+  } catch (e) {
+    msg.textContent = isCancelled(e) ? "Import cancelled; nothing was imported." : errorText(e);
+  }
+  setImporting(false);
+}
+
+const isCancelled = (e: unknown) => typeof e === "object" && e !== null && (e as { code?: string }).code === "cancelled";
+
+function setupModels() {
+  $("import-file").addEventListener("click", () => void importModel("file"));
+  $("import-folder").addEventListener("click", () => void importModel("folder"));
+  $("import-cancel").addEventListener("click", () => void api.cancelImport());
+  const d = $dialog("confirm-remove");
+  $("remove-no").addEventListener("click", () => d.close());
+  $("remove-yes").addEventListener("click", async () => {
+    d.close();
+    if (!removing) return;
+    const id = removing;
+    removing = null;
+    try {
+      await api.removeModel(id);
+      $("models-msg").textContent = `Removed “${id}”.`;
+    } catch (e) {
+      $("models-msg").textContent = errorText(e);
+    }
+    await refreshModels();
+    await loadCreateOptions();
+  });
+  const allowed = info?.policy.model_import_allowed !== false;
+  $("import-managed").hidden = allowed;
+  setImporting(false);
 }
 
 async function showLicense(id: string) {
@@ -803,6 +1027,7 @@ async function start() {
   }, 1000);
   await api.onJobEvent(onJobEvent);
   await api.onBatchEvent(() => void refreshBatch());
+  await api.onImportEvent(onImportEvent);
   info = await api.appInfo();
   document.body.dataset.ready = "true";
   $("version").textContent = info.version;
@@ -818,6 +1043,8 @@ async function start() {
   }
   renderDevice();
   updateSwatch();
+  setupModels();
+  await loadCreateOptions();
   $input("retention").value = String(info.retention_days ?? 30);
   $("data-dir").textContent = info.data_dir ?? "";
   $("key-kind").textContent = info.key_kind === "passphrase" ? "key from your passphrase" : "key in the OS keyring";

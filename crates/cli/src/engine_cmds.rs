@@ -6,15 +6,15 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use likeness_core::generative::{imported_dir, DiffusionCache};
-use likeness_core::models::{ModelError, ModelStore};
+use likeness_core::generative::DiffusionCache;
+use likeness_core::models::ModelStore;
+use likeness_core::models_runtime;
 use likeness_core::worker::StudioSettings;
 use likeness_core::{JobId, JobState};
 use likeness_engine::device::{self, DevicePref};
 use likeness_engine::faces::{FaceDetector, KEYPOINT_NAMES};
 use likeness_engine::image_io::{self, DecodeLimits};
 use likeness_engine::pipeline::StudioModels;
-use likeness_engine::restore::{self, FaceRestorer};
 use likeness_engine::segment::Segmenter;
 use serde_json::json;
 
@@ -168,8 +168,8 @@ fn random_seed() -> u64 {
 /// Imported diffusion models, loaded on first use by the generative look.
 pub fn diffusion_cache(global: &Global) -> Result<DiffusionCache> {
     let paths = likeness_core::DataPaths::resolve(global.data_dir.as_deref())?;
-    let store = ModelStore::discover(global.models_dir.as_deref())?.with_imported_dir(imported_dir(&paths.root));
-    Ok(DiffusionCache::new(Some(store), compute_device(global)?))
+    let store = models_runtime::model_store(global.models_dir.as_deref(), Some(&paths.root))?;
+    Ok(models_runtime::diffusion_cache(store, compute_device(global)?))
 }
 
 pub(crate) fn compute_device(global: &Global) -> Result<candle_core::Device> {
@@ -179,43 +179,21 @@ pub(crate) fn compute_device(global: &Global) -> Result<candle_core::Device> {
 
 pub fn load_models(global: &Global) -> Result<StudioModels> {
     let store = ModelStore::discover(global.models_dir.as_deref())?;
-    let bytes = store.studio_model_bytes()?;
-    let device = compute_device(global)?;
-    let models = StudioModels::load(bytes, &device)?;
-    // Real-ESRGAN is read only when a headshot first needs it.
-    let source = likeness_core::worker::upscaler_source(store, likeness_engine::upscale::REALESRGAN_X4PLUS, device);
-    Ok(models.with_upscaler(source))
+    Ok(models_runtime::studio_models(&store, &compute_device(global)?)?)
 }
 
-/// Adds face restoration to `models` when `wanted`: GFPGAN v1.4 from the models folder or the
-/// user's imported models (`<data dir>/models/imported`), sha256-checked. When it is not installed
-/// the jobs run without it and the pipeline's notice says so (once per run, see `work_queue`);
-/// a file that is present but unusable is named here.
+/// Adds face restoration to `models` when `wanted` (see [`models_runtime::with_restorer`]): when
+/// GFPGAN is not installed the jobs run without it and the pipeline's notice says so (once per
+/// run, see `work_queue`); a file that is present but unusable is named here.
 pub fn with_restorer(global: &Global, models: StudioModels, data_dir: &Path, wanted: bool) -> StudioModels {
-    if !wanted {
+    let (Ok(store), Ok(device)) = (models_runtime::model_store(global.models_dir.as_deref(), Some(data_dir)), compute_device(global)) else {
         return models;
-    }
-    let store = match ModelStore::discover(global.models_dir.as_deref()) {
-        Ok(s) => s.with_imported_dir(imported_dir(data_dir)),
-        Err(_) => return models,
     };
-    // An import (`likeness models import GFPGANv1.4.pth`, copied or --link) was sha256-checked
-    // then and its size / time are checked now; otherwise the file may sit in the models folder.
-    let bytes = match store.imported_file(restore::MODEL_ID) {
-        Ok(path) => std::fs::read(&path).with_context(|| format!("read {}", path.display())),
-        Err(likeness_core::import::ImportError::NotImported { .. }) => store.read_verified(restore::MODEL_ID).map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    };
-    let loaded = bytes.and_then(|bytes| Ok(FaceRestorer::new(&bytes, &compute_device(global)?)?));
-    match loaded {
-        Ok(r) => models.with_restorer(r),
-        Err(e) => {
-            if !matches!(e.downcast_ref::<ModelError>(), Some(ModelError::Missing { .. })) {
-                eprintln!("likeness: face restoration is off: {e:#}");
-            }
-            models
-        }
+    let (models, notice) = models_runtime::with_restorer(models, &store, &device, wanted);
+    if let Some(n) = notice {
+        eprintln!("likeness: {n}");
     }
+    models
 }
 
 /// Only the face detector: `detect` needs neither the mesh nor the segmenter.

@@ -32,6 +32,7 @@ pub use paths::{DataPaths, DATA_DIR_ENV};
 pub use retention::SweepReport;
 pub use vault::{FaultHook, FaultPoint};
 pub mod models;
+pub mod models_runtime;
 pub mod import;
 pub mod policy;
 pub mod batch;
