@@ -392,6 +392,7 @@ pub fn create_job(photos: Vec<String>, settings: StudioSettings, state: State<'_
     // Every option is checked before anything is stored.
     check_backdrop(&settings.backdrop)?;
     settings.request(assets_dir().as_deref())?;
+    check_model(&state, &settings)?;
     let lib = state.library()?;
     let (inputs, before) = {
         let staged = lock(&state.staged);
@@ -413,6 +414,23 @@ pub fn create_job(photos: Vec<String>, settings: StudioSettings, state: State<'_
     drop(staged);
     state.wake_worker();
     Ok(id)
+}
+
+/// A generative job names an imported model by its id (the page never passes a path), and it
+/// must be installed and runnable now.
+pub fn check_model(state: &AppState, settings: &StudioSettings) -> Res<()> {
+    if !settings.is_generative() {
+        return Ok(());
+    }
+    let id = settings.model.as_deref().unwrap_or("");
+    let store = state.store()?;
+    match store.diffusion(id) {
+        Ok(_) => state.diffusion()?.check(id).map_err(IpcError::from),
+        Err(likeness_core::import::ImportError::NotImported { .. } | likeness_core::import::ImportError::NoImportDir) => Err(IpcError::not_found(format!(
+            "no Stable Diffusion model '{id}' is installed; import one on the Models screen"
+        ))),
+        Err(e) => Err(crate::models::import_error(e)),
+    }
 }
 
 /// The page names backdrops by id (`image:warm-beige`), never by path: a backdrop image from a

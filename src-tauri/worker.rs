@@ -147,6 +147,16 @@ impl JobRunner for AppRunner<'_> {
     ) -> Result<Vec<NewOutput>, RunError> {
         if let Ok(s) = StudioSettings::from_json(&job.settings_json) {
             if s.is_generative() {
+                // The page names imported models only; one removed since the job was queued
+                // fails the job with what to do.
+                let id = s.model.clone().unwrap_or_default();
+                if let Ok(store) = self.state.store() {
+                    if let Err(likeness_core::import::ImportError::NotImported { .. }) = store.diffusion(&id) {
+                        return Err(RunError::Failed(format!(
+                            "the Stable Diffusion model '{id}' is not installed (it may have been removed); import it again on the Models screen, or choose another model"
+                        )));
+                    }
+                }
                 let plan = gen_plan(self.state, &s, inputs.len());
                 if let Some(p) = plan {
                     lock(&self.state.gen_steps).insert(job.id.clone(), p);

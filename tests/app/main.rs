@@ -5,6 +5,7 @@ mod batch;
 mod bundle;
 mod commands;
 mod generate;
+mod generative;
 mod models;
 mod security;
 mod support;
