@@ -253,3 +253,32 @@ fn progress_of_the_denoising_loop_is_told_in_steps() {
     let v = serde_json::to_value(next).expect("json");
     assert_eq!(v["step"]["step"], 2);
 }
+
+#[test]
+fn a_studio_job_asking_for_restoration_without_gfpgan_runs_and_says_so() {
+    let t = app_with(|d| config(d, true));
+    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = events.clone();
+    t.app.listen_any("job-event", move |e| {
+        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
+            sink.lock().expect("events").push(v);
+        }
+    });
+    let a = t.stage("grace.jpg", photo()).expect("stage");
+    let mut s = crate::support::settings();
+    s["restore"] = json!(0.6);
+    let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": s})).expect("create");
+    let job = wait_finished(&t, &id);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["outputs"].as_array().map(Vec::len), Some(1));
+    std::thread::sleep(Duration::from_millis(200));
+    let warned = events.lock().expect("events").iter().any(|e| {
+        e["kind"] == "warning" && e["message"].as_str().is_some_and(|m| m.contains(likeness_engine::pipeline::RESTORE_UNAVAILABLE))
+    });
+    assert!(warned, "the job says that restoration was skipped");
+    // A restore strength out of range is refused before anything is stored.
+    let b = t.stage("grace.jpg", photo()).expect("stage");
+    let mut bad = crate::support::settings();
+    bad["restore"] = json!(1.5);
+    assert_eq!(code(t.invoke("create_job", json!({"photos": [b["id"]], "settings": bad}))), "invalid_input");
+}

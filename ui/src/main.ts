@@ -129,6 +129,8 @@ function createSettings(): StudioSettings | { error: string } {
   const size = $select("out-size").value ? Number($select("out-size").value) : null;
   const out: StudioSettings = { ...base, restore, size };
   if (!isGenerative()) return out;
+  out.restore = null;
+  out.size = null;
   const seed = parseSeed($input("seed").value);
   if ("error" in seed) return seed;
   const model = $select("gen-model").value;
@@ -178,16 +180,6 @@ async function loadCreateOptions() {
   gen.disabled = !o.generative_available;
   $("look-reason").textContent = o.generative_reason ?? "Repaints the backdrop (and clothes, with an attire) with the model; your face stays your own pixels.";
   if (gen.disabled && gen.checked) $input("look-studio").checked = true;
-  const restore = $input("restore");
-  restore.disabled = !o.restore_available;
-  if (restore.disabled) restore.checked = false;
-  $input("restore-strength").disabled = !restore.checked;
-  $("restore-help").textContent = o.restore_available
-    ? "Sharpens a soft face with GFPGAN, blended with your own pixels by the strength."
-    : "Needs the GFPGAN v1.4 model: import GFPGANv1.4.pth on the Models screen.";
-  $("size-help").textContent = o.upscale_available
-    ? "The short side. A crop smaller than this is enlarged with Real-ESRGAN."
-    : "The short side. A crop smaller than this is resized (no upscaling model is installed).";
   updateLook();
 }
 
@@ -195,6 +187,23 @@ function updateLook() {
   const gen = isGenerative();
   $("gen-fields").hidden = !gen;
   $("studio-fields").hidden = gen;
+  // The generative pipeline keeps the photo's own face pixels and works at the crop's size: face
+  // restoration and upscaling apply to the studio look only (said, not silently ignored).
+  const restoreOk = !gen && createOpts?.restore_available === true;
+  const restore = $input("restore");
+  restore.disabled = !restoreOk;
+  if (!restoreOk) restore.checked = false;
+  $input("restore-strength").disabled = !restore.checked;
+  $select("out-size").disabled = gen;
+  if (gen) $select("out-size").value = "";
+  const restoreHelp = createOpts?.restore_available
+    ? "Sharpens a soft face with GFPGAN, blended with your own pixels by the strength."
+    : "Needs the GFPGAN v1.4 model: import GFPGANv1.4.pth on the Models screen.";
+  $("restore-help").textContent = gen ? `Studio look only. ${restoreHelp}` : restoreHelp;
+  const sizeHelp = createOpts?.upscale_available
+    ? "The short side. A crop smaller than this is enlarged with Real-ESRGAN."
+    : "The short side. A crop smaller than this is resized (no upscaling model is installed).";
+  $("size-help").textContent = gen ? "Studio look only: the generative look makes the crop's own size." : sizeHelp;
   updatePreviews();
 }
 
