@@ -282,3 +282,48 @@ fn a_studio_job_asking_for_restoration_without_gfpgan_runs_and_says_so() {
     bad["restore"] = json!(1.5);
     assert_eq!(code(t.invoke("create_job", json!({"photos": [b["id"]], "settings": bad}))), "invalid_input");
 }
+
+#[test]
+fn a_generative_job_is_cancelled_between_steps_and_leaves_no_output() {
+    let t = app_with(|d| config(d, true));
+    let first_step = Arc::new(Mutex::new(None::<Value>));
+    let sink = first_step.clone();
+    t.app.listen_any("job-event", move |e| {
+        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
+            if v["kind"] == "progress" && v["step"]["step"].as_u64().is_some_and(|s| s >= 1) {
+                sink.lock().expect("step").get_or_insert(v);
+            }
+        }
+    });
+    import_tiny(&t);
+    let a = t.stage("grace.jpg", photo()).expect("stage");
+    let mut s = gen_settings("tiny", 4);
+    s["steps"] = json!(200);
+    let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": s})).expect("create");
+    let start = Instant::now();
+    while first_step.lock().expect("step").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no denoising step reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.invoke("cancel_job", json!({"id": id})).expect("cancel");
+    let job = wait_finished(&t, &id);
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["outputs"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn an_interrupted_import_is_cleaned_up_at_start() {
+    let t = app_with(|d| {
+        // A temporary folder of an import whose process is gone (pid far above any real one).
+        let tmp = d.path().join("data/models/imported/.tmp-4000000-1");
+        std::fs::create_dir_all(tmp.join("unet")).expect("leftover");
+        std::fs::write(tmp.join("unet/part.safetensors"), b"half a file").expect("leftover file");
+        config(d, false)
+    });
+    let tmp = t.dir.path().join("data/models/imported/.tmp-4000000-1");
+    let start = Instant::now();
+    while tmp.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the leftover import stays");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

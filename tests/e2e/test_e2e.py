@@ -488,7 +488,8 @@ def main(app):
             msg = driver.find_element(By.ID, "import-msg").text
             assert "Imported “tiny”" in msg and "not a known official release" in msg, msg
             assert driver.find_element(By.ID, "import-progress").get_attribute("value") == "100"
-            assert not driver.find_element(By.ID, "import-run").is_displayed(), "the progress bar goes when the import is done"
+            # The bar goes once the list and the Create options are refreshed.
+            wait(driver, 30).until(lambda d: not d.find_element(By.ID, "import-run").is_displayed())
             wait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-list li[data-model='tiny'][data-state='ok']"))
             row = driver.find_element(By.CSS_SELECTOR, "#model-list li[data-model='tiny']")
             assert "unknown file" in row.find_element(By.CSS_SELECTOR, "[data-role='sha']").text
