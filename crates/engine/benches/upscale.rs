@@ -11,7 +11,6 @@
 //! `LIKENESS_BENCH_TILE` (default 256) sets the tile side (the x4plus model at 256 px is ~2.4 TFLOP).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
