@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 /// Output channels per micro-kernel call (weights broadcast from the packed block).
 const OCB: usize = 4;
-/// Most output pixels of one row per micro-kernel call (three 8-float vectors).
+/// Most output pixels of one row per micro-kernel call (three 8-float vectors); the tile buffer's pitch.
 const STRIP: usize = 24;
 /// Input channels accumulated per micro-kernel call (about 10 KB of input rows per strip).
 const CI_CHUNK: usize = 32;
@@ -345,8 +345,14 @@ unsafe fn band_compute(p: &Packed, buf: &[f32], rp: usize, wp: usize, w: usize, 
     for y in 0..nr {
         let mut x0 = 0;
         while x0 < w {
-            let valid = STRIP.min(w - x0);
-            let nv = valid.div_ceil(8);
+            // Strips of 3 vectors, ending with 2 + 2 or 2 rather than a 1-vector strip (4 accumulators
+            // are too few to hide the FMA latency).
+            let nv = match (w - x0).div_ceil(8) {
+                1 => 1,
+                2 | 4 => 2,
+                _ => 3,
+            };
+            let valid = (8 * nv).min(w - x0);
             let mut ci0 = 0;
             while ci0 < p.in_c {
                 let nci = CI_CHUNK.min(p.in_c - ci0);
@@ -399,6 +405,10 @@ unsafe fn band_compute(p: &Packed, buf: &[f32], rp: usize, wp: usize, w: usize, 
 fn has_avx2_fma() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
+    #[cfg(test)]
+    if tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
@@ -523,6 +533,10 @@ unsafe fn kernel_portable<const V: usize>(c: &Call) {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Makes the x86 build take the portable kernel (what aarch64 runs); results are the same either way.
+    pub(super) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
 
     /// Plain f64 reference: zero padding 1, bias, activation by per-channel slope.
     #[allow(clippy::too_many_arguments)]
@@ -598,6 +612,15 @@ mod tests {
         check(1, 1, 1, 1, 1, 2);
         check(1, 70, 4, 24, 12, 0);
         check(2, 8, 20, 3, 4, 1);
+    }
+
+    #[test]
+    fn portable_kernel_matches_naive_reference() {
+        PORTABLE_ONLY.store(true, Ordering::Relaxed);
+        check(2, 13, 9, 17, 9, 1);
+        check(1, 40, 5, 49, 33, 2);
+        check(1, 3, 4, 6, 4, 0);
+        PORTABLE_ONLY.store(false, Ordering::Relaxed);
     }
 
     #[test]
