@@ -536,6 +536,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Makes the x86 build take the portable kernel (what aarch64 runs); results are the same either way.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
 
     /// Plain f64 reference: zero padding 1, bias, activation by per-channel slope.
