@@ -1,7 +1,7 @@
 //! The upscaler benchmark: RRDBNet (Real-ESRGAN x4plus, real weights) and SRVGGNetCompact
 //! (realesr-general-x4v3's shape, random weights) on a 256x256 tile, candle on the CPU against the
 //! PyTorch reference (spandrel's architectures, `torch.set_num_threads(2)`) on the same input in
-//! the same run; plus one dense-block convolution through our im2col+gemm kernel vs candle's conv.
+//! the same run; plus single convolutions through `fastconv`, nn.rs's im2col+gemm and candle's conv2d.
 //!
 //!     cargo bench -p likeness-engine --bench upscale
 //!
@@ -11,7 +11,6 @@
 //! `LIKENESS_BENCH_TILE` (default 256) sets the tile side (the x4plus model at 256 px is ~2.4 TFLOP).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use likeness_engine::models::rrdbnet::{self, RrdbNet};
 use likeness_engine::models::srvgg::{self, SrVggNetCompact};
+use likeness_engine::fastconv::{Activation, Conv3x3};
 use likeness_engine::nn::{Conv2d, Padding};
 
 mod common;
@@ -81,13 +81,23 @@ fn main() {
     let ours_rrdb = time(runs, || drop(rrdb.forward(&x).expect("rrdb")));
     let ours_compact = time(runs, || drop(compact.forward(&x).expect("srvgg")));
 
-    // One dense-block convolution (conv5 of an RDB: 192 -> 64 channels, 3x3) at 256x256.
-    let w = Tensor::randn(0f32, 0.05, (64, 192, 3, 3), &dev).expect("w");
-    let b = Tensor::zeros(64, DType::F32, &dev).expect("b");
-    let conv = Conv2d::from_tensors(w, Some(b), 1, Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 }, false).expect("conv");
-    let xc = Tensor::rand(0f32, 1.0, (1, 192, tile, tile), &dev).expect("x");
-    let conv_fast = time(runs.max(5), || drop(conv.forward(&xc).expect("fast")));
-    let conv_candle = time(runs.max(5), || drop(conv.forward_candle(&xc).expect("candle")));
+    // Per-conv lines: RRDBNet's widest dense-block conv (192 -> 32 + LeakyReLU), its conv5
+    // (192 -> 64) and SRVGG's 64 -> 64, through fastconv, nn.rs's im2col+gemm and candle's conv2d.
+    let pad1 = Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 };
+    let mut conv_lines = Vec::new();
+    for (name, cin, cout) in [("rdb conv4 160->32", 160usize, 32usize), ("rdb conv5 192->64", 192, 64), ("srvgg 64->64", 64, 64)] {
+        let w = Tensor::randn(0f32, 0.05, (cout, cin, 3, 3), &dev).expect("w");
+        let b = Tensor::randn(0f32, 0.05, cout, &dev).expect("b");
+        let fast = Conv3x3::from_tensors(w.clone(), Some(b.clone()), Activation::LeakyRelu(0.2)).expect("fastconv");
+        let old = Conv2d::from_tensors(w, Some(b), 1, pad1, false).expect("conv");
+        let xc = Tensor::rand(0f32, 1.0, (1, cin, tile, tile), &dev).expect("x");
+        let gflop = 2.0 * 9.0 * (cin * cout * tile * tile) as f64 / 1e9;
+        let n = runs.max(5);
+        let t_new = time(n, || drop(fast.forward(&xc).expect("fast")));
+        let t_old = time(n, || drop(old.forward(&xc).expect("im2col")));
+        let t_candle = time(n, || drop(old.forward_candle(&xc).expect("candle")));
+        conv_lines.push((name, gflop, t_new, t_old, t_candle));
+    }
 
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -126,13 +136,10 @@ fn main() {
             _ => println!("{id:<22} {ms:>10.0} {:>10} {:>6} {cpu:>10.0}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
         }
     }
-    println!("\n== one RDB conv (192 -> 64, 3x3, {tile}x{tile}), median ms ==");
-    println!(
-        "nn.rs im2col+gemm {:>8.1} (cpu {:>8.1})   candle conv2d {:>8.1} (cpu {:>8.1})   wall ratio {:.2}",
-        conv_fast.0,
-        conv_fast.1,
-        conv_candle.0,
-        conv_candle.1,
-        conv_fast.0 / conv_candle.0
-    );
+    println!("\n== single convs at {tile}x{tile}: GFLOP/s by wall (by CPU time, per core), medians ==");
+    println!("{:<20} {:>20} {:>20} {:>20} {:>8}", "conv", "fastconv", "nn.rs im2col+gemm", "candle conv2d", "new/old");
+    for (name, gflop, new, old, candle) in conv_lines {
+        let rate = |(wall, cpu): (f64, f64)| format!("{:>7.1} ({:>5.1}/core)", gflop / wall * 1e3, gflop / cpu.max(1e-9) * 1e3);
+        println!("{name:<20} {:>20} {:>20} {:>20} {:>8.2}", rate(new), rate(old), rate(candle), new.0 / old.0);
+    }
 }

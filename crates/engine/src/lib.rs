@@ -13,6 +13,7 @@ pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod faces;
+pub mod fastconv;
 pub mod framing;
 pub mod generative;
 pub mod image_io;

@@ -18,6 +18,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::fastconv::{Activation, Conv3x3};
 use crate::nn::{resize_bilinear, scale_add_in_place, Conv2d, Padding};
 use crate::progress::CancelToken;
 
@@ -85,10 +86,16 @@ fn lrelu(x: Tensor) -> Result<Tensor> {
     crate::nn::leaky_relu_in_place(x, SLOPE)
 }
 
-/// A stride-1 "same" convolution (odd kernel `k`, padding `k / 2`) with `weight` `[out, in, k, k]`,
-/// run in horizontal bands when its im2col matrix would exceed [`BAND_FLOATS`].
+/// A stride-1 "same" convolution (odd kernel `k`, padding `k / 2`) with `weight` `[out, in, k, k]`:
+/// 3x3 through `crate::fastconv`, others run in horizontal bands when their im2col matrix would
+/// exceed [`BAND_FLOATS`].
 fn conv_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (_, c_in, k, _) = weight.dims4()?;
+    if k == 3 {
+        // The direct kernel needs no im2col matrix (its scratch is bounded per thread); packing the
+        // per-sample modulated weights costs one pass over them.
+        return Conv3x3::from_tensors(weight.clone(), bias.cloned(), Activation::Identity)?.forward(x);
+    }
     let (_, _, h, w) = x.dims4()?;
     let p = k / 2;
     let kdim = c_in * k * k;

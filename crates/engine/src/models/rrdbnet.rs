@@ -13,18 +13,15 @@
 //! the three together are again scaled by 0.2 and added to the RRDB's input.
 //! Input and output are RGB in [0, 1], NCHW; the output is 4x the input's size.
 //!
-//! Memory: a 3x3 convolution through im2col needs `9 * in_channels * pixels` floats of scratch,
-//! which at the 4x resolution of a large tile is gigabytes; convolutions here run on horizontal
-//! bands so that scratch stays under [`BAND_SCRATCH_FLOATS`] whatever the input size.
+//! Speed and memory: every convolution is `crate::fastconv`'s direct 3x3 kernel (bias and LeakyReLU
+//! fused); the dense blocks' concatenations and the x2 upsampling before the up-convolutions are
+//! read inside the kernel, never built, and its scratch is a few MB per thread whatever the size.
 
 use candle_core::{CpuStorage, DType, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::nn::{self, Conv2d, Padding};
-
-/// Largest im2col scratch (floats) one convolution call may use: 16M floats = 64 MB.
-pub const BAND_SCRATCH_FLOATS: usize = 16 << 20;
+use crate::fastconv::{Activation, Conv3x3};
 
 /// Hyper-parameters, as BasicSR's `RRDBNet.__init__` names them (scale 4 only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,67 +40,34 @@ impl Config {
     }
 }
 
-/// A 3x3, stride 1, zero-padded convolution (+ bias, optional LeakyReLU 0.2) run in row bands.
-#[derive(Debug, Clone)]
-struct Conv3 {
-    /// The convolution without padding: the input is padded once, then each band is convolved.
-    valid: Conv2d,
-    in_c: usize,
-    leaky: bool,
-}
-
-impl Conv3 {
-    fn new(vb: VarBuilder, in_c: usize, out_c: usize, leaky: bool) -> Result<Self> {
-        Ok(Self { valid: Conv2d::new(vb, in_c, out_c, 3, 1, Padding::Valid, true)?, in_c, leaky })
-    }
-}
-
-impl Module for Conv3 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let padded = nn::pad2d(x, 1, 1, 1, 1)?;
-        let rows = (BAND_SCRATCH_FLOATS / (9 * self.in_c * w).max(1)).clamp(1, h.max(1));
-        let y = if rows >= h {
-            self.valid.forward(&padded)?
-        } else {
-            let mut bands = Vec::with_capacity(h.div_ceil(rows));
-            let mut r = 0;
-            while r < h {
-                let n = rows.min(h - r);
-                bands.push(self.valid.forward(&padded.narrow(2, r, n + 2)?)?);
-                r += n;
-            }
-            Tensor::cat(&bands, 2)?
-        };
-        if self.leaky {
-            leaky_relu_in_place(y)
-        } else {
-            Ok(y)
-        }
-    }
+/// A 3x3, stride 1, zero-padded convolution with bias and optional LeakyReLU 0.2 (fused).
+fn conv3(vb: VarBuilder, in_c: usize, out_c: usize, leaky: bool) -> Result<Conv3x3> {
+    let act = if leaky { Activation::LeakyRelu(0.2) } else { Activation::Identity };
+    Conv3x3::new(vb, in_c, out_c, true, act)
 }
 
 /// Five convolutions over growing concatenations; `x + 0.2 * conv5(...)`.
 #[derive(Debug, Clone)]
 struct ResidualDenseBlock {
-    convs: [Conv3; 5],
+    convs: [Conv3x3; 5],
 }
 
 impl ResidualDenseBlock {
     fn new(vb: VarBuilder, feat: usize, grow: usize) -> Result<Self> {
-        let c = |i: usize, out: usize, leaky: bool| Conv3::new(vb.pp(format!("conv{}", i + 1)), feat + i * grow, out, leaky);
+        let c = |i: usize, out: usize, leaky: bool| conv3(vb.pp(format!("conv{}", i + 1)), feat + i * grow, out, leaky);
         Ok(Self { convs: [c(0, grow, true)?, c(1, grow, true)?, c(2, grow, true)?, c(3, grow, true)?, c(4, feat, false)?] })
     }
 }
 
 impl Module for ResidualDenseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Each conv reads the concatenation of all earlier features without it being built.
         let mut feats = vec![x.clone()];
         for conv in &self.convs[..4] {
-            let input = Tensor::cat(&feats, 1)?;
-            feats.push(conv.forward(&input)?);
+            let y = conv.forward_cat(&feats.iter().collect::<Vec<_>>())?;
+            feats.push(y);
         }
-        let y = self.convs[4].forward(&Tensor::cat(&feats, 1)?)?;
+        let y = self.convs[4].forward_cat(&feats.iter().collect::<Vec<_>>())?;
         scale_add_in_place(y, 0.2, x)
     }
 }
@@ -134,13 +98,13 @@ impl Module for Rrdb {
 /// The x4 generator. `forward`: `[n, 3, h, w]` in [0, 1] -> `[n, 3, 4h, 4w]` (not clamped).
 #[derive(Debug, Clone)]
 pub struct RrdbNet {
-    conv_first: Conv3,
+    conv_first: Conv3x3,
     body: Vec<Rrdb>,
-    conv_body: Conv3,
-    conv_up1: Conv3,
-    conv_up2: Conv3,
-    conv_hr: Conv3,
-    conv_last: Conv3,
+    conv_body: Conv3x3,
+    conv_up1: Conv3x3,
+    conv_up2: Conv3x3,
+    conv_hr: Conv3x3,
+    conv_last: Conv3x3,
 }
 
 impl RrdbNet {
@@ -150,13 +114,13 @@ impl RrdbNet {
             .map(|i| Rrdb::new(vb.pp("body").pp(i.to_string()), f, cfg.num_grow_ch))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            conv_first: Conv3::new(vb.pp("conv_first"), cfg.num_in_ch, f, false)?,
+            conv_first: conv3(vb.pp("conv_first"), cfg.num_in_ch, f, false)?,
             body,
-            conv_body: Conv3::new(vb.pp("conv_body"), f, f, false)?,
-            conv_up1: Conv3::new(vb.pp("conv_up1"), f, f, true)?,
-            conv_up2: Conv3::new(vb.pp("conv_up2"), f, f, true)?,
-            conv_hr: Conv3::new(vb.pp("conv_hr"), f, f, true)?,
-            conv_last: Conv3::new(vb.pp("conv_last"), f, cfg.num_out_ch, false)?,
+            conv_body: conv3(vb.pp("conv_body"), f, f, false)?,
+            conv_up1: conv3(vb.pp("conv_up1"), f, f, true)?,
+            conv_up2: conv3(vb.pp("conv_up2"), f, f, true)?,
+            conv_hr: conv3(vb.pp("conv_hr"), f, f, true)?,
+            conv_last: conv3(vb.pp("conv_last"), f, cfg.num_out_ch, false)?,
         })
     }
 
@@ -172,16 +136,11 @@ impl Module for RrdbNet {
             y = block.forward(&y)?;
         }
         let y = scale_add_in_place(self.conv_body.forward(&y)?, 1.0, &feat)?;
-        let y = self.conv_up1.forward(&upsample2(&y)?)?;
-        let y = self.conv_up2.forward(&upsample2(&y)?)?;
+        // Nearest x2 upsampling is read inside the convolution (the 4x tensor is never built).
+        let y = self.conv_up1.forward_up2(&y)?;
+        let y = self.conv_up2.forward_up2(&y)?;
         self.conv_last.forward(&self.conv_hr.forward(&y)?)
     }
-}
-
-/// Nearest-neighbour x2 upsampling (PyTorch `interpolate(scale_factor=2, mode="nearest")`).
-pub(crate) fn upsample2(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(2 * h, 2 * w)
 }
 
 /// Elementwise in-place kernels over a tensor nothing else reads (a layer's fresh output).
@@ -191,8 +150,6 @@ struct InPlace {
 
 #[derive(Clone, Copy)]
 enum InPlaceKind {
-    /// `max(x, 0.2 x)`.
-    Leaky,
     /// `x * s + other`.
     ScaleAdd(f32),
 }
@@ -213,25 +170,13 @@ fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut
     }
 }
 
-impl candle_core::InplaceOp1 for InPlace {
-    fn name(&self) -> &'static str {
-        "likeness-leaky-relu"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let x = slice_mut(storage, layout)?;
-        x.par_chunks_mut(PAR_CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.2 * *v)));
-        Ok(())
-    }
-}
-
 impl candle_core::InplaceOp2 for InPlace {
     fn name(&self) -> &'static str {
         "likeness-scale-add"
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let InPlaceKind::ScaleAdd(s) = self.kind else { candle_core::bail!("scale-add: wrong kind") };
+        let InPlaceKind::ScaleAdd(s) = self.kind;
         let x = slice_mut(s1, l1)?;
         let other = match (s2, l2.contiguous_offsets()) {
             (CpuStorage::F32(v), Some((a, b))) => v.get(a..b).unwrap_or(&[]),
@@ -250,16 +195,6 @@ impl candle_core::InplaceOp2 for InPlace {
 /// Whether `x` is an f32 CPU tensor that owns its storage from offset 0 (safe to overwrite).
 fn writable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && x.layout().contiguous_offsets().is_some_and(|(s, _)| s == 0)
-}
-
-/// LeakyReLU(0.2), overwriting `x` on the CPU (candle's ops elsewhere).
-pub(crate) fn leaky_relu_in_place(x: Tensor) -> Result<Tensor> {
-    if writable(&x) {
-        x.inplace_op1(&InPlace { kind: InPlaceKind::Leaky })?;
-        Ok(x)
-    } else {
-        x.maximum(&(&x * 0.2)?)
-    }
 }
 
 /// `x * scale + other`, overwriting `x` on the CPU (candle's ops elsewhere).

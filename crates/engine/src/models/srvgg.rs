@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{Conv2d, PRelu, Padding};
+use crate::fastconv::{Activation, Conv3x3};
 
 /// Hyper-parameters, as `SRVGGNetCompact.__init__` names them (PReLU activation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,26 +61,23 @@ impl Config {
 /// The network. `forward`: `[n, 3, h, w]` in [0, 1] -> `[n, 3, s*h, s*w]` (not clamped).
 #[derive(Debug, Clone)]
 pub struct SrVggNetCompact {
-    /// Each conv with the PReLU after it (`None` after the last conv).
-    layers: Vec<(Conv2d, Option<PRelu>)>,
+    /// Each conv with the PReLU after it fused (none after the last conv).
+    layers: Vec<Conv3x3>,
     upscale: usize,
 }
 
 impl SrVggNetCompact {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let pad = Padding::Explicit { top: 1, bottom: 1, left: 1, right: 1 };
         let f = cfg.num_feat;
         let mut layers = Vec::with_capacity(cfg.num_conv + 2);
         for i in 0..=cfg.num_conv {
             let in_c = if i == 0 { cfg.num_in_ch } else { f };
-            let conv = Conv2d::new(vb.pp((2 * i).to_string()), in_c, f, 3, 1, pad, true)?;
             // PyTorch's PReLU names its slopes `weight`.
-            let prelu = PRelu::from_tensor(vb.pp((2 * i + 1).to_string()).get(f, "weight")?)?;
-            layers.push((conv, Some(prelu)));
+            let prelu = Activation::PRelu(vb.pp((2 * i + 1).to_string()).get(f, "weight")?);
+            layers.push(Conv3x3::new(vb.pp((2 * i).to_string()), in_c, f, true, prelu)?);
         }
         let out = cfg.num_out_ch * cfg.upscale * cfg.upscale;
-        let last = Conv2d::new(vb.pp((2 * cfg.num_conv + 2).to_string()), f, out, 3, 1, pad, true)?;
-        layers.push((last, None));
+        layers.push(Conv3x3::new(vb.pp((2 * cfg.num_conv + 2).to_string()), f, out, true, Activation::Identity)?);
         Ok(Self { layers, upscale: cfg.upscale })
     }
 
@@ -92,11 +89,8 @@ impl SrVggNetCompact {
 impl Module for SrVggNetCompact {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.clone();
-        for (conv, act) in &self.layers {
+        for conv in &self.layers {
             y = conv.forward(&y)?;
-            if let Some(act) = act {
-                y = act.forward(&y)?;
-            }
         }
         let y = candle_nn::ops::pixel_shuffle(&y, self.upscale)?;
         let (_, _, h, w) = x.dims4()?;
