@@ -128,12 +128,22 @@ pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
             }
         };
         let sched = path.join("scheduler").join("scheduler_config.json");
+        // SDXL: the second text encoder and tokenizer.
+        let text_encoder_2 =
+            if path.join("text_encoder_2").join("config.json").is_file() { Some(component(path, "text_encoder_2")?) } else { None };
+        let t2 = path.join("tokenizer_2");
+        let tokenizer_2 = match (std::fs::read(t2.join("vocab.json")), std::fs::read_to_string(t2.join("merges.txt"))) {
+            (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
+            _ => None,
+        };
         let files = DiffusionFiles::Diffusers {
             unet: component(path, "unet")?,
             vae: component(path, "vae")?,
             text_encoder: component(path, "text_encoder")?,
             tokenizer,
             scheduler_config: if sched.is_file() { Some(read(&sched)?) } else { None },
+            text_encoder_2,
+            tokenizer_2,
         };
         return Ok((files, sampling));
     }
@@ -145,16 +155,9 @@ pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
 
 /// Reads an imported model (checked by [`ModelStore::diffusion`]) into the engine's input.
 pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Sampling)> {
-    if inst.arch.is_sdxl() {
-        return Err(invalid(format!(
-            "model '{}' is {}: SDXL models are imported but cannot run yet (their UNet's size and pooled-text conditioning are not ported); use an SD 1.5 (inpainting) or SD-Turbo model",
-            inst.id,
-            inst.arch.name()
-        )));
-    }
     let sampling = if inst.arch == Arch::SdTurbo { Sampling::Turbo } else { Sampling::Standard };
     let files = match &inst.files {
-        ImportedFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler, .. } => {
+        ImportedFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2, .. } => {
             let comp = |c: &DiffusersComponent, name: &str| -> Result<Component> {
                 let config = c.config.as_deref().ok_or_else(|| invalid(format!("model '{}': {name}/config.json is missing; import the model again", inst.id)))?;
                 let [weights] = c.weights.as_slice() else {
@@ -166,13 +169,14 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                 };
                 Ok(Component { config: read(config)?, weights: read(weights)? })
             };
-            let tokenizer = match tokenizer {
+            let tok = |t: &Option<PathBuf>| match t {
                 Some(t) => match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
                     (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
                     _ => None,
                 },
                 None => None,
             };
+            let tokenizer = tok(tokenizer);
             let sched = scheduler.as_ref().map(|d| d.join("scheduler_config.json")).filter(|p| p.is_file());
             DiffusionFiles::Diffusers {
                 unet: comp(unet, "unet")?,
@@ -180,6 +184,8 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                 text_encoder: comp(text_encoder, "text_encoder")?,
                 tokenizer,
                 scheduler_config: sched.map(|p| read(&p)).transpose()?,
+                text_encoder_2: text_encoder_2.as_ref().map(|c| comp(c, "text_encoder_2")).transpose()?,
+                tokenizer_2: tok(tokenizer_2),
             }
         }
         ImportedFiles::SingleFile { path } => {

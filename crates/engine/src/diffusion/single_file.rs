@@ -62,7 +62,7 @@ pub fn split(checkpoint: &[u8], unet: &UNetConfig, vae: &VaeConfig) -> Result<Pa
     let all = candle_core::safetensors::load_buffer(checkpoint, &Device::Cpu)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let mut parts = Parts { unet: HashMap::new(), vae: HashMap::new(), text_encoder: HashMap::new() };
-    let layers = unet.candle.layers_per_block;
+    let layers = unet.layers_per_block;
     let vae_blocks = vae.candle.block_out_channels.len();
     for (k, t) in all {
         if let Some(rest) = k.strip_prefix("model.diffusion_model.") {
