@@ -224,6 +224,16 @@ impl DiffusionModel {
         &self.device
     }
 
+    /// How many times SD 1.5's working resolution this model wants: SDXL was trained at 1024 px (128 latent
+    /// cells), twice SD 1.5's 512, and degrades well below it.
+    pub fn resolution_scale(&self) -> usize {
+        if self.is_sdxl() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Whether this is an SDXL model (two text encoders, micro-conditioning).
     pub fn is_sdxl(&self) -> bool {
         self.text_2.is_some()

@@ -328,6 +328,11 @@ impl ResnetBlock {
 /// Scaled dot-product attention over `[B, N, heads * d]` queries and `[B, M, heads * d]` keys / values,
 /// queries in chunks so at most about `ATTN_CHUNK_BYTES` of scores exist at once.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let budget = if q.device().is_cpu() { ATTN_CHUNK_BYTES } else { ATTN_CHUNK_BYTES_GPU };
+    attention_chunked(q, k, v, heads, budget)
+}
+
+fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, budget: usize) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
@@ -335,7 +340,6 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>
     let q = (split(q, n)? * (d as f64).powf(-0.5))?;
     let kt = split(k, m)?.transpose(1, 2)?.contiguous()?;
     let v = split(v, m)?.contiguous()?;
-    let budget = if q.device().is_cpu() { ATTN_CHUNK_BYTES } else { ATTN_CHUNK_BYTES_GPU };
     let row = b * heads * m * q.dtype().size_in_bytes();
     let chunk = (budget / row.max(1)).clamp(1, n.max(1));
     let mut outs = Vec::with_capacity(n.div_ceil(chunk));
@@ -688,5 +692,54 @@ impl UNet2DConditionModel {
         }
         let x = self.conv_norm_out.forward_act(&x, true)?;
         self.conv_out.forward(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunked attention equals the whole-matrix softmax(QK^T / sqrt(d)) V, whatever the chunk size.
+    #[test]
+    fn chunked_attention_matches_the_whole_matrix() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, n, m, heads, d) = (2, 37, 11, 3, 4);
+        let q = Tensor::randn(0f32, 1.0, (b, n, heads * d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (b, m, heads * d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (b, m, heads * d), &dev)?;
+        let split = |t: &Tensor, len: usize| t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous();
+        let w = (split(&q, n)?.matmul(&split(&k, m)?.t()?)? / (d as f64).sqrt())?;
+        let want = candle_nn::ops::softmax_last_dim(&w)?.matmul(&split(&v, m)?)?.transpose(1, 2)?.reshape((b, n, heads * d))?;
+        // One query row's scores per chunk, a few rows, and everything at once.
+        for budget in [1, b * heads * m * 4 * 5, usize::MAX / 2] {
+            let got = attention_chunked(&q, &k, &v, heads, budget)?;
+            let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "budget {budget}: {err}");
+        }
+        Ok(())
+    }
+
+    /// The fused group norm (+ SiLU) equals candle's ops.
+    #[test]
+    fn fused_group_norm_matches_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1.0, (2, 8, 5, 3), &dev)? * 3.0 + 1.0)?;
+        let w = Tensor::randn(1f32, 0.2, 8, &dev)?;
+        let b = Tensor::randn(0f32, 0.2, 8, &dev)?;
+        let gn = GroupNorm { weight: w.clone(), bias: b.clone(), cpu: None, groups: 4, eps: 1e-5 };
+        let fast = GroupNorm { cpu: Some((w.to_vec1()?, b.to_vec1()?)), ..gn.clone_tensors() };
+        for silu in [false, true] {
+            let want = gn.forward_act(&x, silu)?;
+            let got = fast.forward_act(&x, silu)?;
+            let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "silu {silu}: {err}");
+        }
+        Ok(())
+    }
+
+    impl GroupNorm {
+        fn clone_tensors(&self) -> Self {
+            Self { weight: self.weight.clone(), bias: self.bias.clone(), cpu: None, groups: self.groups, eps: self.eps }
+        }
     }
 }

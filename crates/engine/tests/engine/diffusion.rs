@@ -16,7 +16,7 @@ use likeness_engine::diffusion::single_file::Configs;
 use likeness_engine::diffusion::tokenizer::ClipTokenizer;
 use likeness_engine::diffusion::unet::{AddedConditions, UNet2DConditionModel};
 use likeness_engine::diffusion::vae::Vae;
-use likeness_engine::diffusion::{Component, DiffusionFiles};
+use likeness_engine::diffusion::{Component, DiffusionFiles, TokenizerFiles};
 use likeness_engine::imgops::Mask;
 use likeness_engine::progress::CancelToken;
 use likeness_engine::EngineError;
@@ -312,10 +312,65 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(matches!(DiffusionModel::load(broken, &Device::Cpu), Err(EngineError::Model { .. })));
 }
 
+/// The tiny SDXL diffusers folder of the import fixtures (two text encoders with their own tokenizers,
+/// a text_time UNet, float16 files).
+fn sdxl_tiny_files() -> DiffusionFiles {
+    let d = crate::common::repo_root().join("tests/fixtures/sd_import/sdxl_tiny");
+    let comp = |dir: &str, weights: &str| Component {
+        config: std::fs::read(d.join(dir).join("config.json")).expect("config"),
+        weights: std::fs::read(d.join(dir).join(weights)).expect("weights"),
+    };
+    let tok = |dir: &str| TokenizerFiles {
+        vocab_json: std::fs::read(d.join(dir).join("vocab.json")).expect("vocab"),
+        merges: std::fs::read_to_string(d.join(dir).join("merges.txt")).expect("merges"),
+    };
+    DiffusionFiles::Diffusers {
+        unet: comp("unet", "diffusion_pytorch_model.fp16.safetensors"),
+        vae: comp("vae", "diffusion_pytorch_model.fp16.safetensors"),
+        text_encoder: comp("text_encoder", "model.fp16.safetensors"),
+        tokenizer: Some(tok("tokenizer")),
+        scheduler_config: Some(std::fs::read(d.join("scheduler/scheduler_config.json")).expect("scheduler")),
+        text_encoder_2: Some(comp("text_encoder_2", "model.fp16.safetensors")),
+        tokenizer_2: Some(tok("tokenizer_2")),
+    }
+}
+
+#[test]
+fn sdxl_inpainting_runs_deterministically_and_conditions_on_the_prompt() {
+    let model = DiffusionModel::load(sdxl_tiny_files(), &Device::Cpu).expect("tiny SDXL");
+    assert!(model.is_sdxl() && !model.is_inpainting());
+    let cond = model.encode_prompts(&["a photo", "photo"]).expect("encode");
+    assert_eq!(cond.context.dims(), &[2, 77, 16 + 24], "both encoders' widths side by side");
+    assert_eq!(cond.pooled.as_ref().expect("pooled").dims(), &[2, 24], "the second encoder's projection");
+    let a = run(&model, SamplerKind::EulerAncestral, 7, &CancelToken::new()).expect("run");
+    let b = run(&model, SamplerKind::EulerAncestral, 7, &CancelToken::new()).expect("run");
+    let c = run(&model, SamplerKind::EulerAncestral, 8, &CancelToken::new()).expect("run");
+    assert_eq!(a, b, "same seed, same image");
+    assert_ne!(a, c, "another seed, another image");
+    // Without the second text encoder the SDXL UNet is refused with what to do.
+    let DiffusionFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler_config, .. } = sdxl_tiny_files() else { unreachable!() };
+    let half = DiffusionFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler_config, text_encoder_2: None, tokenizer_2: None };
+    match DiffusionModel::load(half, &Device::Cpu) {
+        Err(EngineError::Model { model, reason }) => assert!(model.contains("text_encoder") && reason.contains("width"), "{model}: {reason}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an SDXL UNet without its second encoder loaded"),
+    }
+}
+
 /// The whole generative look on a real photo (bundled face / mesh / segmentation models, the tiny diffusion
 /// model): inside the face oval (away from the seam) every output pixel is the framed photo's own pixel.
 #[test]
 fn generative_headshot_keeps_the_real_face_pixels() {
+    keeps_the_real_face(tiny_files());
+}
+
+/// The same through the tiny SDXL model (two encoders, time ids, latent blending).
+#[test]
+fn sdxl_generative_headshot_keeps_the_real_face_pixels() {
+    keeps_the_real_face(sdxl_tiny_files());
+}
+
+fn keeps_the_real_face(files: DiffusionFiles) {
     use likeness_engine::framing;
     use likeness_engine::generative::{generative_headshots, Attire, GenBackdrop, GenerativeStyle, Quality};
     use likeness_engine::imgops::{self, Border};
@@ -331,7 +386,7 @@ fn generative_headshot_keeps_the_real_face_pixels() {
         &Device::Cpu,
     )
     .expect("studio models");
-    let model = DiffusionModel::load(tiny_files(), &Device::Cpu).expect("tiny model");
+    let model = DiffusionModel::load(files, &Device::Cpu).expect("tiny model");
     let input = std::fs::read(crate::common::repo_root().join("assets/photos/grace_hopper_512x512.jpg")).expect("photo");
     let req = HeadshotRequest { max_short_side: 256, ..HeadshotRequest::default() };
     let style = GenerativeStyle {
