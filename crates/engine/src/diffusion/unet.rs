@@ -723,7 +723,7 @@ mod tests {
     #[test]
     fn fused_group_norm_matches_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
-        let x = (Tensor::randn(0f32, 1.0, (2, 8, 5, 3), &dev)? * 3.0 + 1.0)?;
+        let x = ((Tensor::randn(0f32, 1.0, (2, 8, 5, 3), &dev)? * 3.0)? + 1.0)?;
         let w = Tensor::randn(1f32, 0.2, 8, &dev)?;
         let b = Tensor::randn(0f32, 0.2, 8, &dev)?;
         let gn = GroupNorm { weight: w.clone(), bias: b.clone(), cpu: None, groups: 4, eps: 1e-5 };
