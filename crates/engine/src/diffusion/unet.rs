@@ -19,7 +19,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Module, Re
 use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
 use rayon::prelude::*;
 
-use crate::nn::{Conv2d, Padding};
+use crate::nn::{Conv2d, LeanConv2d, Padding};
 
 /// SDXL's micro-conditioning (`addition_embed_type = "text_time"`).
 #[derive(Debug, Clone, PartialEq)]
@@ -225,12 +225,12 @@ impl GroupNorm {
     }
 }
 
-fn conv3x3(vb: VarBuilder, i: usize, o: usize, stride: usize, pad: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, i, o, 3, stride, Padding::Explicit { top: pad, bottom: pad, left: pad, right: pad }, true)
+fn conv3x3(vb: VarBuilder, i: usize, o: usize, stride: usize, pad: usize) -> Result<LeanConv2d> {
+    LeanConv2d::new(Conv2d::new(vb, i, o, 3, stride, Padding::Explicit { top: pad, bottom: pad, left: pad, right: pad }, true)?)
 }
 
-fn conv1x1(vb: VarBuilder, i: usize, o: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, i, o, 1, 1, Padding::Valid, true)
+fn conv1x1(vb: VarBuilder, i: usize, o: usize) -> Result<LeanConv2d> {
+    LeanConv2d::new(Conv2d::new(vb, i, o, 1, 1, Padding::Valid, true)?)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -281,11 +281,11 @@ impl Module for TimestepEmbedding {
 
 struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: LeanConv2d,
     time_emb_proj: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    conv2: LeanConv2d,
+    conv_shortcut: Option<LeanConv2d>,
     output_scale: f64,
 }
 
@@ -486,7 +486,7 @@ impl Transformer2D {
 struct DownBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
-    downsample: Option<Conv2d>,
+    downsample: Option<LeanConv2d>,
 }
 
 impl DownBlock {
@@ -559,7 +559,7 @@ impl MidBlock {
 struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
-    upsample: Option<Conv2d>,
+    upsample: Option<LeanConv2d>,
 }
 
 impl UpBlock {
@@ -610,14 +610,14 @@ impl UpBlock {
 
 /// The conditional denoising UNet (diffusers' `UNet2DConditionModel`).
 pub struct UNet2DConditionModel {
-    conv_in: Conv2d,
+    conv_in: LeanConv2d,
     time_embedding: TimestepEmbedding,
     add_embedding: Option<TimestepEmbedding>,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: LeanConv2d,
     config: Config,
 }
 
