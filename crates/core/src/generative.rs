@@ -101,6 +101,12 @@ fn component(root: &Path, name: &str) -> Result<Component> {
     Ok(Component { config: read(&dir.join("config.json"))?, weights: read(&weights_in(&dir)?)? })
 }
 
+/// Whether a single-file checkpoint is SDXL (its second text encoder under `conditioner.embedders.1`).
+fn single_file_is_sdxl(bytes: &[u8]) -> bool {
+    let n = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0) as usize;
+    bytes.get(8..8usize.saturating_add(n)).is_some_and(|h| h.windows(24).any(|w| w == b"conditioner.embedders.1."))
+}
+
 /// Whether a single-file checkpoint's UNet takes 9 input channels (inpainting), from its header only.
 fn single_file_inpainting(bytes: &[u8]) -> Result<bool> {
     let bad = || invalid("the checkpoint is not a valid safetensors file; re-import it");
@@ -149,7 +155,11 @@ pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
     }
     let file = if path.is_file() { path.to_path_buf() } else { weights_in(path)? };
     let checkpoint = read(&file)?;
-    let configs = Configs::sd15(single_file_inpainting(&checkpoint)?);
+    let configs = if single_file_is_sdxl(&checkpoint) {
+        Configs::sdxl(single_file_inpainting(&checkpoint)?)
+    } else {
+        Configs::sd15(single_file_inpainting(&checkpoint)?)
+    };
     Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling))
 }
 
@@ -189,16 +199,19 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
             }
         }
         ImportedFiles::SingleFile { path } => {
-            if inst.arch != Arch::Sd15 && inst.arch != Arch::Sd15Inpaint {
-                return Err(invalid(format!(
-                    "model '{}' is a single-file {} checkpoint; only SD 1.5 checkpoints run from one file so far: import its diffusers folder instead",
-                    inst.id,
-                    inst.arch.name()
-                )));
-            }
-            // The import already told inpainting from the header: no second parse.
-            let checkpoint = read(path)?;
-            DiffusionFiles::SingleFile { checkpoint, configs: Configs::sd15(inst.arch == Arch::Sd15Inpaint) }
+            // The import already told the architecture (and inpainting) from the header: no second parse.
+            let configs = match inst.arch {
+                Arch::Sd15 | Arch::Sd15Inpaint => Configs::sd15(inst.arch == Arch::Sd15Inpaint),
+                Arch::Sdxl | Arch::SdxlInpaint => Configs::sdxl(inst.arch == Arch::SdxlInpaint),
+                Arch::SdTurbo => {
+                    return Err(invalid(format!(
+                        "model '{}' is a single-file {} checkpoint; SD 2.x-layout checkpoints do not run from one file: import its diffusers folder instead",
+                        inst.id,
+                        inst.arch.name()
+                    )))
+                }
+            };
+            DiffusionFiles::SingleFile { checkpoint: read(path)?, configs }
         }
     };
     Ok((files, sampling))

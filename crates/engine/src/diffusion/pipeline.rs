@@ -45,7 +45,8 @@ pub struct DiffusionModel {
 /// Maps a candle error to the engine's, turning allocation failures into a clear out-of-memory message.
 pub fn map_err(model: &str) -> impl Fn(candle_core::Error) -> EngineError + '_ {
     move |e| {
-        let msg = e.to_string();
+        // The first line only: with RUST_BACKTRACE set, candle appends a backtrace (full of `alloc::`).
+        let msg = e.to_string().lines().next().unwrap_or_default().to_owned();
         let low = msg.to_lowercase();
         if low.contains("out of memory") || low.contains("alloc") || low.contains("oom") {
             EngineError::Device(format!(
@@ -120,7 +121,11 @@ impl DiffusionModel {
                 let ub = to_vb(parts.unet, dtype);
                 let vb = to_vb(parts.vae, DType::F32);
                 let tb = to_vb(parts.text_encoder, dtype);
-                Self::build(uc, vc, tc, sc, ClipTokenizer::bundled()?, ub, vb, tb, None, dtype, device)
+                let second = match &configs.text_encoder_2 {
+                    Some(c) => Some((config::clip(c)?, to_vb(parts.text_encoder_2, dtype), ClipTokenizer::bundled()?.with_pad(0))),
+                    None => None,
+                };
+                Self::build(uc, vc, tc, sc, ClipTokenizer::bundled()?, ub, vb, tb, second, dtype, device)
             }
         }
     }
