@@ -101,6 +101,12 @@ fn component(root: &Path, name: &str) -> Result<Component> {
     Ok(Component { config: read(&dir.join("config.json"))?, weights: read(&weights_in(&dir)?)? })
 }
 
+/// Whether a single-file checkpoint is SDXL (its second text encoder under `conditioner.embedders.1`).
+fn single_file_is_sdxl(bytes: &[u8]) -> bool {
+    let n = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0) as usize;
+    bytes.get(8..8usize.saturating_add(n)).is_some_and(|h| h.windows(24).any(|w| w == b"conditioner.embedders.1."))
+}
+
 /// Whether a single-file checkpoint's UNet takes 9 input channels (inpainting), from its header only.
 fn single_file_inpainting(bytes: &[u8]) -> Result<bool> {
     let bad = || invalid("the checkpoint is not a valid safetensors file; re-import it");
@@ -128,33 +134,40 @@ pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
             }
         };
         let sched = path.join("scheduler").join("scheduler_config.json");
+        // SDXL: the second text encoder and tokenizer.
+        let text_encoder_2 =
+            if path.join("text_encoder_2").join("config.json").is_file() { Some(component(path, "text_encoder_2")?) } else { None };
+        let t2 = path.join("tokenizer_2");
+        let tokenizer_2 = match (std::fs::read(t2.join("vocab.json")), std::fs::read_to_string(t2.join("merges.txt"))) {
+            (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
+            _ => None,
+        };
         let files = DiffusionFiles::Diffusers {
             unet: component(path, "unet")?,
             vae: component(path, "vae")?,
             text_encoder: component(path, "text_encoder")?,
             tokenizer,
             scheduler_config: if sched.is_file() { Some(read(&sched)?) } else { None },
+            text_encoder_2,
+            tokenizer_2,
         };
         return Ok((files, sampling));
     }
     let file = if path.is_file() { path.to_path_buf() } else { weights_in(path)? };
     let checkpoint = read(&file)?;
-    let configs = Configs::sd15(single_file_inpainting(&checkpoint)?);
+    let configs = if single_file_is_sdxl(&checkpoint) {
+        Configs::sdxl(single_file_inpainting(&checkpoint)?)
+    } else {
+        Configs::sd15(single_file_inpainting(&checkpoint)?)
+    };
     Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling))
 }
 
 /// Reads an imported model (checked by [`ModelStore::diffusion`]) into the engine's input.
 pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Sampling)> {
-    if inst.arch.is_sdxl() {
-        return Err(invalid(format!(
-            "model '{}' is {}: SDXL models are imported but cannot run yet (their UNet's size and pooled-text conditioning are not ported); use an SD 1.5 (inpainting) or SD-Turbo model",
-            inst.id,
-            inst.arch.name()
-        )));
-    }
     let sampling = if inst.arch == Arch::SdTurbo { Sampling::Turbo } else { Sampling::Standard };
     let files = match &inst.files {
-        ImportedFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler, .. } => {
+        ImportedFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2, tokenizer_2, .. } => {
             let comp = |c: &DiffusersComponent, name: &str| -> Result<Component> {
                 let config = c.config.as_deref().ok_or_else(|| invalid(format!("model '{}': {name}/config.json is missing; import the model again", inst.id)))?;
                 let [weights] = c.weights.as_slice() else {
@@ -166,13 +179,14 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                 };
                 Ok(Component { config: read(config)?, weights: read(weights)? })
             };
-            let tokenizer = match tokenizer {
+            let tok = |t: &Option<PathBuf>| match t {
                 Some(t) => match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
                     (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
                     _ => None,
                 },
                 None => None,
             };
+            let tokenizer = tok(tokenizer);
             let sched = scheduler.as_ref().map(|d| d.join("scheduler_config.json")).filter(|p| p.is_file());
             DiffusionFiles::Diffusers {
                 unet: comp(unet, "unet")?,
@@ -180,19 +194,24 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                 text_encoder: comp(text_encoder, "text_encoder")?,
                 tokenizer,
                 scheduler_config: sched.map(|p| read(&p)).transpose()?,
+                text_encoder_2: text_encoder_2.as_ref().map(|c| comp(c, "text_encoder_2")).transpose()?,
+                tokenizer_2: tok(tokenizer_2),
             }
         }
         ImportedFiles::SingleFile { path } => {
-            if inst.arch != Arch::Sd15 && inst.arch != Arch::Sd15Inpaint {
-                return Err(invalid(format!(
-                    "model '{}' is a single-file {} checkpoint; only SD 1.5 checkpoints run from one file so far: import its diffusers folder instead",
-                    inst.id,
-                    inst.arch.name()
-                )));
-            }
-            // The import already told inpainting from the header: no second parse.
-            let checkpoint = read(path)?;
-            DiffusionFiles::SingleFile { checkpoint, configs: Configs::sd15(inst.arch == Arch::Sd15Inpaint) }
+            // The import already told the architecture (and inpainting) from the header: no second parse.
+            let configs = match inst.arch {
+                Arch::Sd15 | Arch::Sd15Inpaint => Configs::sd15(inst.arch == Arch::Sd15Inpaint),
+                Arch::Sdxl | Arch::SdxlInpaint => Configs::sdxl(inst.arch == Arch::SdxlInpaint),
+                Arch::SdTurbo => {
+                    return Err(invalid(format!(
+                        "model '{}' is a single-file {} checkpoint; SD 2.x-layout checkpoints do not run from one file: import its diffusers folder instead",
+                        inst.id,
+                        inst.arch.name()
+                    )))
+                }
+            };
+            DiffusionFiles::SingleFile { checkpoint: read(path)?, configs }
         }
     };
     Ok((files, sampling))

@@ -432,7 +432,7 @@ pub fn generative_headshots(
     let t = pre(Stage::Generate, 5.0)?;
     let s = settings(style.quality, style.sampling);
     let steps = style.steps.unwrap_or(s.steps).max(1);
-    let (ww, wh) = working_size(crop.width(), crop.height(), s.latent_short_side * model.vae_factor(), model.size_multiple());
+    let (ww, wh) = working_size(crop.width(), crop.height(), s.latent_short_side * model.resolution_scale() * model.vae_factor(), model.size_multiple());
     let small = image::imageops::resize(&crop, ww, wh, FilterType::Triangle);
     let small_mask = {
         let m = image::imageops::resize(&masks.generate, ww, wh, FilterType::Triangle);

@@ -1,9 +1,8 @@
-//! diffusers `config.json` files -> the configs of candle's UNet / VAE and of our CLIP and schedulers.
+//! diffusers `config.json` files -> the configs of our UNet, candle's VAE and of our CLIP and schedulers.
 //!
 //! Parsed tolerantly from JSON values (diffusers writes many keys we do not need, and older folders omit
 //! keys that now have defaults), so tiny test models and the official checkpoints load through one path.
 
-use candle_transformers::models::stable_diffusion::unet_2d::{BlockConfig, UNet2DConditionModelConfig};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde_json::Value;
 
@@ -43,15 +42,14 @@ fn usize_list(what: &str, v: &Value, key: &str) -> Result<Vec<usize>> {
     a.iter().map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad(what, format!("`{key}` holds a non-number")))).collect()
 }
 
-/// The UNet's architecture as diffusers describes it.
-#[derive(Debug, Clone)]
-pub struct UNetConfig {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub candle: UNet2DConditionModelConfig,
-    /// SDXL's micro-conditioning (`addition_embed_type = "text_time"`).
-    pub text_time: bool,
-    pub sample_size: usize,
+/// The UNet's architecture (our own UNet's config; see `unet.rs`).
+pub type UNetConfig = super::unet::Config;
+
+fn block_kinds(v: &Value, key: &str) -> Vec<bool> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| x.as_str().is_some_and(|t| t.contains("CrossAttn"))).collect())
+        .unwrap_or_default()
 }
 
 pub fn unet(bytes: &[u8]) -> Result<UNetConfig> {
@@ -62,13 +60,17 @@ pub fn unet(bytes: &[u8]) -> Result<UNetConfig> {
     if n == 0 {
         return Err(bad(what, "`block_out_channels` is empty"));
     }
-    let down: Vec<String> = v
-        .get("down_block_types")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    if down.len() != n {
+    let down_cross = block_kinds(&v, "down_block_types");
+    if down_cross.len() != n {
         return Err(bad(what, "`down_block_types` and `block_out_channels` differ in length"));
+    }
+    // Older configs omit the up blocks: they mirror the down blocks.
+    let mut up_cross = block_kinds(&v, "up_block_types");
+    if up_cross.is_empty() {
+        up_cross = down_cross.iter().rev().copied().collect();
+    }
+    if up_cross.len() != n {
+        return Err(bad(what, "`up_block_types` and `block_out_channels` differ in length"));
     }
     // diffusers' `attention_head_dim` is (for these UNets) the number of heads; `num_attention_heads` wins.
     let heads = if v.get("num_attention_heads").is_some_and(|x| !x.is_null()) {
@@ -76,39 +78,53 @@ pub fn unet(bytes: &[u8]) -> Result<UNetConfig> {
     } else {
         per_block(&v, "attention_head_dim", n, 8)
     };
-    let layers = per_block(&v, "transformer_layers_per_block", n, 1);
+    if heads.len() != n || heads.iter().zip(&channels).any(|(h, c)| *h == 0 || c % h != 0) {
+        return Err(bad(what, "the attention heads do not divide the block widths"));
+    }
+    let transformer_layers = per_block(&v, "transformer_layers_per_block", n, 1);
+    if transformer_layers.len() != n {
+        return Err(bad(what, "`transformer_layers_per_block` and `block_out_channels` differ in length"));
+    }
+    let groups = usize_of(&v, "norm_num_groups", 32);
+    if groups == 0 || channels.iter().any(|c| c % groups != 0) {
+        return Err(bad(what, "`norm_num_groups` does not divide the block widths"));
+    }
     let cross = match v.get("cross_attention_dim") {
         Some(Value::Array(a)) => a.first().and_then(Value::as_u64).unwrap_or(768) as usize,
         Some(x) => x.as_u64().unwrap_or(768) as usize,
         None => 768,
     };
-    let blocks = (0..n)
-        .map(|i| BlockConfig {
-            out_channels: channels.get(i).copied().unwrap_or(320),
-            use_cross_attn: down.get(i).filter(|t| t.contains("CrossAttn")).map(|_| layers.get(i).copied().unwrap_or(1)),
-            attention_head_dim: heads.get(i).copied().unwrap_or(8),
-        })
-        .collect();
-    let candle = UNet2DConditionModelConfig {
-        center_input_sample: bool_of(&v, "center_input_sample", false),
-        flip_sin_to_cos: bool_of(&v, "flip_sin_to_cos", true),
-        freq_shift: f64_of(&v, "freq_shift", 0.0),
-        blocks,
-        layers_per_block: usize_of(&v, "layers_per_block", 2),
-        downsample_padding: usize_of(&v, "downsample_padding", 1),
-        mid_block_scale_factor: f64_of(&v, "mid_block_scale_factor", 1.0),
-        norm_num_groups: usize_of(&v, "norm_num_groups", 32),
-        norm_eps: f64_of(&v, "norm_eps", 1e-5),
-        cross_attention_dim: cross,
-        sliced_attention_size: None,
-        use_linear_projection: bool_of(&v, "use_linear_projection", false),
+    let text_time = match str_of(&v, "addition_embed_type", "") {
+        "" => None,
+        "text_time" => Some(super::unet::TextTime {
+            time_embed_dim: usize_of(&v, "addition_time_embed_dim", 256),
+            input_dim: usize_of(&v, "projection_class_embeddings_input_dim", 2816),
+        }),
+        other => return Err(bad(what, format!("addition_embed_type `{other}` is not supported (text_time only)"))),
     };
+    if !matches!(v.get("class_embed_type"), None | Some(Value::Null)) {
+        return Err(bad(what, "class-conditioned UNets are not supported"));
+    }
     Ok(UNetConfig {
         in_channels: usize_of(&v, "in_channels", 4),
         out_channels: usize_of(&v, "out_channels", 4),
-        candle,
-        text_time: str_of(&v, "addition_embed_type", "") == "text_time",
         sample_size: usize_of(&v, "sample_size", 64),
+        block_out_channels: channels,
+        down_cross,
+        up_cross,
+        layers_per_block: usize_of(&v, "layers_per_block", 2),
+        transformer_layers,
+        heads,
+        cross_attention_dim: cross,
+        use_linear_projection: bool_of(&v, "use_linear_projection", false),
+        norm_num_groups: groups,
+        norm_eps: f64_of(&v, "norm_eps", 1e-5),
+        flip_sin_to_cos: bool_of(&v, "flip_sin_to_cos", true),
+        freq_shift: f64_of(&v, "freq_shift", 0.0),
+        downsample_padding: usize_of(&v, "downsample_padding", 1),
+        mid_block_scale_factor: f64_of(&v, "mid_block_scale_factor", 1.0),
+        center_input_sample: bool_of(&v, "center_input_sample", false),
+        text_time,
     })
 }
 

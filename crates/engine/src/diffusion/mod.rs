@@ -1,9 +1,9 @@
 //! Stable Diffusion in candle: loading imported models (diffusers folders and single-file checkpoints),
 //! text conditioning, schedulers and the inpainting loop behind the generative look.
 //!
-//! Reuses `candle_transformers::models::stable_diffusion` for the UNet and the VAE decoder and writes what
-//! it lacks: config.json -> configs (so any size loads, tiny test models included), the original-layout key
-//! mapping (`single_file`), a configurable CLIP text encoder with pooled output (`clip`), a deterministic VAE
+//! Reuses `candle_transformers::models::stable_diffusion` for the VAE decoder and writes what it lacks:
+//! our own UNet (`unet`: exact GELU, SDXL's micro-conditioning, chunked attention), config.json -> configs
+//! (so any size loads, tiny test models included), the original-layout key mapping (`single_file`), a configurable CLIP text encoder with pooled output (`clip`), a deterministic VAE
 //! encoder and tiling (`vae`), seeded schedulers incl. DPM++ 2M and LCM (`scheduler`), CLIP's tokenizer
 //! (`tokenizer`) and inpainting with classifier-free guidance, progress and cancellation (`pipeline`).
 //!
@@ -17,6 +17,7 @@ pub mod rng;
 pub mod scheduler;
 pub mod single_file;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
 
 /// One component of a diffusers folder: its `config.json` and its safetensors weights.
@@ -43,6 +44,10 @@ pub enum DiffusionFiles {
         text_encoder: Component,
         tokenizer: Option<TokenizerFiles>,
         scheduler_config: Option<Vec<u8>>,
+        /// SDXL's second text encoder (`text_encoder_2/`, a CLIP text model with projection).
+        text_encoder_2: Option<Component>,
+        /// SDXL's second tokenizer (`tokenizer_2/`); the bundled one (padding with `!`) when absent.
+        tokenizer_2: Option<TokenizerFiles>,
     },
     /// One checkpoint in the original Stable Diffusion layout (`model.diffusion_model.*`,
     /// `first_stage_model.*`, `cond_stage_model.transformer.*`) with the architecture's configs.

@@ -2,13 +2,16 @@
 //! up front, prompts encoded once, then an explicit numbered denoising loop with classifier-free guidance,
 //! progress after every step and cancellation between steps.
 //!
+//! SDXL (after `pipeline_stable_diffusion_xl_inpaint.py`): two text encoders whose penultimate hidden states
+//! are concatenated, the second one's projected end-token state as the pooled embedding, and the time ids
+//! (original size, crop top-left (0, 0), target size) of the working resolution.
+//!
 //! 9-channel inpainting UNets get `[latents, mask, masked-image latents]`; ordinary 4-channel models use the
 //! blended-latent approach (after every step the kept region is replaced by the original image's latents
 //! noised to the next step's level), so any imported model can repaint a region.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use image::RgbImage;
 
 use super::clip::ClipTextModel;
@@ -16,6 +19,7 @@ use super::config::{self, ClipConfig, ScheduleConfig, Spacing, UNetConfig, VaeCo
 use super::rng::NoiseRng;
 use super::scheduler::{SamplerKind, Scheduler};
 use super::tokenizer::ClipTokenizer;
+use super::unet::{AddedConditions, UNet2DConditionModel};
 use super::vae::Vae;
 use super::{single_file, DiffusionFiles};
 use crate::error::{EngineError, Result};
@@ -30,6 +34,9 @@ pub struct DiffusionModel {
     text: ClipTextModel,
     pub text_config: ClipConfig,
     tokenizer: ClipTokenizer,
+    /// SDXL's second text encoder (with projection) and its tokenizer.
+    text_2: Option<(ClipTextModel, ClipTokenizer)>,
+    pub text_2_config: Option<ClipConfig>,
     pub schedule: ScheduleConfig,
     dtype: DType,
     device: Device,
@@ -38,7 +45,8 @@ pub struct DiffusionModel {
 /// Maps a candle error to the engine's, turning allocation failures into a clear out-of-memory message.
 pub fn map_err(model: &str) -> impl Fn(candle_core::Error) -> EngineError + '_ {
     move |e| {
-        let msg = e.to_string();
+        // The first line only: with RUST_BACKTRACE set, candle appends a backtrace (full of `alloc::`).
+        let msg = e.to_string().lines().next().unwrap_or_default().to_owned();
         let low = msg.to_lowercase();
         if low.contains("out of memory") || low.contains("alloc") || low.contains("oom") {
             EngineError::Device(format!(
@@ -73,7 +81,7 @@ impl DiffusionModel {
     pub fn load(files: DiffusionFiles, device: &Device) -> Result<Self> {
         let dtype = default_dtype(device);
         match files {
-            DiffusionFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler_config } => {
+            DiffusionFiles::Diffusers { unet, vae, text_encoder, tokenizer, scheduler_config, text_encoder_2, tokenizer_2 } => {
                 let uc = config::unet(&unet.config)?;
                 let vc = config::vae(&vae.config)?;
                 let tc = config::clip(&text_encoder.config)?;
@@ -89,7 +97,19 @@ impl DiffusionModel {
                 // The VAE runs in f32 everywhere: SD's VAE overflows in f16 (diffusers' `force_upcast`).
                 let vb = vb_from_bytes("vae", vae.weights, DType::F32, device)?;
                 let tb = vb_from_bytes("text_encoder", text_encoder.weights, dtype, device)?;
-                Self::build(uc, vc, tc, sc, tok, ub, vb, tb, dtype, device)
+                let second = match text_encoder_2 {
+                    Some(c) => {
+                        let tok = match tokenizer_2 {
+                            Some(t) => ClipTokenizer::from_files(&t.vocab_json, &t.merges)?,
+                            None => ClipTokenizer::bundled()?,
+                        };
+                        // SDXL's second tokenizer pads with `!` (id 0), not the end token.
+                        let tok = tok.with_pad(0);
+                        Some((config::clip(&c.config)?, vb_from_bytes("text_encoder_2", c.weights, dtype, device)?, tok))
+                    }
+                    None => None,
+                };
+                Self::build(uc, vc, tc, sc, tok, ub, vb, tb, second, dtype, device)
             }
             DiffusionFiles::SingleFile { checkpoint, configs } => {
                 let uc = config::unet(&configs.unet)?;
@@ -101,7 +121,11 @@ impl DiffusionModel {
                 let ub = to_vb(parts.unet, dtype);
                 let vb = to_vb(parts.vae, DType::F32);
                 let tb = to_vb(parts.text_encoder, dtype);
-                Self::build(uc, vc, tc, sc, ClipTokenizer::bundled()?, ub, vb, tb, dtype, device)
+                let second = match &configs.text_encoder_2 {
+                    Some(c) => Some((config::clip(c)?, to_vb(parts.text_encoder_2, dtype), ClipTokenizer::bundled()?.with_pad(0))),
+                    None => None,
+                };
+                Self::build(uc, vc, tc, sc, ClipTokenizer::bundled()?, ub, vb, tb, second, dtype, device)
             }
         }
     }
@@ -116,34 +140,61 @@ impl DiffusionModel {
         ub: VarBuilder<'static>,
         vb: VarBuilder<'static>,
         tb: VarBuilder<'static>,
+        second: Option<(ClipConfig, VarBuilder<'static>, ClipTokenizer)>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        if uc.text_time {
-            return Err(EngineError::Model {
-                model: "unet".into(),
-                reason: "SDXL models (micro-conditioned UNet) are not supported by this version; import an SD 1.5 or SD 1.5 inpainting model".into(),
-            });
-        }
+        let unet_err = |reason: String| EngineError::Model { model: "unet".into(), reason };
         if uc.in_channels != 4 && uc.in_channels != 9 {
-            return Err(EngineError::Model {
-                model: "unet".into(),
-                reason: format!("a UNet with {} input channels is neither a text-to-image (4) nor an inpainting (9) model", uc.in_channels),
-            });
+            return Err(unet_err(format!(
+                "a UNet with {} input channels is neither a text-to-image (4) nor an inpainting (9) model",
+                uc.in_channels
+            )));
         }
-        if uc.candle.cross_attention_dim != tc.hidden_size {
+        // SDXL's context is both encoders' hidden states side by side.
+        let width = tc.hidden_size + second.as_ref().map_or(0, |(c, _, _)| c.hidden_size);
+        if uc.cross_attention_dim != width {
             return Err(EngineError::Model {
                 model: "text_encoder".into(),
                 reason: format!(
-                    "the text encoder's width {} does not match the UNet's cross-attention width {}",
-                    tc.hidden_size, uc.candle.cross_attention_dim
+                    "the text encoders' width {width} does not match the UNet's cross-attention width {}",
+                    uc.cross_attention_dim
                 ),
             });
         }
-        let unet = UNet2DConditionModel::new(ub, uc.in_channels, uc.out_channels, false, uc.candle.clone())
-            .map_err(map_err("unet"))?;
+        match (&uc.text_time, &second) {
+            (Some(tt), Some((c2, _, _))) => {
+                if tt.input_dim != c2.projection_dim + 6 * tt.time_embed_dim {
+                    return Err(unet_err(format!(
+                        "its add_embedding takes {} values, but the second text encoder's projection ({}) and six time ids ({} each) make {}",
+                        tt.input_dim,
+                        c2.projection_dim,
+                        tt.time_embed_dim,
+                        c2.projection_dim + 6 * tt.time_embed_dim
+                    )));
+                }
+            }
+            (Some(_), None) => {
+                return Err(EngineError::Model {
+                    model: "text_encoder_2".into(),
+                    reason: "this SDXL UNet needs the second text encoder (text_encoder_2/); import the whole diffusers folder".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(unet_err("the model has a second text encoder but its UNet takes no pooled text embedding".into()))
+            }
+            (None, None) => {}
+        }
+        let unet = UNet2DConditionModel::new(&uc, ub).map_err(map_err("unet"))?;
         let vae = Vae::new(&vc, vb).map_err(map_err("vae"))?;
         let text = ClipTextModel::new(&tc, tb, false).map_err(map_err("text_encoder"))?;
+        let (text_2, text_2_config) = match second {
+            Some((c2, vb2, tok2)) => {
+                let m = ClipTextModel::new(&c2, vb2, true).map_err(map_err("text_encoder_2"))?;
+                (Some((m, tok2)), Some(c2))
+            }
+            None => (None, None),
+        };
         Ok(Self {
             unet,
             unet_config: uc,
@@ -151,6 +202,8 @@ impl DiffusionModel {
             text,
             text_config: tc,
             tokenizer,
+            text_2,
+            text_2_config,
             schedule: sc,
             dtype,
             device: device.clone(),
@@ -164,7 +217,7 @@ impl DiffusionModel {
 
     /// Working sizes must be multiples of this (VAE factor times the UNet's downsampling).
     pub fn size_multiple(&self) -> usize {
-        self.vae.factor() << self.unet_config.candle.blocks.len().saturating_sub(1)
+        self.vae.factor() * self.unet_config.downscale()
     }
 
     /// Whether this is a 9-channel inpainting model.
@@ -176,13 +229,38 @@ impl DiffusionModel {
         &self.device
     }
 
-    /// The text conditioning of prompts (one row each).
-    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
-        let rows: Vec<u32> = prompts.iter().flat_map(|p| self.tokenizer.encode_padded(p)).collect();
-        let n = rows.len() / prompts.len().max(1);
-        let ids = Tensor::from_vec(rows, (prompts.len(), n), &self.device)?;
-        let e = self.text.forward(&ids).map_err(map_err("text_encoder"))?;
-        Ok(e.last)
+    /// How many times SD 1.5's working resolution this model wants: SDXL was trained at 1024 px (128 latent
+    /// cells), twice SD 1.5's 512, and degrades well below it.
+    pub fn resolution_scale(&self) -> usize {
+        if self.is_sdxl() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether this is an SDXL model (two text encoders, micro-conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_2.is_some()
+    }
+
+    /// The text conditioning of prompts (one row each): SD 1.5 takes the last layer; SDXL both encoders'
+    /// penultimate layers concatenated, and the second encoder's projected end token as the pooled embedding.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Conditioning> {
+        let ids = |tok: &ClipTokenizer| -> Result<Tensor> {
+            let rows: Vec<u32> = prompts.iter().flat_map(|p| tok.encode_padded(p)).collect();
+            let n = rows.len() / prompts.len().max(1);
+            Ok(Tensor::from_vec(rows, (prompts.len(), n), &self.device)?)
+        };
+        let e = self.text.forward(&ids(&self.tokenizer)?).map_err(map_err("text_encoder"))?;
+        match &self.text_2 {
+            None => Ok(Conditioning { context: e.last, pooled: None }),
+            Some((m, tok)) => {
+                let e2 = m.forward(&ids(tok)?).map_err(map_err("text_encoder_2"))?;
+                let context = Tensor::cat(&[&e.penultimate, &e2.penultimate.to_dtype(e.penultimate.dtype())?], 2)?;
+                Ok(Conditioning { context, pooled: Some(e2.pooled) })
+            }
+        }
     }
 
     /// The VAE's scaled latents of an image tensor [1, 3, H, W] in [-1, 1].
@@ -190,6 +268,14 @@ impl DiffusionModel {
         let m = self.vae.encode_mean(image).map_err(map_err("vae"))?;
         Ok((m * self.vae.config.scaling_factor)?)
     }
+}
+
+/// What the prompts condition the UNet on.
+pub struct Conditioning {
+    /// `[B, 77, cross-attention width]`.
+    pub context: Tensor,
+    /// SDXL: the pooled text embedding `[B, projection]`.
+    pub pooled: Option<Tensor>,
 }
 
 /// One inpainting call.
@@ -264,11 +350,22 @@ pub fn inpaint(
     let f = model.vae_factor();
     let cfg = req.guidance > 1.0;
 
-    let context = if cfg {
+    let cond = if cfg {
         model.encode_prompts(&[req.negative_prompt, req.prompt])?
     } else {
         model.encode_prompts(&[req.prompt])?
     };
+    let context = cond.context.to_dtype(model.dtype)?;
+    let rows = context.dim(0)?;
+    // SDXL's micro-conditioning: generated at the working size, uncropped, for the working size.
+    let time_ids = Tensor::from_vec(
+        [h, w, 0, 0, h, w].iter().cycle().take(6 * rows).map(|&v| v as f32).collect::<Vec<f32>>(),
+        (rows, 6),
+        dev,
+    )?
+    .to_dtype(model.dtype)?;
+    let pooled = cond.pooled.map(|p| p.to_dtype(model.dtype)).transpose()?;
+    let added = pooled.as_ref().map(|p| AddedConditions { text_embeds: p, time_ids: &time_ids });
 
     let image = image_tensor(req.image, dev)?;
     let mask_px = Tensor::from_vec(req.mask.as_raw().clone(), (1, 1, h, w), dev)?.ge(0.5f32)?.to_dtype(DType::F32)?;
@@ -307,7 +404,7 @@ pub fn inpaint(
         let x = if cfg { Tensor::cat(&[&x, &x], 0)? } else { x };
         let out = model
             .unet
-            .forward(&x.to_dtype(model.dtype)?, t, &context.to_dtype(model.dtype)?)
+            .forward(&x.to_dtype(model.dtype)?, t, &context, added.as_ref())
             .map_err(map_err("unet"))?
             .to_dtype(DType::F32)?;
         let out = if cfg {

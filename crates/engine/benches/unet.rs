@@ -1,0 +1,94 @@
+//! The full-size Stable Diffusion 1.5 inpainting UNet (9 input channels) on random weights, f32, CPU:
+//! our UNet (`diffusion::unet`) against diffusers' `UNet2DConditionModel` (torch, 2 threads) in one run,
+//! batch 2 (classifier-free guidance), context 2 x 77 x 768. Prints the median seconds per UNet call of each,
+//! their ratio and each process's peak resident memory (VmHWM).
+//!
+//!     cargo bench -p likeness-engine --bench unet
+//!
+//! `LIKENESS_BENCH_LATENT` (default 32; 64 is a 512 px image) sets the latent size, `LIKENESS_BENCH_RUNS`
+//! (default 3) the timed calls of each side after one warm-up. The reference side is
+//! `tools/bench_unet_reference.py` with `$LIKENESS_BENCH_PYTHON` (default `.venv/bin/python`, else `python3`);
+//! it needs torch and diffusers. The reference runs first, in its own process, so the two peaks are separate.
+
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use likeness_engine::diffusion::unet::{Config, UNet2DConditionModel};
+
+mod common;
+use common::{python, root};
+
+/// Every weight drawn from N(0, 0.02) (norm scales: 1), like a freshly initialised model.
+struct RandomWeights;
+
+impl SimpleBackend for RandomWeights {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if name.contains("norm") && name.ends_with("weight") {
+            return Tensor::ones(s, dtype, dev);
+        }
+        (Tensor::randn(0f32, 0.02, s, dev)?).to_dtype(dtype)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights have no shape for {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn vm_hwm_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let latent: usize = std::env::var("LIKENESS_BENCH_LATENT").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let runs: usize = std::env::var("LIKENESS_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+
+    let out = Command::new(python())
+        .arg(root().join("tools/bench_unet_reference.py"))
+        .args(["--latent", &latent.to_string(), "--runs", &runs.to_string(), "--threads", "2"])
+        .output()
+        .expect("run tools/bench_unet_reference.py (set LIKENESS_BENCH_PYTHON to a Python with torch and diffusers)");
+    if !out.status.success() {
+        panic!("reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    let ref_s = r["median_s"].as_f64().expect("reference median");
+    let ref_mib = r["peak_mib"].as_f64().unwrap_or(f64::NAN);
+
+    let dev = Device::Cpu;
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone());
+    let unet = UNet2DConditionModel::new(&Config::sd15(9), vb).expect("unet");
+    let after_load = vm_hwm_mib();
+    let x = Tensor::randn(0f32, 1.0, (2, 9, latent, latent), &dev).expect("sample");
+    let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("context");
+    let y = unet.forward(&x, 500.0, &ctx, None).expect("warm-up");
+    assert_eq!(y.dims(), &[2, 4, latent, latent]);
+    let times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            drop(unet.forward(&x, 500.0, &ctx, None).expect("forward"));
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let ours = median(times.clone());
+    let ours_mib = vm_hwm_mib();
+    println!("SD 1.5 inpainting UNet, batch 2, latent {latent}x{latent} ({} px), f32 CPU, {runs} runs", latent * 8);
+    println!("  ours      median {ours:.2} s/call  {times:.2?}  peak {ours_mib:.0} MiB (after loading {after_load:.0} MiB)");
+    println!(
+        "  diffusers median {ref_s:.2} s/call  {:?}  peak {ref_mib:.0} MiB (torch {}, {} threads)",
+        r["times_s"], r["torch"], r["threads"]
+    );
+    println!("  ratio ours/diffusers: time {:.2}x, peak memory {:.2}x", ours / ref_s, ours_mib / ref_mib);
+}
