@@ -4,6 +4,9 @@
 //!
 //!     cargo bench -p likeness-engine --bench headshot
 //!
+//! `LIKENESS_BENCH_MODELS_ONLY=1` stops after the model table (quick iterations on the kernels);
+//! `LIKENESS_BENCH_ONLY=<model id>` times only that model, without the reference (for `perf record`).
+//!
 //! The reference side runs `tools/bench_reference.py` with `$LIKENESS_BENCH_PYTHON` (default
 //! `.venv/bin/python`, else `python3`); `tools/bench.sh` creates that environment.
 
@@ -58,6 +61,14 @@ fn twelve_megapixel_jpeg() -> Vec<u8> {
     out
 }
 
+/// This process's user + system CPU time in ms (Linux `/proc/self/stat`, 100 ticks a second), or 0.
+fn process_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) * 10.0
+}
+
 fn reference_times(inputs: &Path) -> Option<serde_json::Value> {
     let out = Command::new(python())
         .arg(root().join("tools/bench_reference.py"))
@@ -98,6 +109,22 @@ fn main() {
         ("face-mesh-468", input(192, 0.0, 1.0)),
         ("selfie-segmentation-256", input(256, 0.0, 1.0)),
     ];
+    if let Ok(only) = std::env::var("LIKENESS_BENCH_ONLY") {
+        let n = runs.max(50);
+        for (id, x) in inputs.iter().filter(|(id, _)| only.split(',').any(|o| o == *id)) {
+            let cpu0 = process_cpu_ms();
+            let ms = match *id {
+                "blazeface-front-128" => time(10, n, || drop(front.forward(x).expect("fwd"))),
+                "blazeface-back-256" => time(10, n, || drop(back.forward(x).expect("fwd"))),
+                "face-mesh-468" => time(10, n, || drop(mesh.forward(x).expect("fwd"))),
+                _ => time(10, n, || drop(seg.forward(x).expect("fwd"))),
+            };
+            // CPU time (all threads) per call: steadier than wall time on a shared machine.
+            let cpu = (process_cpu_ms() - cpu0) / (n + 10) as f64;
+            println!("{id:<26} median {ms:>8.3} ms   cpu {cpu:>8.3} ms/call");
+        }
+        return;
+    }
     let ours: Vec<f64> = inputs
         .iter()
         .map(|(id, x)| match *id {
@@ -127,6 +154,9 @@ fn main() {
         }
     }
 
+    if std::env::var_os("LIKENESS_BENCH_MODELS_ONLY").is_some() {
+        return;
+    }
     // ---- The whole headshot from a 12 MP JPEG, per stage ----
     let jpeg = twelve_megapixel_jpeg();
     for (label, format) in [("png", OutputFormat::Png), ("jpg", OutputFormat::Jpeg { quality: 92 })] {

@@ -454,6 +454,160 @@ impl CustomOp1 for DepthwiseOp<'_> {
     }
 }
 
+/// Direct 1x1 convolution (also the product of a KxK conv's im2col matrix): `out[m, p] =
+/// act(bias[m] + sum_k w[m, k] * x[k, p])` with bias and activation applied in registers, so
+/// each output is stored once and nothing is zeroed first. gemm packs its operands and is tuned
+/// for large `k`; these nets' layers have 3-128 input channels over maps of 64-16k pixels, where
+/// the packing and its threading cost more than the arithmetic.
+#[cfg(target_arch = "x86_64")]
+mod pointwise {
+    use super::Activation;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Output rows per register block: 6 rows x 16 pixels = 12 accumulators, plus two input
+    /// vectors and one broadcast weight, fits AVX2's 16 registers.
+    const MR: usize = 6;
+    const NR: usize = 16;
+
+    #[inline(always)]
+    unsafe fn act_v(act: Activation, v: __m256) -> __m256 {
+        match act {
+            Activation::Identity => v,
+            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
+            Activation::HardSwish => {
+                let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+                _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+            }
+        }
+    }
+
+    /// `R` rows (`R <= MR`) x 16 pixels. `panel` is the 16 pixels' input packed `[k][16]`
+    /// (sequential loads; the rows of `x` itself are often a multiple of 4 KiB apart, and k of them
+    /// would compete for one L1 set), `w` points at the block's first weight row (`k` apart),
+    /// `out` at the block's first output (rows `p` apart).
+    #[inline(always)]
+    unsafe fn block<const R: usize>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, act: Activation, out: *mut f32) {
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            acc0[r] = _mm256_broadcast_ss(&*bias.add(r));
+            acc1[r] = acc0[r];
+        }
+        for i in 0..k {
+            let a = _mm256_loadu_ps(panel.add(i * NR));
+            let b = _mm256_loadu_ps(panel.add(i * NR + 8));
+            for r in 0..R {
+                let wv = _mm256_broadcast_ss(&*w.add(r * k + i));
+                acc0[r] = _mm256_fmadd_ps(wv, a, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(wv, b, acc1[r]);
+            }
+        }
+        for r in 0..R {
+            let o = out.add(r * p);
+            _mm256_storeu_ps(o, act_v(act, acc0[r]));
+            _mm256_storeu_ps(o.add(8), act_v(act, acc1[r]));
+        }
+    }
+
+    /// Rows `R` over the packed panels of pixels `j0..j0 + 16 * panels`.
+    #[inline(always)]
+    unsafe fn rows_panels<const R: usize>(packed: *const f32, panels: usize, p: usize, k: usize, w: *const f32, bias: *const f32, act: Activation, out: *mut f32) {
+        for jb in 0..panels {
+            block::<R>(packed.add(jb * k * NR), p, k, w, bias, act, out.add(jb * NR));
+        }
+    }
+
+    /// Floats of the packed input tile (32 KiB: the L1 data cache).
+    const PACK: usize = 8192;
+
+    /// `out` rows `[m, p]` for weight rows `w` `[m, k]` (`m = bias.len()`), input `x` `[k, p]`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) {
+        let m = bias.len();
+        let mut packed = [0f32; PACK];
+        // Pixel tiles whose packed input (`k x tile`) stays in L1 across all the row blocks.
+        let tile = ((PACK / k.max(1)) / NR * NR).max(NR);
+        let (xp, wp, bp, op) = (x.as_ptr(), w.as_ptr(), bias.as_ptr(), out.as_mut_ptr() as *mut f32);
+        let full = p / NR * NR;
+        let mut j0 = 0;
+        while j0 < full {
+            let j1 = (j0 + tile).min(full);
+            let panels = (j1 - j0) / NR;
+            let pk = packed.as_mut_ptr();
+            for jb in 0..panels {
+                for i in 0..k {
+                    let src = xp.add(i * p + j0 + jb * NR);
+                    let dst = pk.add((jb * k + i) * NR);
+                    _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+                    _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
+                }
+            }
+            let mut r = 0;
+            while r < m {
+                let (wr, br, or) = (wp.add(r * k), bp.add(r), op.add(r * p + j0));
+                match m - r {
+                    1 => rows_panels::<1>(pk, panels, p, k, wr, br, act, or),
+                    2 => rows_panels::<2>(pk, panels, p, k, wr, br, act, or),
+                    3 => rows_panels::<3>(pk, panels, p, k, wr, br, act, or),
+                    4 => rows_panels::<4>(pk, panels, p, k, wr, br, act, or),
+                    5 => rows_panels::<5>(pk, panels, p, k, wr, br, act, or),
+                    _ => rows_panels::<MR>(pk, panels, p, k, wr, br, act, or),
+                }
+                r += MR;
+            }
+            j0 = j1;
+        }
+        // Pixels past the last whole panel.
+        for jj in j0..p {
+            for r in 0..m {
+                let mut acc = *bp.add(r);
+                for i in 0..k {
+                    acc = (*xp.add(i * p + jj)).mul_add(*wp.add(r * k + i), acc);
+                }
+                *op.add(r * p + jj) = act.apply(acc);
+            }
+        }
+    }
+
+    /// Whether [`run`] takes this shape on this CPU: AVX2 + FMA, at least one whole panel of
+    /// pixels, and 16 pixels' inputs fitting the packed tile (deeper products are gemm's).
+    pub(super) fn fits(k: usize, p: usize) -> bool {
+        super::has_avx2_fma() && p >= NR && k > 0 && k * NR <= PACK
+    }
+
+    /// Writes every value of `out` (`bias.len() x p`), splitting the rows over rayon's threads
+    /// when there is enough work. `false` (nothing written) when the sizes disagree or the CPU
+    /// lacks AVX2 + FMA.
+    pub(super) fn run(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> bool {
+        let m = bias.len();
+        if !fits(k, p) || x.len() < k * p || w.len() < m * k || out.len() != m * p {
+            return false;
+        }
+        let threads = rayon::current_num_threads();
+        // ~40 us of arithmetic per extra thread before a hand-off pays.
+        let parts = if threads > 1 && m >= 2 * MR { (m * k * p / (1 << 20)).clamp(1, threads) } else { 1 };
+        if parts <= 1 {
+            // SAFETY: AVX2 + FMA are present; the sizes were checked above.
+            unsafe { run_avx2(x, p, k, w, bias, act, out) };
+            return true;
+        }
+        use rayon::prelude::*;
+        // Whole register blocks per task, so only the last task has a partial block.
+        let rows = m.div_ceil(parts).div_ceil(MR) * MR;
+        out.par_chunks_mut(rows * p).enumerate().for_each(|(t, o)| {
+            let r0 = t * rows;
+            let n = o.len() / p;
+            // SAFETY: as above; this task's rows r0..r0+n of `w`, `bias` and `out`.
+            if let (Some(w), Some(b)) = (w.get(r0 * k..(r0 + n) * k), bias.get(r0..r0 + n)) {
+                unsafe { run_avx2(x, p, k, w, b, act, o) };
+            }
+        });
+        true
+    }
+}
+
 /// Dense convolution: `gemm` on the input (1x1, stride 1, no padding) or on its im2col matrix.
 struct DenseOp<'a> {
     weight: &'a [f32],
@@ -506,8 +660,32 @@ impl CustomOp1 for DenseOp<'_> {
         if x.len() != g.n * g.c_in * plane_in || self.weight.len() != g.c_out * kdim || self.bias.len() != g.c_out {
             bail!("conv2d: input / weight sizes disagree");
         }
-        let mut out = vec![0f32; g.n * g.c_out * plane_out];
         let out_img = g.c_out * plane_out;
+        #[cfg(target_arch = "x86_64")]
+        if pointwise::fits(kdim, plane_out) && out_img > 0 {
+            let len = g.n * out_img;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
+            for (b, y) in spare.chunks_exact_mut(out_img).enumerate() {
+                let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
+                let (w, bias, act) = (self.weight, self.bias, self.act);
+                let done = if self.pointwise() {
+                    pointwise::run(img, plane_out, kdim, w, bias, act, y)
+                } else {
+                    with_scratch(kdim * plane_out, |col| {
+                        self.im2col(img, col);
+                        pointwise::run(col, plane_out, kdim, w, bias, act, y)
+                    })
+                };
+                if !done {
+                    bail!("conv2d: input / weight sizes disagree");
+                }
+            }
+            // SAFETY: `pointwise::run` wrote all `out_img` values of each of the `n` images.
+            unsafe { out.set_len(len) };
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
+        }
+        let mut out = vec![0f32; g.n * g.c_out * plane_out];
         for (b, y) in out.chunks_exact_mut(out_img.max(1)).enumerate().take(g.n) {
             let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
             if self.pointwise() {
