@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -460,6 +460,9 @@ impl CustomOp1 for DepthwiseOp<'_> {
 /// for large `k`; these nets' layers have 3-128 input channels over maps of 64-16k pixels, where
 /// the packing and its threading cost more than the arithmetic.
 #[cfg(target_arch = "x86_64")]
+// The kernel is raw-pointer code throughout: its `unsafe fn`s share one contract (sizes checked by
+// `run`), so per-call `unsafe` blocks inside them would only repeat it.
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
 mod pointwise {
     use super::Activation;
     use std::arch::x86_64::*;
@@ -469,26 +472,81 @@ mod pointwise {
     /// vectors and one broadcast weight, fits AVX2's 16 registers.
     const MR: usize = 6;
     const NR: usize = 16;
+    /// Floats of the packed input tile (32 KiB: the L1 data cache).
+    const PACK: usize = 8192;
 
-    #[inline(always)]
-    unsafe fn act_v(act: Activation, v: __m256) -> __m256 {
-        match act {
-            Activation::Identity => v,
-            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-            Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
-            Activation::HardSwish => {
-                let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
-                _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+    /// What happens to `conv + bias` before the store: an optional residual added (`add`, rows
+    /// `[add_rows, p]`; rows past it add nothing, as a residual zero-padded in channels), then a
+    /// per-row PReLU (`alpha`) or else the activation.
+    #[derive(Clone, Copy)]
+    pub(super) struct Post<'a> {
+        pub act: Activation,
+        pub add: Option<(&'a [f32], usize)>,
+        pub alpha: Option<&'a [f32]>,
+    }
+
+    /// [`Post`] as raw pointers for the kernel, shifted to start at output row `r`.
+    #[derive(Clone, Copy)]
+    struct PostPtr {
+        act: Activation,
+        add: *const f32,
+        add_rows: usize,
+        alpha: *const f32,
+    }
+
+    impl PostPtr {
+        #[inline(always)]
+        unsafe fn at_row(self, r: usize, p: usize) -> Self {
+            PostPtr {
+                act: self.act,
+                add: if r < self.add_rows { self.add.add(r * p) } else { self.add },
+                add_rows: self.add_rows.saturating_sub(r),
+                alpha: if self.alpha.is_null() { self.alpha } else { self.alpha.add(r) },
             }
+        }
+
+        /// Row `r`'s value `v` at pixel offset `j` (from this row block's first output).
+        #[inline(always)]
+        unsafe fn apply_v(self, r: usize, p: usize, j: usize, mut v: __m256) -> __m256 {
+            if r < self.add_rows {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(self.add.add(r * p + j)));
+            }
+            if !self.alpha.is_null() {
+                let a = _mm256_broadcast_ss(&*self.alpha.add(r));
+                let zero = _mm256_setzero_ps();
+                return _mm256_add_ps(_mm256_max_ps(v, zero), _mm256_mul_ps(a, _mm256_min_ps(v, zero)));
+            }
+            match self.act {
+                Activation::Identity => v,
+                Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+                Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
+                Activation::HardSwish => {
+                    let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+                    _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+                }
+            }
+        }
+
+        /// The scalar form of [`Self::apply_v`].
+        #[inline(always)]
+        unsafe fn apply(self, r: usize, p: usize, j: usize, mut v: f32) -> f32 {
+            if r < self.add_rows {
+                v += *self.add.add(r * p + j);
+            }
+            if !self.alpha.is_null() {
+                let a = *self.alpha.add(r);
+                return v.max(0.0) + a * v.min(0.0);
+            }
+            self.act.apply(v)
         }
     }
 
     /// `R` rows (`R <= MR`) x 16 pixels. `panel` is the 16 pixels' input packed `[k][16]`
     /// (sequential loads; the rows of `x` itself are often a multiple of 4 KiB apart, and k of them
     /// would compete for one L1 set), `w` points at the block's first weight row (`k` apart),
-    /// `out` at the block's first output (rows `p` apart).
+    /// `out` at the block's first output (rows `p` apart), pixel offset `j` within the rows.
     #[inline(always)]
-    unsafe fn block<const R: usize>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, act: Activation, out: *mut f32) {
+    unsafe fn block<const R: usize>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize) {
         let mut acc0 = [_mm256_setzero_ps(); R];
         let mut acc1 = [_mm256_setzero_ps(); R];
         for r in 0..R {
@@ -505,33 +563,31 @@ mod pointwise {
             }
         }
         for r in 0..R {
-            let o = out.add(r * p);
-            _mm256_storeu_ps(o, act_v(act, acc0[r]));
-            _mm256_storeu_ps(o.add(8), act_v(act, acc1[r]));
+            let o = out.add(r * p + j);
+            _mm256_storeu_ps(o, post.apply_v(r, p, j, acc0[r]));
+            _mm256_storeu_ps(o.add(8), post.apply_v(r, p, j + 8, acc1[r]));
         }
     }
 
     /// Rows `R` over the packed panels of pixels `j0..j0 + 16 * panels`.
     #[inline(always)]
-    unsafe fn rows_panels<const R: usize>(packed: *const f32, panels: usize, p: usize, k: usize, w: *const f32, bias: *const f32, act: Activation, out: *mut f32) {
+    unsafe fn rows_panels<const R: usize>(packed: *const f32, panels: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j0: usize) {
         for jb in 0..panels {
-            block::<R>(packed.add(jb * k * NR), p, k, w, bias, act, out.add(jb * NR));
+            block::<R>(packed.add(jb * k * NR), p, k, w, bias, post, out, j0 + jb * NR);
         }
     }
 
-    /// Floats of the packed input tile (32 KiB: the L1 data cache).
-    const PACK: usize = 8192;
-
-    /// `out` rows `[m, p]` for weight rows `w` `[m, k]` (`m = bias.len()`), input `x` `[k, p]`.
+    /// Pixels `js..je` of `out` (`[m, p]` at `op`) for weight rows `w` `[m, k]` (`m =
+    /// bias.len()`), input `x` `[k, p]`; `js` is a multiple of 16.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) {
+    unsafe fn run_avx2(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
         let m = bias.len();
         let mut packed = [0f32; PACK];
         // Pixel tiles whose packed input (`k x tile`) stays in L1 across all the row blocks.
         let tile = ((PACK / k.max(1)) / NR * NR).max(NR);
-        let (xp, wp, bp, op) = (x.as_ptr(), w.as_ptr(), bias.as_ptr(), out.as_mut_ptr() as *mut f32);
-        let full = p / NR * NR;
-        let mut j0 = 0;
+        let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
+        let full = js + (je - js) / NR * NR;
+        let mut j0 = js;
         while j0 < full {
             let j1 = (j0 + tile).min(full);
             let panels = (j1 - j0) / NR;
@@ -546,27 +602,27 @@ mod pointwise {
             }
             let mut r = 0;
             while r < m {
-                let (wr, br, or) = (wp.add(r * k), bp.add(r), op.add(r * p + j0));
+                let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
                 match m - r {
-                    1 => rows_panels::<1>(pk, panels, p, k, wr, br, act, or),
-                    2 => rows_panels::<2>(pk, panels, p, k, wr, br, act, or),
-                    3 => rows_panels::<3>(pk, panels, p, k, wr, br, act, or),
-                    4 => rows_panels::<4>(pk, panels, p, k, wr, br, act, or),
-                    5 => rows_panels::<5>(pk, panels, p, k, wr, br, act, or),
-                    _ => rows_panels::<MR>(pk, panels, p, k, wr, br, act, or),
+                    1 => rows_panels::<1>(pk, panels, p, k, wr, br, po, or, j0),
+                    2 => rows_panels::<2>(pk, panels, p, k, wr, br, po, or, j0),
+                    3 => rows_panels::<3>(pk, panels, p, k, wr, br, po, or, j0),
+                    4 => rows_panels::<4>(pk, panels, p, k, wr, br, po, or, j0),
+                    5 => rows_panels::<5>(pk, panels, p, k, wr, br, po, or, j0),
+                    _ => rows_panels::<MR>(pk, panels, p, k, wr, br, po, or, j0),
                 }
                 r += MR;
             }
             j0 = j1;
         }
         // Pixels past the last whole panel.
-        for jj in j0..p {
+        for jj in j0..je {
             for r in 0..m {
                 let mut acc = *bp.add(r);
                 for i in 0..k {
                     acc = (*xp.add(i * p + jj)).mul_add(*wp.add(r * k + i), acc);
                 }
-                *op.add(r * p + jj) = act.apply(acc);
+                *op.add(r * p + jj) = post.apply(r, p, jj, acc);
             }
         }
     }
@@ -578,34 +634,55 @@ mod pointwise {
     }
 
     /// Writes every value of `out` (`bias.len() x p`), splitting the rows over rayon's threads
-    /// when there is enough work. `false` (nothing written) when the sizes disagree or the CPU
-    /// lacks AVX2 + FMA.
-    pub(super) fn run(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> bool {
+    /// when there is enough work. `false` (nothing written) when the sizes disagree or the shape
+    /// does not [`fits`].
+    pub(super) fn run(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>]) -> bool {
         let m = bias.len();
-        if !fits(k, p) || x.len() < k * p || w.len() < m * k || out.len() != m * p {
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        if !fits(k, p) || x.len() < k * p || w.len() < m * k || out.len() != m * p || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
             return false;
         }
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let threads = rayon::current_num_threads();
-        // ~40 us of arithmetic per extra thread before a hand-off pays.
-        let parts = if threads > 1 && m >= 2 * MR { (m * k * p / (1 << 20)).clamp(1, threads) } else { 1 };
+        let op = out.as_mut_ptr() as *mut f32;
+        // ~60 us of arithmetic per extra thread before a hand-off pays.
+        let parts = if threads > 1 { (m * k * p / (1 << 20)).clamp(1, threads).min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
-            unsafe { run_avx2(x, p, k, w, bias, act, out) };
+            unsafe { run_avx2(x, p, k, w, bias, ptrs, op, 0, p) };
             return true;
         }
-        use rayon::prelude::*;
-        // Whole register blocks per task, so only the last task has a partial block.
-        let rows = m.div_ceil(parts).div_ceil(MR) * MR;
-        out.par_chunks_mut(rows * p).enumerate().for_each(|(t, o)| {
-            let r0 = t * rows;
-            let n = o.len() / p;
-            // SAFETY: as above; this task's rows r0..r0+n of `w`, `bias` and `out`.
-            if let (Some(w), Some(b)) = (w.get(r0 * k..(r0 + n) * k), bias.get(r0..r0 + n)) {
-                unsafe { run_avx2(x, p, k, w, b, act, o) };
+        // Each task takes a band of whole pixel panels across all the rows (the split stays even
+        // however few rows there are); the last one also takes the tail.
+        let panels = (p / NR).div_ceil(parts);
+        let shared = SendPost(ptrs, op);
+        let band = |t: usize| ((t * panels * NR).min(p), if t + 1 == parts { p } else { ((t + 1) * panels * NR).min(p) });
+        // This thread takes the first band itself: one hand-off per extra band, not one per band.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let (js, je) = band(t);
+                s.spawn(move |_| {
+                    let shared = shared;
+                    // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
+                    // `&mut` borrow keeps alive and unaliased until the scope ends.
+                    unsafe { run_avx2(x, p, k, w, bias, shared.0, shared.1, js, je) };
+                });
             }
+            let (js, je) = band(0);
+            // SAFETY: as above.
+            unsafe { run_avx2(x, p, k, w, bias, ptrs, op, js, je) };
         });
         true
     }
+
+    /// The post-op's and the output's pointers cross to rayon's threads: they point into slices
+    /// borrowed for the whole of [`run`] (the output written at disjoint columns per task).
+    #[derive(Clone, Copy)]
+    struct SendPost(PostPtr, *mut f32);
+    // SAFETY: see above; the pointers outlive the scope that uses them.
+    unsafe impl Send for SendPost {}
+    unsafe impl Sync for SendPost {}
 }
 
 /// Dense convolution: `gemm` on the input (1x1, stride 1, no padding) or on its im2col matrix.
@@ -617,6 +694,41 @@ struct DenseOp<'a> {
 }
 
 impl DenseOp<'_> {
+    /// The whole batch on the direct kernel, `None` when the shape is not its (gemm's then):
+    /// `post(conv + bias + residual)` where `residual` (`[n, c, oh, ow]`, `c <= c_out`) is
+    /// zero-padded in channels and `post` is a PReLU with these slopes, else the activation.
+    #[cfg(target_arch = "x86_64")]
+    fn direct(&self, x: &[f32], residual: Option<(&[f32], usize)>, alpha: Option<&[f32]>) -> Result<Option<Vec<f32>>> {
+        let g = self.g;
+        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+        let (kdim, out_img) = (g.c_in * g.kh * g.kw, g.c_out * plane_out);
+        if !pointwise::fits(kdim, plane_out) || out_img == 0 {
+            return Ok(None);
+        }
+        let len = g.n * out_img;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
+        for (b, y) in spare.chunks_exact_mut(out_img).enumerate() {
+            let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
+            let add = residual.map(|(r, c)| (r.get(b * c * plane_out..(b + 1) * c * plane_out).unwrap_or(&[]), c));
+            let post = pointwise::Post { act: self.act, add, alpha };
+            let done = if self.pointwise() {
+                pointwise::run(img, plane_out, kdim, self.weight, self.bias, post, y)
+            } else {
+                with_scratch(kdim * plane_out, |col| {
+                    self.im2col(img, col);
+                    pointwise::run(col, plane_out, kdim, self.weight, self.bias, post, y)
+                })
+            };
+            if !done {
+                bail!("conv2d: input / weight / residual sizes disagree");
+            }
+        }
+        // SAFETY: `pointwise::run` wrote all `out_img` values of each of the `n` images.
+        unsafe { out.set_len(len) };
+        Ok(Some(out))
+    }
+
     fn pointwise(&self) -> bool {
         let g = &self.g;
         g.kh == 1 && g.kw == 1 && g.stride == 1 && g.oh == g.h && g.ow == g.w
@@ -662,27 +774,7 @@ impl CustomOp1 for DenseOp<'_> {
         }
         let out_img = g.c_out * plane_out;
         #[cfg(target_arch = "x86_64")]
-        if pointwise::fits(kdim, plane_out) && out_img > 0 {
-            let len = g.n * out_img;
-            let mut out: Vec<f32> = Vec::with_capacity(len);
-            let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
-            for (b, y) in spare.chunks_exact_mut(out_img).enumerate() {
-                let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
-                let (w, bias, act) = (self.weight, self.bias, self.act);
-                let done = if self.pointwise() {
-                    pointwise::run(img, plane_out, kdim, w, bias, act, y)
-                } else {
-                    with_scratch(kdim * plane_out, |col| {
-                        self.im2col(img, col);
-                        pointwise::run(col, plane_out, kdim, w, bias, act, y)
-                    })
-                };
-                if !done {
-                    bail!("conv2d: input / weight sizes disagree");
-                }
-            }
-            // SAFETY: `pointwise::run` wrote all `out_img` values of each of the `n` images.
-            unsafe { out.set_len(len) };
+        if let Some(out) = self.direct(x, None, None)? {
             return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
         }
         let mut out = vec![0f32; g.n * g.c_out * plane_out];
@@ -1508,6 +1600,36 @@ mod tests {
     }
 
     #[test]
+    fn fused_conv_matches_separate_ops() -> Result<()> {
+        // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
+        // residuals, im2col products and a layer big enough to be split over threads.
+        let cases = [
+            (1, 24, 24, 24, 128, 128, 1, 1),
+            (2, 9, 14, 9, 13, 11, 1, 1),
+            (1, 28, 32, 28, 9, 7, 1, 1),
+            (1, 3, 16, 0, 33, 31, 3, 2),
+            (2, 32, 32, 32, 6, 6, 1, 1),
+        ];
+        for (i, &(n, ci, co, rc, h, w, k, stride)) in cases.iter().enumerate() {
+            let seed = 900 + i as u64 * 10;
+            let x = rand_tensor(&[n, ci, h, w], seed)?;
+            let conv = Conv2d::from_tensors(rand_tensor(&[co, ci, k, k], seed + 1)?, Some(rand_tensor(&[co], seed + 2)?), stride, Padding::Same, false)?;
+            let plain = conv.forward_candle(&x)?;
+            let (_, _, oh, ow) = plain.dims4()?;
+            let r = rand_tensor(&[n, rc, oh, ow], seed + 3)?;
+            let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
+            let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
+            let residual = (rc > 0).then_some(&r);
+            let relu = conv.forward_fused(&x, residual, FusedActivation::Relu)?;
+            assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu");
+            let pr = conv.forward_fused(&x, residual, FusedActivation::PRelu(&prelu))?;
+            let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
+            assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn fast_conv_accepts_strided_input() -> Result<()> {
         // A transposed view is not contiguous: the kernel must see the logical values.
         let x = rand_tensor(&[1, 6, 9, 8], 7)?.transpose(2, 3)?;
@@ -1674,4 +1796,104 @@ pub fn leaky_relu_in_place(x: Tensor, slope: f32) -> Result<Tensor> {
     }
     x.inplace_op1(&LeakyReluOp(slope))?;
     Ok(x)
+}
+
+/// What ends [`Conv2d::forward_fused`]: after the residual sum, a ReLU or a PReLU.
+#[derive(Debug, Clone, Copy)]
+pub enum FusedActivation<'a> {
+    Relu,
+    PRelu(&'a PRelu),
+}
+
+/// `post(conv(x) + residual)` on the direct kernel: one CPU op, the sum and activation done in
+/// registers before the one store.
+struct FusedOp<'a> {
+    dense: DenseOp<'a>,
+    alpha: Option<&'a [f32]>,
+}
+
+impl CustomOp2 for FusedOp<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-conv2d-fused"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.dense.g;
+        let x = cpu_slice(s1, l1, self.name())?;
+        let r = cpu_slice(s2, l2, self.name())?;
+        let (rn, rc, rh, rw) = l2.shape().dims4()?;
+        if x.len() != g.n * g.c_in * g.h * g.w || rn != g.n || rc > g.c_out || rh != g.oh || rw != g.ow {
+            bail!("conv2d fused: residual {:?} does not fit the output", l2.shape());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = self.dense.direct(x, Some((r, rc)), self.alpha)? {
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
+        }
+        bail!("conv2d fused: shape not supported by the direct kernel")
+    }
+}
+
+impl Conv2d {
+    /// `act(conv(x) + residual)`, where `residual` (`[n, c, oh, ow]`, `c <=` output channels) is
+    /// zero-padded in channels (the skip of BlazeFace / face-mesh blocks) and may be `None`; the
+    /// layer's own activation, if any, comes before the sum. On the CPU (AVX2 + FMA) the sum and
+    /// `act` happen in the convolution's store: no extra pass or tensor per op; elsewhere, and
+    /// for shapes the direct kernel does not take, candle's ops / the other kernels.
+    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, act: FusedActivation) -> Result<Tensor> {
+        let alpha = match act {
+            FusedActivation::Relu => None,
+            FusedActivation::PRelu(p) => Some(p.cpu.as_deref().map(|a| a.as_slice())),
+        };
+        let cpu = self.cpu.as_deref().filter(|_| fast_cpu(x) && residual.is_none_or(fast_cpu));
+        if let (Some(cpu), true) = (cpu, alpha.is_none_or(|a| a.is_some())) {
+            let g = self.geometry(x)?;
+            let kdim = g.c_in * g.kh * g.kw;
+            if !self.depthwise && Self::direct_fits(kdim, g.oh * g.ow) {
+                let alpha = alpha.flatten();
+                let act_in = match act {
+                    FusedActivation::Relu => Activation::Relu,
+                    FusedActivation::PRelu(_) => Activation::Identity,
+                };
+                if self.activation == Activation::Identity && alpha.is_none_or(|a| a.len() == g.c_out) {
+                    let dense = DenseOp { weight: &cpu.weight, bias: &cpu.bias, act: act_in, g };
+                    let x = x.contiguous()?;
+                    let r = match residual {
+                        Some(r) => r.contiguous()?,
+                        None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+                    };
+                    return x.apply_op2_no_bwd(&r, &FusedOp { dense, alpha });
+                }
+            }
+        }
+        let y = self.forward(x)?;
+        let y = match residual {
+            Some(r) => {
+                let extra = y.dim(1)?.saturating_sub(r.dim(1)?);
+                let r = if extra > 0 { r.pad_with_zeros(1, 0, extra)? } else { r.clone() };
+                (y + r)?
+            }
+            None => y,
+        };
+        match act {
+            FusedActivation::Relu => y.relu(),
+            FusedActivation::PRelu(p) => p.forward(&y),
+        }
+    }
+
+    /// Whether [`Self::forward_fused`] runs as one kernel on `x` (a CPU f32 tensor, a dense conv
+    /// the direct kernel takes, no activation of its own); otherwise it falls back to separate ops
+    /// and a caller may have a cheaper fused tail of its own.
+    pub fn fuses(&self, x: &Tensor) -> bool {
+        let Ok(g) = self.geometry(x) else { return false };
+        self.cpu.is_some() && fast_cpu(x) && !self.depthwise && self.activation == Activation::Identity
+            && Self::direct_fits(g.c_in * g.kh * g.kw, g.oh * g.ow)
+    }
+
+    /// Whether the direct kernel takes a product of depth `k` over `p` pixels on this machine.
+    fn direct_fits(k: usize, p: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return pointwise::fits(k, p);
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
 }

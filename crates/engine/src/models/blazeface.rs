@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::nn::{max_pool2d, Conv2d, Padding};
+use crate::nn::{max_pool2d, Activation, Conv2d, FusedActivation, Padding};
 
 /// One BlazeBlock: channels in and out, stride, and whether it has a residual connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,17 @@ impl BlazeBlock {
 
 impl Module for BlazeBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.pw.forward(&self.dw.forward(x)?)?;
+        let h = self.dw.forward(x)?;
+        if self.pw.fuses(&h) {
+            // The residual (pooled to the output's size) is added in the pointwise conv's store.
+            let r = match (self.cfg.residual, self.cfg.stride) {
+                (false, _) => None,
+                (true, 2) => Some(max_pool2d(x, 2, 2, Padding::Valid)?),
+                (true, _) => Some(x.clone()),
+            };
+            return self.pw.forward_fused(&h, r.as_ref(), FusedActivation::Relu);
+        }
+        let y = self.pw.forward(&h)?;
         if self.cfg.residual {
             residual_relu(&y, x, self.cfg.stride == 2)
         } else {
@@ -249,7 +259,7 @@ pub struct BlazeFace {
 
 impl BlazeFace {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let stem = Conv2d::new(vb.pp("stem"), 3, cfg.stem_channels, 5, 2, Padding::Same, true)?;
+        let stem = Conv2d::new(vb.pp("stem"), 3, cfg.stem_channels, 5, 2, Padding::Same, true)?.with_activation(Activation::Relu);
         let blocks = cfg
             .blocks
             .iter()
@@ -276,7 +286,7 @@ impl BlazeFace {
         if c != 3 || h != s || w != s {
             candle_core::bail!("BlazeFace expects [n, 3, {s}, {s}] input, got {:?}", x.dims());
         }
-        let mut x = self.stem.forward(x)?.relu()?;
+        let mut x = self.stem.forward(x)?;
         let mut tap = None;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x)?;
