@@ -10,7 +10,7 @@
 //! The reference side runs `tools/bench_reference.py` with `$LIKENESS_BENCH_PYTHON` (default
 //! `.venv/bin/python`, else `python3`); `tools/bench.sh` creates that environment.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -14,8 +14,16 @@
 //! * depthwise: padding handled inside the kernel (no padded copy), bias and activation fused,
 //!   contiguous row loops (stride 2 reads column-phase planes) that LLVM vectorises, with an
 //!   AVX2+FMA build chosen at run time (installers never assume `target-cpu=native`);
-//! * 1x1 dense: one `gemm` call per image (`[out, in] x [in, h*w]`), then one bias+activation pass;
-//! * KxK dense: im2col into a reused buffer with the padding folded in, then `gemm`;
+//! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
+//!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
+//!   residual and a PReLU) applied before the one store into an output that is never zeroed;
+//!   threads take bands of pixels. Without AVX2, or for fewer than 16 pixels, one `gemm` call
+//!   per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//! * depthwise (stride 1) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
+//!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
+//!   into the 1x1 kernel, so no feature map between them is written out or read back;
+//! * KxK dense: im2col into a reused buffer with the padding folded in, then the direct kernel
+//!   (or `gemm`, as for 1x1);
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
@@ -280,12 +288,13 @@ fn axpy<const FMA: bool>(o: &mut [f32], i: &[f32], w: f32) {
 /// One depthwise output plane. `src` is the input plane, or for stride > 1 the `stride`
 /// column-phase planes (`phase_w` wide each, `h` rows) so that every tap reads a contiguous run.
 #[inline(always)]
-fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
-    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, out) {
+fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
+    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, oy0, out) {
         return;
     }
     let s = g.stride;
-    for (oy, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+    for (i, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+        let oy = oy0 + i;
         orow.fill(bias);
         for ky in 0..g.kh {
             let Some(iy) = g.in_row(oy, ky) else { continue };
@@ -324,14 +333,15 @@ fn madd<const FMA: bool>(o: f32, i: f32, w: f32) -> f32 {
 /// three input rows in one loop with the nine taps in registers (one store per output instead
 /// of nine read-modify-writes). Returns false, touching nothing, for any other geometry.
 #[inline(always)]
-fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) -> bool {
+fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) -> bool {
     let (h, w) = (g.h, g.w);
     let fits = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == h && g.ow == w;
     let Some(k) = k.get(..9) else { return false };
-    if !fits || w < 2 || h == 0 || src.len() < h * w || out.len() < h * w {
+    if !fits || w < 2 || h == 0 || src.len() < h * w || oy0 >= h {
         return false;
     }
-    for (oy, orow) in out.chunks_exact_mut(w).take(h).enumerate() {
+    for (i, orow) in out.chunks_exact_mut(w).take(h - oy0).enumerate() {
+        let oy = oy0 + i;
         let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| src.get(r * w..(r + 1) * w));
         let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
         match rows {
@@ -385,17 +395,18 @@ fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activa
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_plane_avx2(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
-    dw_plane_impl::<true>(src, phase_w, k, bias, act, g, out)
+unsafe fn dw_plane_avx2(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
+    dw_plane_impl::<true>(src, phase_w, k, bias, act, g, oy0, out)
 }
 
-fn dw_plane(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
+/// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane.
+fn dw_plane(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dw_plane_avx2(src, phase_w, k, bias, act, g, out) };
+        return unsafe { dw_plane_avx2(src, phase_w, k, bias, act, g, oy0, out) };
     }
-    dw_plane_impl::<false>(src, phase_w, k, bias, act, g, out)
+    dw_plane_impl::<false>(src, phase_w, k, bias, act, g, oy0, out)
 }
 
 /// Splits a plane into `s` column-phase planes: phase p holds columns p, p+s, p+2s, ...
@@ -439,12 +450,12 @@ impl CustomOp1 for DepthwiseOp<'_> {
                 return;
             };
             if g.stride == 1 {
-                dw_plane(plane, g.w, k, b, self.act, &g, o);
+                dw_plane(plane, g.w, k, b, self.act, &g, 0, o);
             } else {
                 // split_phases writes every value, so the thread's reused scratch needs no zeroing.
                 with_scratch(g.stride * g.h * phase_w, |phases| {
                     split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
-                    dw_plane(phases, phase_w, k, b, self.act, &g, o);
+                    dw_plane(phases, phase_w, k, b, self.act, &g, 0, o);
                 });
             }
         };
@@ -578,14 +589,15 @@ mod pointwise {
     }
 
     /// Pixels `js..je` of `out` (`[m, p]` at `op`) for weight rows `w` `[m, k]` (`m =
-    /// bias.len()`), input `x` `[k, p]`; `js` is a multiple of 16.
+    /// bias.len()`) and the input at `xin`: `k` rows `xs` apart, pixel `j` at column `j - xoff`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+    unsafe fn run_avx2(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        let (xp, xs, xoff) = xin;
         let m = bias.len();
         let mut packed = [0f32; PACK];
         // Pixel tiles whose packed input (`k x tile`) stays in L1 across all the row blocks.
         let tile = ((PACK / k.max(1)) / NR * NR).max(NR);
-        let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
+        let (wp, bp) = (w.as_ptr(), bias.as_ptr());
         let full = js + (je - js) / NR * NR;
         let mut j0 = js;
         while j0 < full {
@@ -594,7 +606,7 @@ mod pointwise {
             let pk = packed.as_mut_ptr();
             for jb in 0..panels {
                 for i in 0..k {
-                    let src = xp.add(i * p + j0 + jb * NR);
+                    let src = xp.add(i * xs + j0 + jb * NR - xoff);
                     let dst = pk.add((jb * k + i) * NR);
                     _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
                     _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
@@ -620,7 +632,7 @@ mod pointwise {
             for r in 0..m {
                 let mut acc = *bp.add(r);
                 for i in 0..k {
-                    acc = (*xp.add(i * p + jj)).mul_add(*wp.add(r * k + i), acc);
+                    acc = (*xp.add(i * xs + jj - xoff)).mul_add(*wp.add(r * k + i), acc);
                 }
                 *op.add(r * p + jj) = post.apply(r, p, jj, acc);
             }
@@ -650,7 +662,7 @@ mod pointwise {
         let parts = if threads > 1 { (m * k * p / (1 << 20)).clamp(1, threads).min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
-            unsafe { run_avx2(x, p, k, w, bias, ptrs, op, 0, p) };
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
             return true;
         }
         // Each task takes a band of whole pixel panels across all the rows (the split stays even
@@ -666,14 +678,95 @@ mod pointwise {
                     let shared = shared;
                     // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
                     // `&mut` borrow keeps alive and unaliased until the scope ends.
-                    unsafe { run_avx2(x, p, k, w, bias, shared.0, shared.1, js, je) };
+                    unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
                 });
             }
             let (js, je) = band(0);
             // SAFETY: as above.
-            unsafe { run_avx2(x, p, k, w, bias, ptrs, op, js, je) };
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, js, je) };
         });
         true
+    }
+
+    /// A stride-1 depthwise conv feeding the 1x1 conv: its weights and geometry.
+    pub(super) struct Depthwise<'a> {
+        pub weight: &'a [f32],
+        pub bias: &'a [f32],
+        pub act: Activation,
+        pub g: super::Geom,
+    }
+
+    /// `post(pw(dw(x)))` for one image `x` (`[k, h, w]`), band of output rows by band: the
+    /// depthwise output of a band goes to a thread-local scratch that stays in cache and feeds
+    /// the 1x1 product straight away, instead of a whole feature map written out and read back.
+    /// Writes every value of `out` (`bias.len() x oh*ow`); `false` (nothing written) when the
+    /// sizes disagree or the shape does not [`fits`].
+    pub(super) fn run_dw(x: &[f32], dw: &Depthwise, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>]) -> bool {
+        let g = &dw.g;
+        let (k, m, ow, oh, p) = (g.c_in, bias.len(), g.ow, g.oh, g.oh * g.ow);
+        let kk = g.kh * g.kw;
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        let sizes = x.len() == k * g.h * g.w && dw.weight.len() == k * kk && dw.bias.len() == k && w.len() >= m * k && out.len() == m * p;
+        if !fits(k, p) || g.stride != 1 || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+            return false;
+        }
+        // Bands of ~64 KiB of depthwise output (L2), a whole number of 16-pixel panels where the
+        // row width allows.
+        let q = NR / gcd(ow, NR);
+        let mut band = (16384 / (k * ow)).max(1);
+        if band >= q {
+            band = band / q * q;
+        }
+        let band = band.min(oh);
+        let bands = oh.div_ceil(band);
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let op = out.as_mut_ptr() as *mut f32;
+        let run_bands = move |b0: usize, b1: usize, shared: SendPost| {
+            for bi in b0..b1 {
+                let oy0 = bi * band;
+                let rows = band.min(oh - oy0);
+                let bpx = rows * ow;
+                super::with_scratch(k * bpx, |scratch| {
+                    for (c, dst) in scratch.chunks_exact_mut(bpx).enumerate() {
+                        let (Some(plane), Some(kw), Some(&b)) =
+                            (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c))
+                        else {
+                            return;
+                        };
+                        super::dw_plane(plane, g.w, kw, b, dw.act, g, oy0, dst);
+                    }
+                    // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
+                    // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
+                    unsafe { run_avx2((scratch.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
+                });
+            }
+        };
+        let threads = rayon::current_num_threads();
+        let parts = if threads > 1 { ((m + kk) * k * p / (1 << 20)).clamp(1, threads).min(bands) } else { 1 };
+        let shared = SendPost(ptrs, op);
+        if parts <= 1 {
+            run_bands(0, bands, shared);
+            return true;
+        }
+        let per = bands.div_ceil(parts);
+        // This thread takes the first bands itself; tasks write disjoint output pixels.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let run_bands = &run_bands;
+                s.spawn(move |_| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
+            }
+            run_bands(0, per.min(bands), shared);
+        });
+        true
+    }
+
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a.max(1)
+        } else {
+            gcd(b, a % b)
+        }
     }
 
     /// The post-op's and the output's pointers cross to rayon's threads: they point into slices
@@ -1630,6 +1723,38 @@ mod tests {
     }
 
     #[test]
+    fn fused_depthwise_pointwise_matches_separate_ops() -> Result<()> {
+        // (n, c, c_out, residual channels, h, w, dw kernel, dw activation): bands of whole and
+        // partial panels, widths that are not a multiple of 16, deep inputs, threads.
+        let cases = [
+            (1, 24, 24, 24, 128, 128, 3, Activation::Identity),
+            (2, 16, 16, 16, 96, 96, 3, Activation::Identity),
+            (1, 128, 128, 128, 12, 12, 3, Activation::Relu),
+            (1, 28, 32, 28, 17, 13, 3, Activation::Identity),
+            (2, 8, 12, 0, 20, 7, 5, Activation::HardSwish),
+            (1, 32, 32, 32, 6, 6, 3, Activation::Identity),
+        ];
+        for (i, &(n, c, co, rc, h, w, k, dw_act)) in cases.iter().enumerate() {
+            let seed = 1900 + i as u64 * 10;
+            let x = rand_tensor(&[n, c, h, w], seed)?;
+            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), 1, Padding::Same, true)?.with_activation(dw_act);
+            let pw = Conv2d::from_tensors(rand_tensor(&[co, c, 1, 1], seed + 2)?, Some(rand_tensor(&[co], seed + 6)?), 1, Padding::Valid, false)?;
+            assert!(dw.fuses_with(&pw, &x), "case {i} should take the fused kernel");
+            let plain = pw.forward_candle(&dw.forward_candle(&x)?)?;
+            let r = rand_tensor(&[n, rc, h, w], seed + 3)?;
+            let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
+            let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
+            let residual = (rc > 0).then_some(&r);
+            let relu = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::Relu)?;
+            assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu");
+            let pr = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::PRelu(&prelu))?;
+            let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
+            assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn fast_conv_accepts_strided_input() -> Result<()> {
         // A transposed view is not contiguous: the kernel must see the logical values.
         let x = rand_tensor(&[1, 6, 9, 8], 7)?.transpose(2, 3)?;
@@ -1895,5 +2020,89 @@ impl Conv2d {
         return pointwise::fits(k, p);
         #[cfg(not(target_arch = "x86_64"))]
         return false;
+    }
+}
+
+/// A stride-1 depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
+#[cfg(target_arch = "x86_64")]
+struct DwPwOp<'a> {
+    dw: pointwise::Depthwise<'a>,
+    weight: &'a [f32],
+    bias: &'a [f32],
+    act: Activation,
+    alpha: Option<&'a [f32]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp2 for DwPwOp<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-dw-pw-fused"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.dw.g;
+        let m = self.bias.len();
+        let x = cpu_slice(s1, l1, self.name())?;
+        let r = cpu_slice(s2, l2, self.name())?;
+        let (rn, rc, rh, rw) = l2.shape().dims4()?;
+        let (img, p) = (g.c_in * g.h * g.w, g.oh * g.ow);
+        if x.len() != g.n * img || rn != g.n || rc > m || rh != g.oh || rw != g.ow || m * p == 0 {
+            bail!("depthwise + pointwise: residual {:?} does not fit the output", l2.shape());
+        }
+        let len = g.n * m * p;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("depthwise + pointwise: allocation too small") };
+        for (b, y) in spare.chunks_exact_mut(m * p).enumerate() {
+            let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
+            let add = Some((r.get(b * rc * p..(b + 1) * rc * p).unwrap_or(&[]), rc));
+            let post = pointwise::Post { act: self.act, add, alpha: self.alpha };
+            if !pointwise::run_dw(xi, &self.dw, self.weight, self.bias, post, y) {
+                bail!("depthwise + pointwise: input / weight sizes disagree");
+            }
+        }
+        // SAFETY: `run_dw` wrote all `m * p` values of each of the `n` images.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((g.n, m, g.oh, g.ow))))
+    }
+}
+
+impl Conv2d {
+    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a stride-1 depthwise conv
+    /// and `pw` a 1x1 conv without activation, on a CPU f32 `x`, shapes the direct kernel takes.
+    pub fn fuses_with(&self, pw: &Conv2d, x: &Tensor) -> bool {
+        let Ok(g) = self.geometry(x) else { return false };
+        let pw_1x1 = pw.kernel == (1, 1) && pw.stride == 1 && !pw.depthwise && pw.weight.dims4().is_ok_and(|(_, i, _, _)| i == g.c_out);
+        self.depthwise && self.stride == 1 && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
+            && pw.activation == Activation::Identity && Self::direct_fits(g.c_out, g.oh * g.ow)
+    }
+
+    /// `act(pw(self(x)) + residual)` for a depthwise conv `self` followed by the 1x1 conv `pw`,
+    /// the residual zero-padded in channels as in [`Self::forward_fused`]. Where
+    /// [`Self::fuses_with`] holds, one pass over bands of rows with the depthwise output kept
+    /// in cache; otherwise the two convs one after the other.
+    pub fn forward_dw_fused(&self, pw: &Conv2d, x: &Tensor, residual: Option<&Tensor>, act: FusedActivation) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if self.fuses_with(pw, x) && residual.is_none_or(fast_cpu) {
+            let alpha = match act {
+                FusedActivation::Relu => None,
+                FusedActivation::PRelu(p) => p.cpu.as_deref().map(|a| a.as_slice()),
+            };
+            if let (Some(dwc), Some(pwc), true) = (self.cpu.as_deref(), pw.cpu.as_deref(), matches!(act, FusedActivation::Relu) || alpha.is_some()) {
+                let g = self.geometry(x)?;
+                let op = DwPwOp {
+                    dw: pointwise::Depthwise { weight: &dwc.weight, bias: &dwc.bias, act: self.activation, g },
+                    weight: &pwc.weight,
+                    bias: &pwc.bias,
+                    act: if alpha.is_some() { Activation::Identity } else { Activation::Relu },
+                    alpha,
+                };
+                let r = match residual {
+                    Some(r) => r.contiguous()?,
+                    None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+                };
+                return x.contiguous()?.apply_op2_no_bwd(&r, &op);
+            }
+        }
+        pw.forward_fused(&self.forward(x)?, residual, act)
     }
 }

@@ -119,6 +119,11 @@ impl BlazeBlock {
 
 impl Module for BlazeBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.cfg.stride == 1 && self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the residual and the ReLU in one pass over bands of rows.
+            let r = if self.cfg.residual { Some(x) } else { None };
+            return self.dw.forward_dw_fused(&self.pw, x, r, FusedActivation::Relu);
+        }
         let h = self.dw.forward(x)?;
         if self.pw.fuses(&h) {
             // The residual (pooled to the output's size) is added in the pointwise conv's store.

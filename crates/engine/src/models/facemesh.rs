@@ -110,6 +110,10 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.stride == 1 && self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the skip and the PReLU in one pass over bands of rows.
+            return self.dw.forward_dw_fused(&self.pw, x, Some(x), FusedActivation::PRelu(&self.act));
+        }
         let d = self.dw.forward(x)?;
         if self.pw.fuses(&d) {
             // The skip (pooled to the output's size) and the PReLU happen in the pointwise conv's store.
