@@ -1230,8 +1230,19 @@ impl CustomOp1 for MaxPoolOp {
         let x = cpu_slice(storage, layout, self.name())?;
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         let mut out = vec![f32::NEG_INFINITY; g.n * g.c_in * plane_out];
+        // 2x2 stride 2 inside the image (the blocks' pooled skips): two rows in, pairwise maxima.
+        let pairs = g.kh == 2 && g.kw == 2 && g.stride == 2 && g.pt == 0 && g.pl == 0 && 2 * g.oh <= g.h && 2 * g.ow <= g.w;
         for_chunks(&mut out, plane_out, g.n * g.c_in * plane_out * g.kh * g.kw, |p, o| {
             let plane = x.get(p * plane_in..(p + 1) * plane_in).unwrap_or(&[]);
+            if pairs {
+                for (orow, rows) in o.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
+                    let (r0, r1) = rows.split_at(g.w);
+                    for ((d, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                        *d = a[0].max(a[1]).max(b[0].max(b[1]));
+                    }
+                }
+                return;
+            }
             for (oy, orow) in o.chunks_exact_mut(g.ow).enumerate() {
                 for ky in 0..g.kh {
                     let Some(row) = g.in_row(oy, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w)) else { continue };
