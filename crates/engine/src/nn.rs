@@ -485,6 +485,9 @@ mod pointwise {
     const NR: usize = 16;
     /// Floats of the packed input tile (32 KiB: the L1 data cache).
     const PACK: usize = 8192;
+    /// Multiply-adds of a layer before splitting it over threads pays: a hand-off costs tens of
+    /// microseconds on a busy machine, as much as ~2M multiply-adds on one core.
+    const SPLIT_WORK: usize = 1 << 21;
 
     /// What happens to `conv + bias` before the store: an optional residual added (`add`, rows
     /// `[add_rows, p]`; rows past it add nothing, as a residual zero-padded in channels), then a
@@ -658,8 +661,7 @@ mod pointwise {
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        // ~60 us of arithmetic per extra thread before a hand-off pays.
-        let parts = if threads > 1 { (m * k * p / (1 << 20)).clamp(1, threads).min(p / NR) } else { 1 };
+        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -743,7 +745,7 @@ mod pointwise {
             }
         };
         let threads = rayon::current_num_threads();
-        let parts = if threads > 1 { ((m + kk) * k * p / (1 << 20)).clamp(1, threads).min(bands) } else { 1 };
+        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
@@ -2116,4 +2118,16 @@ impl Conv2d {
         }
         pw.forward_fused(&self.forward(x)?, residual, act)
     }
+}
+
+/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads when
+/// called from outside the pool with more than one thread. The kernels' parallel sections then
+/// start from a pool thread, which hands work to the others through its own queue and keeps
+/// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
+/// and blocking the caller: one hand-off per forward pass instead of one per layer.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+        return f();
+    }
+    rayon::scope(|_| f())
 }

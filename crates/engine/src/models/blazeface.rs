@@ -286,6 +286,13 @@ impl BlazeFace {
     /// `x`: `[n, 3, s, s]` RGB in [-1, 1]. Returns (regressors `[n, 896, 16]`, logits `[n, 896]`):
     /// the 16x16 map's anchors first, then the 8x8 map's.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.device().is_cpu() {
+            return crate::nn::on_pool(|| self.forward_here(x));
+        }
+        self.forward_here(x)
+    }
+
+    fn forward_here(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, c, h, w) = x.dims4()?;
         let s = self.config.input_size;
         if c != 3 || h != s || w != s {

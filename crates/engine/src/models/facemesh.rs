@@ -306,6 +306,13 @@ impl FaceMeshNet {
     /// `x`: `[n, 3, 192, 192]` RGB in [0, 1]. Returns landmarks `[n, 1404]` (x, y, z per point, in
     /// input pixels) and the face-presence logit `[n, 1]`.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.device().is_cpu() {
+            return crate::nn::on_pool(|| self.forward_here(x));
+        }
+        self.forward_here(x)
+    }
+
+    fn forward_here(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = prelu_conv(&self.stem, &self.stem_act, x)?;
         for block in &self.trunk {
             h = block.forward(&h)?;
