@@ -28,7 +28,10 @@
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
 //! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never nested
-//! inside a rayon task, so the two never oversubscribe the cores. Tensors on CUDA / Metal (or of
+//! inside a rayon task, so the two never oversubscribe the cores. The direct kernels split a layer
+//! into one band of pixels (or of rows) per thread, and only layers of 2M+ multiply-adds; the
+//! models run their whole forward pass on a pool thread ([`on_pool`]) so that each parallel
+//! layer is a local hand-off rather than an injection from outside the pool. Tensors on CUDA / Metal (or of
 //! another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
