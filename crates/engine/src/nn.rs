@@ -27,18 +27,21 @@
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
-//! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never nested
-//! inside a rayon task, so the two never oversubscribe the cores. The direct kernels split a layer
-//! into one band of pixels (or of rows) per thread, and only layers of 2M+ multiply-adds; the
-//! models run their whole forward pass on a pool thread ([`on_pool`]) so that each parallel
-//! layer is a local hand-off rather than an injection from outside the pool. Tensors on CUDA / Metal (or of
-//! another dtype) take candle's own ops, chosen by `x.device()`.
+//! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never called
+//! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
+//! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
+//! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
+//! each parallel layer is a local hand-off rather than an injection from outside the pool.
+//! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use candle_core::CustomOp2;
 
 /// How a convolution or pooling pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1948,11 +1951,13 @@ pub enum FusedActivation<'a> {
 
 /// `post(conv(x) + residual)` on the direct kernel: one CPU op, the sum and activation done in
 /// registers before the one store.
+#[cfg(target_arch = "x86_64")]
 struct FusedOp<'a> {
     dense: DenseOp<'a>,
     alpha: Option<&'a [f32]>,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl CustomOp2 for FusedOp<'_> {
     fn name(&self) -> &'static str {
         "likeness-conv2d-fused"
@@ -1966,7 +1971,6 @@ impl CustomOp2 for FusedOp<'_> {
         if x.len() != g.n * g.c_in * g.h * g.w || rn != g.n || rc > g.c_out || rh != g.oh || rw != g.ow {
             bail!("conv2d fused: residual {:?} does not fit the output", l2.shape());
         }
-        #[cfg(target_arch = "x86_64")]
         if let Some(out) = self.dense.direct(x, Some((r, rc)), self.alpha)? {
             return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
         }
@@ -1981,28 +1985,31 @@ impl Conv2d {
     /// `act` happen in the convolution's store: no extra pass or tensor per op; elsewhere, and
     /// for shapes the direct kernel does not take, candle's ops / the other kernels.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, act: FusedActivation) -> Result<Tensor> {
-        let alpha = match act {
-            FusedActivation::Relu => None,
-            FusedActivation::PRelu(p) => Some(p.cpu.as_deref().map(|a| a.as_slice())),
-        };
-        let cpu = self.cpu.as_deref().filter(|_| fast_cpu(x) && residual.is_none_or(fast_cpu));
-        if let (Some(cpu), true) = (cpu, alpha.is_none_or(|a| a.is_some())) {
-            let g = self.geometry(x)?;
-            let kdim = g.c_in * g.kh * g.kw;
-            if !self.depthwise && Self::direct_fits(kdim, g.oh * g.ow) {
-                let alpha = alpha.flatten();
-                let act_in = match act {
-                    FusedActivation::Relu => Activation::Relu,
-                    FusedActivation::PRelu(_) => Activation::Identity,
-                };
-                if self.activation == Activation::Identity && alpha.is_none_or(|a| a.len() == g.c_out) {
-                    let dense = DenseOp { weight: &cpu.weight, bias: &cpu.bias, act: act_in, g };
-                    let x = x.contiguous()?;
-                    let r = match residual {
-                        Some(r) => r.contiguous()?,
-                        None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+        #[cfg(target_arch = "x86_64")]
+        {
+            let alpha = match act {
+                FusedActivation::Relu => None,
+                FusedActivation::PRelu(p) => Some(p.cpu.as_deref().map(|a| a.as_slice())),
+            };
+            let cpu = self.cpu.as_deref().filter(|_| fast_cpu(x) && residual.is_none_or(fast_cpu));
+            if let (Some(cpu), true) = (cpu, alpha.is_none_or(|a| a.is_some())) {
+                let g = self.geometry(x)?;
+                let kdim = g.c_in * g.kh * g.kw;
+                if !self.depthwise && Self::direct_fits(kdim, g.oh * g.ow) {
+                    let alpha = alpha.flatten();
+                    let act_in = match act {
+                        FusedActivation::Relu => Activation::Relu,
+                        FusedActivation::PRelu(_) => Activation::Identity,
                     };
-                    return x.apply_op2_no_bwd(&r, &FusedOp { dense, alpha });
+                    if self.activation == Activation::Identity && alpha.is_none_or(|a| a.len() == g.c_out) {
+                        let dense = DenseOp { weight: &cpu.weight, bias: &cpu.bias, act: act_in, g };
+                        let x = x.contiguous()?;
+                        let r = match residual {
+                            Some(r) => r.contiguous()?,
+                            None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+                        };
+                        return x.apply_op2_no_bwd(&r, &FusedOp { dense, alpha });
+                    }
                 }
             }
         }
