@@ -4,10 +4,13 @@
 //!
 //!     cargo bench -p likeness-engine --bench headshot
 //!
+//! `LIKENESS_BENCH_MODELS_ONLY=1` stops after the model table (quick iterations on the kernels);
+//! `LIKENESS_BENCH_ONLY=<model id>` times only that model, without the reference (for `perf record`).
+//!
 //! The reference side runs `tools/bench_reference.py` with `$LIKENESS_BENCH_PYTHON` (default
 //! `.venv/bin/python`, else `python3`); `tools/bench.sh` creates that environment.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,21 +35,6 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-fn time<F: FnMut()>(warmup: usize, runs: usize, mut f: F) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
-
 /// A 12-megapixel (4000x3000) JPEG of the sample portrait: upscaled, on a soft backdrop.
 fn twelve_megapixel_jpeg() -> Vec<u8> {
     let src = image::load_from_memory(&read("assets/photos/grace_hopper_512x512.jpg")).expect("sample").to_rgb8();
@@ -56,6 +44,36 @@ fn twelve_megapixel_jpeg() -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&canvas).expect("jpeg");
     out
+}
+
+/// CPU time of all this process's threads in ms: the sum of `/proc/self/task/*/schedstat`
+/// (nanoseconds, Linux), or 0 where that is not available.
+fn process_cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e6
+}
+
+/// (median wall ms, mean CPU ms per call over all threads) of `runs` calls after `warmup`.
+fn time_cpu<F: FnMut()>(warmup: usize, runs: usize, mut f: F) -> (f64, f64) {
+    for _ in 0..warmup {
+        f();
+    }
+    let cpu0 = process_cpu_ms();
+    let wall = median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    );
+    (wall, (process_cpu_ms() - cpu0) / runs.max(1) as f64)
 }
 
 fn reference_times(inputs: &Path) -> Option<serde_json::Value> {
@@ -98,13 +116,26 @@ fn main() {
         ("face-mesh-468", input(192, 0.0, 1.0)),
         ("selfie-segmentation-256", input(256, 0.0, 1.0)),
     ];
-    let ours: Vec<f64> = inputs
+    if let Ok(only) = std::env::var("LIKENESS_BENCH_ONLY") {
+        let n = runs.max(50);
+        for (id, x) in inputs.iter().filter(|(id, _)| only.split(',').any(|o| o == *id)) {
+            let (ms, cpu) = match *id {
+                "blazeface-front-128" => time_cpu(10, n, || drop(front.forward(x).expect("fwd"))),
+                "blazeface-back-256" => time_cpu(10, n, || drop(back.forward(x).expect("fwd"))),
+                "face-mesh-468" => time_cpu(10, n, || drop(mesh.forward(x).expect("fwd"))),
+                _ => time_cpu(10, n, || drop(seg.forward(x).expect("fwd"))),
+            };
+            println!("{id:<26} median {ms:>8.3} ms   cpu {cpu:>8.3} ms/call");
+        }
+        return;
+    }
+    let ours: Vec<(f64, f64)> = inputs
         .iter()
         .map(|(id, x)| match *id {
-            "blazeface-front-128" => time(10, 50, || drop(front.forward(x).expect("fwd"))),
-            "blazeface-back-256" => time(10, 50, || drop(back.forward(x).expect("fwd"))),
-            "face-mesh-468" => time(10, 50, || drop(mesh.forward(x).expect("fwd"))),
-            _ => time(10, 50, || drop(seg.forward(x).expect("fwd"))),
+            "blazeface-front-128" => time_cpu(10, 50, || drop(front.forward(x).expect("fwd"))),
+            "blazeface-back-256" => time_cpu(10, 50, || drop(back.forward(x).expect("fwd"))),
+            "face-mesh-468" => time_cpu(10, 50, || drop(mesh.forward(x).expect("fwd"))),
+            _ => time_cpu(10, 50, || drop(seg.forward(x).expect("fwd"))),
         })
         .collect();
     let dir = root().join("target/bench");
@@ -113,20 +144,26 @@ fn main() {
     candle_core::safetensors::save(&inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), &path).expect("save");
     let reference = reference_times(&path);
 
-    println!("\n== model forward, median ms (candle CPU vs reference, 2 threads) ==");
-    println!("{:<26} {:>10} {:>12} {:>8}  reference", "model", "ours", "reference", "ratio");
-    for ((id, _), ms) in inputs.iter().zip(&ours) {
+    println!("\n== model forward, median wall ms and mean CPU ms per call (candle CPU vs reference, 2 threads) ==");
+    println!("{:<26} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  reference", "model", "ours", "ours cpu", "ref", "ref cpu", "ratio", "cpu");
+    for ((id, _), (ms, cpu)) in inputs.iter().zip(&ours) {
         let r = reference.as_ref().and_then(|v| v.get(*id));
-        match r.and_then(|r| r.get("median_ms")).and_then(|m| m.as_f64()) {
-            Some(rm) => println!(
-                "{id:<26} {ms:>10.3} {rm:>12.3} {:>8.2}  {}",
+        let num = |k: &str| r.and_then(|r| r.get(k)).and_then(|m| m.as_f64());
+        match (num("median_ms"), num("cpu_ms")) {
+            (Some(rm), rc) => println!(
+                "{id:<26} {ms:>9.3} {cpu:>9.3} {rm:>9.3} {:>9} {:>7.2} {:>7}  {}",
+                rc.map_or("-".into(), |c| format!("{c:.3}")),
                 ms / rm,
+                rc.map_or("-".into(), |c| format!("{:.2}", cpu / c)),
                 r.and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
             ),
-            None => println!("{id:<26} {ms:>10.3} {:>12} {:>8}  {}", "-", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
+            _ => println!("{id:<26} {ms:>9.3} {cpu:>9.3} {:>9}  {}", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
         }
     }
 
+    if std::env::var_os("LIKENESS_BENCH_MODELS_ONLY").is_some() {
+        return;
+    }
     // ---- The whole headshot from a 12 MP JPEG, per stage ----
     let jpeg = twelve_megapixel_jpeg();
     for (label, format) in [("png", OutputFormat::Png), ("jpg", OutputFormat::Jpeg { quality: 92 })] {

@@ -14,20 +14,34 @@
 //! * depthwise: padding handled inside the kernel (no padded copy), bias and activation fused,
 //!   contiguous row loops (stride 2 reads column-phase planes) that LLVM vectorises, with an
 //!   AVX2+FMA build chosen at run time (installers never assume `target-cpu=native`);
-//! * 1x1 dense: one `gemm` call per image (`[out, in] x [in, h*w]`), then one bias+activation pass;
-//! * KxK dense: im2col into a reused buffer with the padding folded in, then `gemm`;
+//! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
+//!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
+//!   residual and a PReLU) applied before the one store into an output that is never zeroed;
+//!   threads take bands of pixels. Without AVX2, or for fewer than 16 pixels, one `gemm` call
+//!   per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//! * depthwise (stride 1) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
+//!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
+//!   into the 1x1 kernel, so no feature map between them is written out or read back;
+//! * KxK dense: im2col into a reused buffer with the padding folded in, then the direct kernel
+//!   (or `gemm`, as for 1x1);
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
-//! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never nested
-//! inside a rayon task, so the two never oversubscribe the cores. Tensors on CUDA / Metal (or of
-//! another dtype) take candle's own ops, chosen by `x.device()`.
+//! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never called
+//! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
+//! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
+//! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
+//! each parallel layer is a local hand-off rather than an injection from outside the pool.
+//! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use candle_core::CustomOp2;
 
 /// How a convolution or pooling pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,12 +294,13 @@ fn axpy<const FMA: bool>(o: &mut [f32], i: &[f32], w: f32) {
 /// One depthwise output plane. `src` is the input plane, or for stride > 1 the `stride`
 /// column-phase planes (`phase_w` wide each, `h` rows) so that every tap reads a contiguous run.
 #[inline(always)]
-fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
-    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, out) {
+fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
+    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, oy0, out) {
         return;
     }
     let s = g.stride;
-    for (oy, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+    for (i, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+        let oy = oy0 + i;
         orow.fill(bias);
         for ky in 0..g.kh {
             let Some(iy) = g.in_row(oy, ky) else { continue };
@@ -324,14 +339,15 @@ fn madd<const FMA: bool>(o: f32, i: f32, w: f32) -> f32 {
 /// three input rows in one loop with the nine taps in registers (one store per output instead
 /// of nine read-modify-writes). Returns false, touching nothing, for any other geometry.
 #[inline(always)]
-fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) -> bool {
+fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) -> bool {
     let (h, w) = (g.h, g.w);
     let fits = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == h && g.ow == w;
     let Some(k) = k.get(..9) else { return false };
-    if !fits || w < 2 || h == 0 || src.len() < h * w || out.len() < h * w {
+    if !fits || w < 2 || h == 0 || src.len() < h * w || oy0 >= h {
         return false;
     }
-    for (oy, orow) in out.chunks_exact_mut(w).take(h).enumerate() {
+    for (i, orow) in out.chunks_exact_mut(w).take(h - oy0).enumerate() {
+        let oy = oy0 + i;
         let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| src.get(r * w..(r + 1) * w));
         let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
         match rows {
@@ -385,17 +401,18 @@ fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activa
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_plane_avx2(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
-    dw_plane_impl::<true>(src, phase_w, k, bias, act, g, out)
+unsafe fn dw_plane_avx2(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
+    dw_plane_impl::<true>(src, phase_w, k, bias, act, g, oy0, out)
 }
 
-fn dw_plane(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, out: &mut [f32]) {
+/// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane.
+fn dw_plane(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dw_plane_avx2(src, phase_w, k, bias, act, g, out) };
+        return unsafe { dw_plane_avx2(src, phase_w, k, bias, act, g, oy0, out) };
     }
-    dw_plane_impl::<false>(src, phase_w, k, bias, act, g, out)
+    dw_plane_impl::<false>(src, phase_w, k, bias, act, g, oy0, out)
 }
 
 /// Splits a plane into `s` column-phase planes: phase p holds columns p, p+s, p+2s, ...
@@ -439,12 +456,12 @@ impl CustomOp1 for DepthwiseOp<'_> {
                 return;
             };
             if g.stride == 1 {
-                dw_plane(plane, g.w, k, b, self.act, &g, o);
+                dw_plane(plane, g.w, k, b, self.act, &g, 0, o);
             } else {
                 // split_phases writes every value, so the thread's reused scratch needs no zeroing.
                 with_scratch(g.stride * g.h * phase_w, |phases| {
                     split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
-                    dw_plane(phases, phase_w, k, b, self.act, &g, o);
+                    dw_plane(phases, phase_w, k, b, self.act, &g, 0, o);
                 });
             }
         };
@@ -452,6 +469,321 @@ impl CustomOp1 for DepthwiseOp<'_> {
         for_chunks(&mut out, plane_out, work, run);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))))
     }
+}
+
+/// Direct 1x1 convolution (also the product of a KxK conv's im2col matrix): `out[m, p] =
+/// act(bias[m] + sum_k w[m, k] * x[k, p])` with bias and activation applied in registers, so
+/// each output is stored once and nothing is zeroed first. gemm packs its operands and is tuned
+/// for large `k`; these nets' layers have 3-128 input channels over maps of 64-16k pixels, where
+/// the packing and its threading cost more than the arithmetic.
+#[cfg(target_arch = "x86_64")]
+// The kernel is raw-pointer code throughout: its `unsafe fn`s share one contract (sizes checked by
+// `run`), so per-call `unsafe` blocks inside them would only repeat it.
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+mod pointwise {
+    use super::Activation;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Output rows per register block: 6 rows x 16 pixels = 12 accumulators, plus two input
+    /// vectors and one broadcast weight, fits AVX2's 16 registers.
+    const MR: usize = 6;
+    const NR: usize = 16;
+    /// Floats of the packed input tile (32 KiB: the L1 data cache).
+    const PACK: usize = 8192;
+    /// Multiply-adds of a layer before splitting it over threads pays: a hand-off costs tens of
+    /// microseconds on a busy machine, as much as ~2M multiply-adds on one core.
+    const SPLIT_WORK: usize = 1 << 21;
+
+    /// What happens to `conv + bias` before the store: an optional residual added (`add`, rows
+    /// `[add_rows, p]`; rows past it add nothing, as a residual zero-padded in channels), then a
+    /// per-row PReLU (`alpha`) or else the activation.
+    #[derive(Clone, Copy)]
+    pub(super) struct Post<'a> {
+        pub act: Activation,
+        pub add: Option<(&'a [f32], usize)>,
+        pub alpha: Option<&'a [f32]>,
+    }
+
+    /// [`Post`] as raw pointers for the kernel, shifted to start at output row `r`.
+    #[derive(Clone, Copy)]
+    struct PostPtr {
+        act: Activation,
+        add: *const f32,
+        add_rows: usize,
+        alpha: *const f32,
+    }
+
+    impl PostPtr {
+        #[inline(always)]
+        unsafe fn at_row(self, r: usize, p: usize) -> Self {
+            PostPtr {
+                act: self.act,
+                add: if r < self.add_rows { self.add.add(r * p) } else { self.add },
+                add_rows: self.add_rows.saturating_sub(r),
+                alpha: if self.alpha.is_null() { self.alpha } else { self.alpha.add(r) },
+            }
+        }
+
+        /// Row `r`'s value `v` at pixel offset `j` (from this row block's first output).
+        #[inline(always)]
+        unsafe fn apply_v(self, r: usize, p: usize, j: usize, mut v: __m256) -> __m256 {
+            if r < self.add_rows {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(self.add.add(r * p + j)));
+            }
+            if !self.alpha.is_null() {
+                let a = _mm256_broadcast_ss(&*self.alpha.add(r));
+                let zero = _mm256_setzero_ps();
+                return _mm256_add_ps(_mm256_max_ps(v, zero), _mm256_mul_ps(a, _mm256_min_ps(v, zero)));
+            }
+            match self.act {
+                Activation::Identity => v,
+                Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+                Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
+                Activation::HardSwish => {
+                    let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+                    _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+                }
+            }
+        }
+
+        /// The scalar form of [`Self::apply_v`].
+        #[inline(always)]
+        unsafe fn apply(self, r: usize, p: usize, j: usize, mut v: f32) -> f32 {
+            if r < self.add_rows {
+                v += *self.add.add(r * p + j);
+            }
+            if !self.alpha.is_null() {
+                let a = *self.alpha.add(r);
+                return v.max(0.0) + a * v.min(0.0);
+            }
+            self.act.apply(v)
+        }
+    }
+
+    /// `R` rows (`R <= MR`) x 16 pixels. `panel` is the 16 pixels' input packed `[k][16]`
+    /// (sequential loads; the rows of `x` itself are often a multiple of 4 KiB apart, and k of them
+    /// would compete for one L1 set), `w` points at the block's first weight row (`k` apart),
+    /// `out` at the block's first output (rows `p` apart), pixel offset `j` within the rows.
+    #[inline(always)]
+    unsafe fn block<const R: usize>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize) {
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            acc0[r] = _mm256_broadcast_ss(&*bias.add(r));
+            acc1[r] = acc0[r];
+        }
+        for i in 0..k {
+            let a = _mm256_loadu_ps(panel.add(i * NR));
+            let b = _mm256_loadu_ps(panel.add(i * NR + 8));
+            for r in 0..R {
+                let wv = _mm256_broadcast_ss(&*w.add(r * k + i));
+                acc0[r] = _mm256_fmadd_ps(wv, a, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(wv, b, acc1[r]);
+            }
+        }
+        for r in 0..R {
+            let o = out.add(r * p + j);
+            _mm256_storeu_ps(o, post.apply_v(r, p, j, acc0[r]));
+            _mm256_storeu_ps(o.add(8), post.apply_v(r, p, j + 8, acc1[r]));
+        }
+    }
+
+    /// Rows `R` over the packed panels of pixels `j0..j0 + 16 * panels`.
+    #[inline(always)]
+    unsafe fn rows_panels<const R: usize>(packed: *const f32, panels: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j0: usize) {
+        for jb in 0..panels {
+            block::<R>(packed.add(jb * k * NR), p, k, w, bias, post, out, j0 + jb * NR);
+        }
+    }
+
+    /// Pixels `js..je` of `out` (`[m, p]` at `op`) for weight rows `w` `[m, k]` (`m =
+    /// bias.len()`) and the input at `xin`: `k` rows `xs` apart, pixel `j` at column `j - xoff`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        let (xp, xs, xoff) = xin;
+        let m = bias.len();
+        let mut packed = [0f32; PACK];
+        // Pixel tiles whose packed input (`k x tile`) stays in L1 across all the row blocks.
+        let tile = ((PACK / k.max(1)) / NR * NR).max(NR);
+        let (wp, bp) = (w.as_ptr(), bias.as_ptr());
+        let full = js + (je - js) / NR * NR;
+        let mut j0 = js;
+        while j0 < full {
+            let j1 = (j0 + tile).min(full);
+            let panels = (j1 - j0) / NR;
+            let pk = packed.as_mut_ptr();
+            for jb in 0..panels {
+                for i in 0..k {
+                    let src = xp.add(i * xs + j0 + jb * NR - xoff);
+                    let dst = pk.add((jb * k + i) * NR);
+                    _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+                    _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
+                }
+            }
+            let mut r = 0;
+            while r < m {
+                let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
+                match m - r {
+                    1 => rows_panels::<1>(pk, panels, p, k, wr, br, po, or, j0),
+                    2 => rows_panels::<2>(pk, panels, p, k, wr, br, po, or, j0),
+                    3 => rows_panels::<3>(pk, panels, p, k, wr, br, po, or, j0),
+                    4 => rows_panels::<4>(pk, panels, p, k, wr, br, po, or, j0),
+                    5 => rows_panels::<5>(pk, panels, p, k, wr, br, po, or, j0),
+                    _ => rows_panels::<MR>(pk, panels, p, k, wr, br, po, or, j0),
+                }
+                r += MR;
+            }
+            j0 = j1;
+        }
+        // Pixels past the last whole panel.
+        for jj in j0..je {
+            for r in 0..m {
+                let mut acc = *bp.add(r);
+                for i in 0..k {
+                    acc = (*xp.add(i * xs + jj - xoff)).mul_add(*wp.add(r * k + i), acc);
+                }
+                *op.add(r * p + jj) = post.apply(r, p, jj, acc);
+            }
+        }
+    }
+
+    /// Whether [`run`] takes this shape on this CPU: AVX2 + FMA, at least one whole panel of
+    /// pixels, and 16 pixels' inputs fitting the packed tile (deeper products are gemm's).
+    pub(super) fn fits(k: usize, p: usize) -> bool {
+        super::has_avx2_fma() && p >= NR && k > 0 && k * NR <= PACK
+    }
+
+    /// Writes every value of `out` (`bias.len() x p`), splitting the rows over rayon's threads
+    /// when there is enough work. `false` (nothing written) when the sizes disagree or the shape
+    /// does not [`fits`].
+    pub(super) fn run(x: &[f32], p: usize, k: usize, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>]) -> bool {
+        let m = bias.len();
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        if !fits(k, p) || x.len() < k * p || w.len() < m * k || out.len() != m * p || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+            return false;
+        }
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let threads = rayon::current_num_threads();
+        let op = out.as_mut_ptr() as *mut f32;
+        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
+        if parts <= 1 {
+            // SAFETY: AVX2 + FMA are present; the sizes were checked above.
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
+            return true;
+        }
+        // Each task takes a band of whole pixel panels across all the rows (the split stays even
+        // however few rows there are); the last one also takes the tail.
+        let panels = (p / NR).div_ceil(parts);
+        let shared = SendPost(ptrs, op);
+        let band = |t: usize| ((t * panels * NR).min(p), if t + 1 == parts { p } else { ((t + 1) * panels * NR).min(p) });
+        // This thread takes the first band itself: one hand-off per extra band, not one per band.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let (js, je) = band(t);
+                s.spawn(move |_| {
+                    let shared = shared;
+                    // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
+                    // `&mut` borrow keeps alive and unaliased until the scope ends.
+                    unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
+                });
+            }
+            let (js, je) = band(0);
+            // SAFETY: as above.
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, js, je) };
+        });
+        true
+    }
+
+    /// A stride-1 depthwise conv feeding the 1x1 conv: its weights and geometry.
+    pub(super) struct Depthwise<'a> {
+        pub weight: &'a [f32],
+        pub bias: &'a [f32],
+        pub act: Activation,
+        pub g: super::Geom,
+    }
+
+    /// `post(pw(dw(x)))` for one image `x` (`[k, h, w]`), band of output rows by band: the
+    /// depthwise output of a band goes to a thread-local scratch that stays in cache and feeds
+    /// the 1x1 product straight away, instead of a whole feature map written out and read back.
+    /// Writes every value of `out` (`bias.len() x oh*ow`); `false` (nothing written) when the
+    /// sizes disagree or the shape does not [`fits`].
+    pub(super) fn run_dw(x: &[f32], dw: &Depthwise, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>]) -> bool {
+        let g = &dw.g;
+        let (k, m, ow, oh, p) = (g.c_in, bias.len(), g.ow, g.oh, g.oh * g.ow);
+        let kk = g.kh * g.kw;
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        let sizes = x.len() == k * g.h * g.w && dw.weight.len() == k * kk && dw.bias.len() == k && w.len() >= m * k && out.len() == m * p;
+        if !fits(k, p) || g.stride != 1 || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+            return false;
+        }
+        // Bands of ~64 KiB of depthwise output (L2), a whole number of 16-pixel panels where the
+        // row width allows.
+        let q = NR / gcd(ow, NR);
+        let mut band = (16384 / (k * ow)).max(1);
+        if band >= q {
+            band = band / q * q;
+        }
+        let band = band.min(oh);
+        let bands = oh.div_ceil(band);
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let op = out.as_mut_ptr() as *mut f32;
+        let run_bands = move |b0: usize, b1: usize, shared: SendPost| {
+            for bi in b0..b1 {
+                let oy0 = bi * band;
+                let rows = band.min(oh - oy0);
+                let bpx = rows * ow;
+                super::with_scratch(k * bpx, |scratch| {
+                    for (c, dst) in scratch.chunks_exact_mut(bpx).enumerate() {
+                        let (Some(plane), Some(kw), Some(&b)) =
+                            (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c))
+                        else {
+                            return;
+                        };
+                        super::dw_plane(plane, g.w, kw, b, dw.act, g, oy0, dst);
+                    }
+                    // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
+                    // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
+                    unsafe { run_avx2((scratch.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
+                });
+            }
+        };
+        let threads = rayon::current_num_threads();
+        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
+        let shared = SendPost(ptrs, op);
+        if parts <= 1 {
+            run_bands(0, bands, shared);
+            return true;
+        }
+        let per = bands.div_ceil(parts);
+        // This thread takes the first bands itself; tasks write disjoint output pixels.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let run_bands = &run_bands;
+                s.spawn(move |_| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
+            }
+            run_bands(0, per.min(bands), shared);
+        });
+        true
+    }
+
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a.max(1)
+        } else {
+            gcd(b, a % b)
+        }
+    }
+
+    /// The post-op's and the output's pointers cross to rayon's threads: they point into slices
+    /// borrowed for the whole of [`run`] (the output written at disjoint columns per task).
+    #[derive(Clone, Copy)]
+    struct SendPost(PostPtr, *mut f32);
+    // SAFETY: see above; the pointers outlive the scope that uses them.
+    unsafe impl Send for SendPost {}
+    unsafe impl Sync for SendPost {}
 }
 
 /// Dense convolution: `gemm` on the input (1x1, stride 1, no padding) or on its im2col matrix.
@@ -463,6 +795,41 @@ struct DenseOp<'a> {
 }
 
 impl DenseOp<'_> {
+    /// The whole batch on the direct kernel, `None` when the shape is not its (gemm's then):
+    /// `post(conv + bias + residual)` where `residual` (`[n, c, oh, ow]`, `c <= c_out`) is
+    /// zero-padded in channels and `post` is a PReLU with these slopes, else the activation.
+    #[cfg(target_arch = "x86_64")]
+    fn direct(&self, x: &[f32], residual: Option<(&[f32], usize)>, alpha: Option<&[f32]>) -> Result<Option<Vec<f32>>> {
+        let g = self.g;
+        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+        let (kdim, out_img) = (g.c_in * g.kh * g.kw, g.c_out * plane_out);
+        if !pointwise::fits(kdim, plane_out) || out_img == 0 {
+            return Ok(None);
+        }
+        let len = g.n * out_img;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
+        for (b, y) in spare.chunks_exact_mut(out_img).enumerate() {
+            let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
+            let add = residual.map(|(r, c)| (r.get(b * c * plane_out..(b + 1) * c * plane_out).unwrap_or(&[]), c));
+            let post = pointwise::Post { act: self.act, add, alpha };
+            let done = if self.pointwise() {
+                pointwise::run(img, plane_out, kdim, self.weight, self.bias, post, y)
+            } else {
+                with_scratch(kdim * plane_out, |col| {
+                    self.im2col(img, col);
+                    pointwise::run(col, plane_out, kdim, self.weight, self.bias, post, y)
+                })
+            };
+            if !done {
+                bail!("conv2d: input / weight / residual sizes disagree");
+            }
+        }
+        // SAFETY: `pointwise::run` wrote all `out_img` values of each of the `n` images.
+        unsafe { out.set_len(len) };
+        Ok(Some(out))
+    }
+
     fn pointwise(&self) -> bool {
         let g = &self.g;
         g.kh == 1 && g.kw == 1 && g.stride == 1 && g.oh == g.h && g.ow == g.w
@@ -506,8 +873,12 @@ impl CustomOp1 for DenseOp<'_> {
         if x.len() != g.n * g.c_in * plane_in || self.weight.len() != g.c_out * kdim || self.bias.len() != g.c_out {
             bail!("conv2d: input / weight sizes disagree");
         }
-        let mut out = vec![0f32; g.n * g.c_out * plane_out];
         let out_img = g.c_out * plane_out;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = self.direct(x, None, None)? {
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
+        }
+        let mut out = vec![0f32; g.n * g.c_out * plane_out];
         for (b, y) in out.chunks_exact_mut(out_img.max(1)).enumerate().take(g.n) {
             let img = x.get(b * g.c_in * plane_in..(b + 1) * g.c_in * plane_in).unwrap_or(&[]);
             if self.pointwise() {
@@ -867,8 +1238,19 @@ impl CustomOp1 for MaxPoolOp {
         let x = cpu_slice(storage, layout, self.name())?;
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         let mut out = vec![f32::NEG_INFINITY; g.n * g.c_in * plane_out];
+        // 2x2 stride 2 inside the image (the blocks' pooled skips): two rows in, pairwise maxima.
+        let pairs = g.kh == 2 && g.kw == 2 && g.stride == 2 && g.pt == 0 && g.pl == 0 && 2 * g.oh <= g.h && 2 * g.ow <= g.w;
         for_chunks(&mut out, plane_out, g.n * g.c_in * plane_out * g.kh * g.kw, |p, o| {
             let plane = x.get(p * plane_in..(p + 1) * plane_in).unwrap_or(&[]);
+            if pairs {
+                for (orow, rows) in o.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
+                    let (r0, r1) = rows.split_at(g.w);
+                    for ((d, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                        *d = a[0].max(a[1]).max(b[0].max(b[1]));
+                    }
+                }
+                return;
+            }
             for (oy, orow) in o.chunks_exact_mut(g.ow).enumerate() {
                 for ky in 0..g.kh {
                     let Some(row) = g.in_row(oy, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w)) else { continue };
@@ -1330,6 +1712,68 @@ mod tests {
     }
 
     #[test]
+    fn fused_conv_matches_separate_ops() -> Result<()> {
+        // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
+        // residuals, im2col products and a layer big enough to be split over threads.
+        let cases = [
+            (1, 24, 24, 24, 128, 128, 1, 1),
+            (2, 9, 14, 9, 13, 11, 1, 1),
+            (1, 28, 32, 28, 9, 7, 1, 1),
+            (1, 3, 16, 0, 33, 31, 3, 2),
+            (2, 32, 32, 32, 6, 6, 1, 1),
+        ];
+        for (i, &(n, ci, co, rc, h, w, k, stride)) in cases.iter().enumerate() {
+            let seed = 900 + i as u64 * 10;
+            let x = rand_tensor(&[n, ci, h, w], seed)?;
+            let conv = Conv2d::from_tensors(rand_tensor(&[co, ci, k, k], seed + 1)?, Some(rand_tensor(&[co], seed + 2)?), stride, Padding::Same, false)?;
+            let plain = conv.forward_candle(&x)?;
+            let (_, _, oh, ow) = plain.dims4()?;
+            let r = rand_tensor(&[n, rc, oh, ow], seed + 3)?;
+            let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
+            let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
+            let residual = (rc > 0).then_some(&r);
+            let relu = conv.forward_fused(&x, residual, FusedActivation::Relu)?;
+            assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu");
+            let pr = conv.forward_fused(&x, residual, FusedActivation::PRelu(&prelu))?;
+            let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
+            assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_depthwise_pointwise_matches_separate_ops() -> Result<()> {
+        // (n, c, c_out, residual channels, h, w, dw kernel, dw activation): bands of whole and
+        // partial panels, widths that are not a multiple of 16, deep inputs, threads.
+        let cases = [
+            (1, 24, 24, 24, 128, 128, 3, Activation::Identity),
+            (2, 16, 16, 16, 96, 96, 3, Activation::Identity),
+            (1, 128, 128, 128, 12, 12, 3, Activation::Relu),
+            (1, 28, 32, 28, 17, 13, 3, Activation::Identity),
+            (2, 8, 12, 0, 20, 7, 5, Activation::HardSwish),
+            (1, 32, 32, 32, 6, 6, 3, Activation::Identity),
+        ];
+        for (i, &(n, c, co, rc, h, w, k, dw_act)) in cases.iter().enumerate() {
+            let seed = 1900 + i as u64 * 10;
+            let x = rand_tensor(&[n, c, h, w], seed)?;
+            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), 1, Padding::Same, true)?.with_activation(dw_act);
+            let pw = Conv2d::from_tensors(rand_tensor(&[co, c, 1, 1], seed + 2)?, Some(rand_tensor(&[co], seed + 6)?), 1, Padding::Valid, false)?;
+            assert!(dw.fuses_with(&pw, &x), "case {i} should take the fused kernel");
+            let plain = pw.forward_candle(&dw.forward_candle(&x)?)?;
+            let r = rand_tensor(&[n, rc, h, w], seed + 3)?;
+            let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
+            let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
+            let residual = (rc > 0).then_some(&r);
+            let relu = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::Relu)?;
+            assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu");
+            let pr = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::PRelu(&prelu))?;
+            let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
+            assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn fast_conv_accepts_strided_input() -> Result<()> {
         // A transposed view is not contiguous: the kernel must see the logical values.
         let x = rand_tensor(&[1, 6, 9, 8], 7)?.transpose(2, 3)?;
@@ -1557,4 +2001,204 @@ mod lean_conv_tests {
         assert!(err < 2e-2, "candle's path (f16): {err}");
         Ok(())
     }
+}
+
+/// What ends [`Conv2d::forward_fused`]: after the residual sum, a ReLU or a PReLU.
+#[derive(Debug, Clone, Copy)]
+pub enum FusedActivation<'a> {
+    Relu,
+    PRelu(&'a PRelu),
+}
+
+/// `post(conv(x) + residual)` on the direct kernel: one CPU op, the sum and activation done in
+/// registers before the one store.
+#[cfg(target_arch = "x86_64")]
+struct FusedOp<'a> {
+    dense: DenseOp<'a>,
+    alpha: Option<&'a [f32]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp2 for FusedOp<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-conv2d-fused"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.dense.g;
+        let x = cpu_slice(s1, l1, self.name())?;
+        let r = cpu_slice(s2, l2, self.name())?;
+        let (rn, rc, rh, rw) = l2.shape().dims4()?;
+        if x.len() != g.n * g.c_in * g.h * g.w || rn != g.n || rc > g.c_out || rh != g.oh || rw != g.ow {
+            bail!("conv2d fused: residual {:?} does not fit the output", l2.shape());
+        }
+        if let Some(out) = self.dense.direct(x, Some((r, rc)), self.alpha)? {
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
+        }
+        bail!("conv2d fused: shape not supported by the direct kernel")
+    }
+}
+
+impl Conv2d {
+    /// `act(conv(x) + residual)`, where `residual` (`[n, c, oh, ow]`, `c <=` output channels) is
+    /// zero-padded in channels (the skip of BlazeFace / face-mesh blocks) and may be `None`; the
+    /// layer's own activation, if any, comes before the sum. On the CPU (AVX2 + FMA) the sum and
+    /// `act` happen in the convolution's store: no extra pass or tensor per op; elsewhere, and
+    /// for shapes the direct kernel does not take, candle's ops / the other kernels.
+    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, act: FusedActivation) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let alpha = match act {
+                FusedActivation::Relu => None,
+                FusedActivation::PRelu(p) => Some(p.cpu.as_deref().map(|a| a.as_slice())),
+            };
+            let cpu = self.cpu.as_deref().filter(|_| fast_cpu(x) && residual.is_none_or(fast_cpu));
+            if let (Some(cpu), true) = (cpu, alpha.is_none_or(|a| a.is_some())) {
+                let g = self.geometry(x)?;
+                let kdim = g.c_in * g.kh * g.kw;
+                if !self.depthwise && Self::direct_fits(kdim, g.oh * g.ow) {
+                    let alpha = alpha.flatten();
+                    let act_in = match act {
+                        FusedActivation::Relu => Activation::Relu,
+                        FusedActivation::PRelu(_) => Activation::Identity,
+                    };
+                    if self.activation == Activation::Identity && alpha.is_none_or(|a| a.len() == g.c_out) {
+                        let dense = DenseOp { weight: &cpu.weight, bias: &cpu.bias, act: act_in, g };
+                        let x = x.contiguous()?;
+                        let r = match residual {
+                            Some(r) => r.contiguous()?,
+                            None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+                        };
+                        return x.apply_op2_no_bwd(&r, &FusedOp { dense, alpha });
+                    }
+                }
+            }
+        }
+        let y = self.forward(x)?;
+        let y = match residual {
+            Some(r) => {
+                let extra = y.dim(1)?.saturating_sub(r.dim(1)?);
+                let r = if extra > 0 { r.pad_with_zeros(1, 0, extra)? } else { r.clone() };
+                (y + r)?
+            }
+            None => y,
+        };
+        match act {
+            FusedActivation::Relu => y.relu(),
+            FusedActivation::PRelu(p) => p.forward(&y),
+        }
+    }
+
+    /// Whether [`Self::forward_fused`] runs as one kernel on `x` (a CPU f32 tensor, a dense conv
+    /// the direct kernel takes, no activation of its own); otherwise it falls back to separate ops
+    /// and a caller may have a cheaper fused tail of its own.
+    pub fn fuses(&self, x: &Tensor) -> bool {
+        let Ok(g) = self.geometry(x) else { return false };
+        self.cpu.is_some() && fast_cpu(x) && !self.depthwise && self.activation == Activation::Identity
+            && Self::direct_fits(g.c_in * g.kh * g.kw, g.oh * g.ow)
+    }
+
+    /// Whether the direct kernel takes a product of depth `k` over `p` pixels on this machine.
+    fn direct_fits(k: usize, p: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return pointwise::fits(k, p);
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+}
+
+/// A stride-1 depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
+#[cfg(target_arch = "x86_64")]
+struct DwPwOp<'a> {
+    dw: pointwise::Depthwise<'a>,
+    weight: &'a [f32],
+    bias: &'a [f32],
+    act: Activation,
+    alpha: Option<&'a [f32]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp2 for DwPwOp<'_> {
+    fn name(&self) -> &'static str {
+        "likeness-dw-pw-fused"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.dw.g;
+        let m = self.bias.len();
+        let x = cpu_slice(s1, l1, self.name())?;
+        let r = cpu_slice(s2, l2, self.name())?;
+        let (rn, rc, rh, rw) = l2.shape().dims4()?;
+        let (img, p) = (g.c_in * g.h * g.w, g.oh * g.ow);
+        if x.len() != g.n * img || rn != g.n || rc > m || rh != g.oh || rw != g.ow || m * p == 0 {
+            bail!("depthwise + pointwise: residual {:?} does not fit the output", l2.shape());
+        }
+        let len = g.n * m * p;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("depthwise + pointwise: allocation too small") };
+        for (b, y) in spare.chunks_exact_mut(m * p).enumerate() {
+            let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
+            let add = Some((r.get(b * rc * p..(b + 1) * rc * p).unwrap_or(&[]), rc));
+            let post = pointwise::Post { act: self.act, add, alpha: self.alpha };
+            if !pointwise::run_dw(xi, &self.dw, self.weight, self.bias, post, y) {
+                bail!("depthwise + pointwise: input / weight sizes disagree");
+            }
+        }
+        // SAFETY: `run_dw` wrote all `m * p` values of each of the `n` images.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((g.n, m, g.oh, g.ow))))
+    }
+}
+
+impl Conv2d {
+    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a stride-1 depthwise conv
+    /// and `pw` a 1x1 conv without activation, on a CPU f32 `x`, shapes the direct kernel takes.
+    pub fn fuses_with(&self, pw: &Conv2d, x: &Tensor) -> bool {
+        let Ok(g) = self.geometry(x) else { return false };
+        let pw_1x1 = pw.kernel == (1, 1) && pw.stride == 1 && !pw.depthwise && pw.weight.dims4().is_ok_and(|(_, i, _, _)| i == g.c_out);
+        self.depthwise && self.stride == 1 && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
+            && pw.activation == Activation::Identity && Self::direct_fits(g.c_out, g.oh * g.ow)
+    }
+
+    /// `act(pw(self(x)) + residual)` for a depthwise conv `self` followed by the 1x1 conv `pw`,
+    /// the residual zero-padded in channels as in [`Self::forward_fused`]. Where
+    /// [`Self::fuses_with`] holds, one pass over bands of rows with the depthwise output kept
+    /// in cache; otherwise the two convs one after the other.
+    pub fn forward_dw_fused(&self, pw: &Conv2d, x: &Tensor, residual: Option<&Tensor>, act: FusedActivation) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if self.fuses_with(pw, x) && residual.is_none_or(fast_cpu) {
+            let alpha = match act {
+                FusedActivation::Relu => None,
+                FusedActivation::PRelu(p) => p.cpu.as_deref().map(|a| a.as_slice()),
+            };
+            if let (Some(dwc), Some(pwc), true) = (self.cpu.as_deref(), pw.cpu.as_deref(), matches!(act, FusedActivation::Relu) || alpha.is_some()) {
+                let g = self.geometry(x)?;
+                let op = DwPwOp {
+                    dw: pointwise::Depthwise { weight: &dwc.weight, bias: &dwc.bias, act: self.activation, g },
+                    weight: &pwc.weight,
+                    bias: &pwc.bias,
+                    act: if alpha.is_some() { Activation::Identity } else { Activation::Relu },
+                    alpha,
+                };
+                let r = match residual {
+                    Some(r) => r.contiguous()?,
+                    None => Tensor::zeros((g.n, 0, g.oh, g.ow), DType::F32, x.device())?,
+                };
+                return x.contiguous()?.apply_op2_no_bwd(&r, &op);
+            }
+        }
+        pw.forward_fused(&self.forward(x)?, residual, act)
+    }
+}
+
+/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads when
+/// called from outside the pool with more than one thread. The kernels' parallel sections then
+/// start from a pool thread, which hands work to the others through its own queue and keeps
+/// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
+/// and blocking the caller: one hand-off per forward pass instead of one per layer.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+        return f();
+    }
+    rayon::scope(|_| f())
 }

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::nn::{max_pool2d, Conv2d, Padding};
+use crate::nn::{max_pool2d, Activation, Conv2d, FusedActivation, Padding};
 
 /// One BlazeBlock: channels in and out, stride, and whether it has a residual connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,22 @@ impl BlazeBlock {
 
 impl Module for BlazeBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.pw.forward(&self.dw.forward(x)?)?;
+        if self.cfg.stride == 1 && self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the residual and the ReLU in one pass over bands of rows.
+            let r = if self.cfg.residual { Some(x) } else { None };
+            return self.dw.forward_dw_fused(&self.pw, x, r, FusedActivation::Relu);
+        }
+        let h = self.dw.forward(x)?;
+        if self.pw.fuses(&h) {
+            // The residual (pooled to the output's size) is added in the pointwise conv's store.
+            let r = match (self.cfg.residual, self.cfg.stride) {
+                (false, _) => None,
+                (true, 2) => Some(max_pool2d(x, 2, 2, Padding::Valid)?),
+                (true, _) => Some(x.clone()),
+            };
+            return self.pw.forward_fused(&h, r.as_ref(), FusedActivation::Relu);
+        }
+        let y = self.pw.forward(&h)?;
         if self.cfg.residual {
             residual_relu(&y, x, self.cfg.stride == 2)
         } else {
@@ -249,7 +264,7 @@ pub struct BlazeFace {
 
 impl BlazeFace {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let stem = Conv2d::new(vb.pp("stem"), 3, cfg.stem_channels, 5, 2, Padding::Same, true)?;
+        let stem = Conv2d::new(vb.pp("stem"), 3, cfg.stem_channels, 5, 2, Padding::Same, true)?.with_activation(Activation::Relu);
         let blocks = cfg
             .blocks
             .iter()
@@ -271,12 +286,19 @@ impl BlazeFace {
     /// `x`: `[n, 3, s, s]` RGB in [-1, 1]. Returns (regressors `[n, 896, 16]`, logits `[n, 896]`):
     /// the 16x16 map's anchors first, then the 8x8 map's.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.device().is_cpu() {
+            return crate::nn::on_pool(|| self.forward_here(x));
+        }
+        self.forward_here(x)
+    }
+
+    fn forward_here(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, c, h, w) = x.dims4()?;
         let s = self.config.input_size;
         if c != 3 || h != s || w != s {
             candle_core::bail!("BlazeFace expects [n, 3, {s}, {s}] input, got {:?}", x.dims());
         }
-        let mut x = self.stem.forward(x)?.relu()?;
+        let mut x = self.stem.forward(x)?;
         let mut tap = None;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x)?;

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{max_pool2d, Conv2d, PRelu, Padding};
+use crate::nn::{max_pool2d, Conv2d, FusedActivation, PRelu, Padding};
 
 /// One residual block of the plan: output channels and depthwise stride.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,17 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.pw.forward(&self.dw.forward(x)?)?;
+        if self.stride == 1 && self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the skip and the PReLU in one pass over bands of rows.
+            return self.dw.forward_dw_fused(&self.pw, x, Some(x), FusedActivation::PRelu(&self.act));
+        }
+        let d = self.dw.forward(x)?;
+        if self.pw.fuses(&d) {
+            // The skip (pooled to the output's size) and the PReLU happen in the pointwise conv's store.
+            let skip = if self.stride > 1 { max_pool2d(x, 2, 2, Padding::Valid)? } else { x.clone() };
+            return self.pw.forward_fused(&d, Some(&skip), FusedActivation::PRelu(&self.act));
+        }
+        let h = self.pw.forward(&d)?;
         if let Some(op) = self.fused_skip(&h, x)? {
             h.inplace_op2(&x.contiguous()?, &op)?;
             return Ok(h);
@@ -187,6 +197,14 @@ impl InplaceOp2 for SkipPrelu<'_> {
 
 /// A head: residual blocks, a 1x1 reduction with PReLU, one more residual block, then a 3x3
 /// stride-3 VALID convolution that collapses the 3x3 map to 1x1.
+/// `prelu(conv(x))`, the PReLU in the conv's store where the direct kernel runs.
+fn prelu_conv(conv: &Conv2d, act: &PRelu, x: &Tensor) -> Result<Tensor> {
+    if conv.fuses(x) {
+        return conv.forward_fused(x, None, FusedActivation::PRelu(act));
+    }
+    act.forward(&conv.forward(x)?)
+}
+
 #[derive(Debug, Clone)]
 struct Head {
     blocks: Vec<ResBlock>,
@@ -202,7 +220,7 @@ impl Module for Head {
         for block in &self.blocks {
             h = block.forward(&h)?;
         }
-        let h = self.reduce_act.forward(&self.reduce.forward(&h)?)?;
+        let h = prelu_conv(&self.reduce, &self.reduce_act, &h)?;
         let h = self.last.forward(&h)?;
         self.out.forward(&h)?.flatten_from(1)
     }
@@ -288,7 +306,14 @@ impl FaceMeshNet {
     /// `x`: `[n, 3, 192, 192]` RGB in [0, 1]. Returns landmarks `[n, 1404]` (x, y, z per point, in
     /// input pixels) and the face-presence logit `[n, 1]`.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mut h = self.stem_act.forward(&self.stem.forward(x)?)?;
+        if x.device().is_cpu() {
+            return crate::nn::on_pool(|| self.forward_here(x));
+        }
+        self.forward_here(x)
+    }
+
+    fn forward_here(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut h = prelu_conv(&self.stem, &self.stem_act, x)?;
         for block in &self.trunk {
             h = block.forward(&h)?;
         }

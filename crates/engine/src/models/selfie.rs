@@ -306,6 +306,13 @@ impl SelfieSegNet {
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns the person logits `[n, 1, 256, 256]`.
     pub fn forward_logits(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return crate::nn::on_pool(|| self.logits_here(x));
+        }
+        self.logits_here(x)
+    }
+
+    fn logits_here(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.stem.forward(x)?;
         let mut features = vec![h.clone()];
         for block in &self.blocks {
