@@ -203,3 +203,70 @@ fn sdxl_model_imports_and_generates() {
         assert_eq!(x.get_pixel(px, py), y.get_pixel(px, py), "face pixel ({px},{py}) changed with the seed");
     }
 }
+
+#[test]
+fn generative_look_honours_restore_and_the_output_size() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let models = tempfile::tempdir().expect("tempdir");
+    let tiny_gfpgan = std::fs::read(repo().join("crates/engine/tests/fixtures/gfpgan_tiny.pth")).expect("tiny .pth");
+    crate::restore::models_with_tiny_gfpgan(models.path(), &tiny_gfpgan);
+    let imported = data.path().join("models/imported/gfpgan-v1.4");
+    std::fs::create_dir_all(&imported).expect("mkdir");
+    std::fs::write(imported.join("GFPGANv1.4.pth"), &tiny_gfpgan).expect("install");
+    let shot = |name: &str, extra: &[&str]| {
+        let out = data.path().join(name);
+        let mut all = vec!["--size", "320", "--upscale", "off"];
+        all.extend_from_slice(extra);
+        let o = generative_in(data.path(), models.path(), &out, "7", &all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("face restoration was skipped"), "{}", stderr(&o));
+        let imgs = images(&out);
+        assert_eq!(imgs.len(), 1);
+        imgs.into_iter().next().expect("one image")
+    };
+    let plain = shot("plain", &[]);
+    // The output size applies to the generative look as to the studio look (the crop here is
+    // framed for 320 px; without `--size` it would be the 256 px of `--max-size`).
+    assert_eq!(plain.width().min(plain.height()), 320, "{:?}", plain.dimensions());
+    let restored = shot("restored", &["--restore", "1"]);
+    assert_eq!(plain.dimensions(), restored.dimensions());
+    // The (random) GFPGAN changed the kept face, which is then the restored one.
+    let (cx, cy) = (plain.width() / 2, plain.height() * 2 / 5);
+    let changed = (cy - 20..cy + 20)
+        .flat_map(|y| (cx - 20..cx + 20).map(move |x| (x, y)))
+        .filter(|&(x, y)| plain.get_pixel(x, y) != restored.get_pixel(x, y))
+        .count();
+    assert!(changed > 400, "only {changed} of 1600 face pixels changed with restoration");
+}
+
+/// [`generative`] with a models folder of its own (the bundled models plus a tiny GFPGAN).
+fn generative_in(data: &Path, models: &Path, out: &Path, seed: &str, extra: &[&str]) -> std::process::Output {
+    let model = tiny();
+    let mut args: Vec<String> = vec!["--models-dir".into(), models.to_str().expect("utf8").into()];
+    args.extend(
+        [
+            "generate",
+            photo("grace_hopper_512x512.jpg").to_str().expect("utf8"),
+            "--look",
+            "generative",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--quality",
+            "draft",
+            "--steps",
+            "2",
+            "--max-size",
+            "256",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().expect("utf8"),
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&refs, data)
+}

@@ -27,7 +27,7 @@ fn restore_without_the_model_makes_the_headshots_and_says_so_once() {
 }
 
 /// A models folder like the bundled one whose manifest lists the tiny test checkpoint as GFPGAN.
-fn models_with_tiny_gfpgan(dir: &std::path::Path, tiny: &[u8]) {
+pub(crate) fn models_with_tiny_gfpgan(dir: &std::path::Path, tiny: &[u8]) {
     let src = repo().join("models");
     for entry in std::fs::read_dir(&src).expect("models").flatten() {
         let p = entry.path();

@@ -520,8 +520,8 @@ def main(app):
             # Restoration needs GFPGAN, not installed here: shown disabled with the reason.
             assert not driver.find_element(By.ID, "restore").is_enabled()
             assert "GFPGAN" in driver.find_element(By.ID, "restore-help").text
-            # The generative look makes the crop's own size: the output size is for the studio look.
-            assert not driver.find_element(By.ID, "out-size").is_enabled()
+            # The output size applies to the generative look too (each variant is upscaled to it).
+            assert driver.find_element(By.ID, "out-size").is_enabled()
             shot(driver, "16-create-generative")
             # Every Queue line that tells a denoising step is noted as it is shown.
             driver.execute_script(

@@ -187,23 +187,19 @@ function updateLook() {
   const gen = isGenerative();
   $("gen-fields").hidden = !gen;
   $("studio-fields").hidden = gen;
-  // The generative pipeline keeps the photo's own face pixels and works at the crop's size: face
-  // restoration and upscaling apply to the studio look only (said, not silently ignored).
-  const restoreOk = !gen && createOpts?.restore_available === true;
+  // Restoration and the output size apply to both looks: the generative look restores the face
+  // before painting around it, and upscales each variant when the crop is smaller than the size.
+  const restoreOk = createOpts?.restore_available === true;
   const restore = $input("restore");
   restore.disabled = !restoreOk;
   if (!restoreOk) restore.checked = false;
   $input("restore-strength").disabled = !restore.checked;
-  $select("out-size").disabled = gen;
-  if (gen) $select("out-size").value = "";
-  const restoreHelp = createOpts?.restore_available
+  $("restore-help").textContent = createOpts?.restore_available
     ? "Sharpens a soft face with GFPGAN, blended with your own pixels by the strength."
     : "Needs the GFPGAN v1.4 model: import GFPGANv1.4.pth on the Models screen.";
-  $("restore-help").textContent = gen ? `Studio look only. ${restoreHelp}` : restoreHelp;
-  const sizeHelp = createOpts?.upscale_available
+  $("size-help").textContent = createOpts?.upscale_available
     ? "The short side. A crop smaller than this is enlarged with Real-ESRGAN."
     : "The short side. A crop smaller than this is resized (no upscaling model is installed).";
-  $("size-help").textContent = gen ? "Studio look only: the generative look makes the crop's own size." : sizeHelp;
   updatePreviews();
 }
 

@@ -15,7 +15,10 @@ use crate::error::{EngineError, Result};
 use crate::framing;
 use crate::image_io;
 use crate::imgops::{self, Border, Mask};
-use crate::pipeline::{face_geometry, face_regions, inside_mask, soften_extension, Headshot, HeadshotRequest, StageTimings, StudioModels};
+use crate::pipeline::{
+    face_geometry, face_regions, inside_mask, restore_crop, soften_extension, upscale_crop, Headshot, HeadshotRequest, Resize, StageTimings,
+    StudioModels, UpscalePlan,
+};
 use crate::progress::{CancelToken, ProgressSink, Stage};
 
 /// What the person wears in the result.
@@ -412,7 +415,10 @@ pub fn generative_headshots(
     timings.landmarks = t.elapsed();
     let t = pre(Stage::Framing, 3.0)?;
     let geometry = face_geometry(&lm);
-    let framing = framing::frame(&geometry, image.width(), image.height(), req.preset, req.max_short_side)?;
+    // The output size works as in the studio look: framing is capped by it, and a crop smaller
+    // than it is upscaled after the kept face is blended back.
+    let plan = UpscalePlan::new(req)?;
+    let framing = framing::frame(&geometry, image.width(), image.height(), req.preset, plan.frame_max)?;
     let mut crop = imgops::warp_rgb(&image, &framing.src_from_dst, framing.width, framing.height, Border::Replicate);
     soften_extension(&mut crop, &framing, image.width(), image.height());
     let inside = inside_mask(&framing, image.width(), image.height());
@@ -424,6 +430,10 @@ pub fn generative_headshots(
     let chin = dst_from_src.apply(geometry.chin);
     let eyes_y = (dst_from_src.apply(geometry.right_eye)[1] + dst_from_src.apply(geometry.left_eye)[1]) * 0.5;
     timings.framing = t.elapsed();
+    // Restored before generation: the kept face is then the restored one, and the model paints
+    // around it (as the studio look composites around it).
+    let restore_sink = |stage: Stage, f: f32| progress.stage(stage, (3.0 + f) * 0.02);
+    crop = restore_crop(studio, crop, &lm, &dst_from_src, req.restore, &restore_sink, cancel, &mut warnings)?;
     let t = pre(Stage::Segment, 4.0)?;
     let person = studio.segmenter.segment(&crop)?;
     let masks = build_masks(&person, &inside, &regions.face_oval, chin, eyes_y, style.attire);
@@ -443,12 +453,16 @@ pub fn generative_headshots(
     let (prompt, negative) = prompts(style);
     // Turbo models are distilled on trailing timesteps (start at the noisiest), whatever their config says.
     let spacing = if style.sampling == Sampling::Turbo { Some(Spacing::Trailing) } else { None };
-    let total = style.variants as usize * steps;
+    // Each variant's share of the bar: its steps, then (when the output is larger than the crop)
+    // its upscaling.
+    let share = 0.85 / style.variants as f32;
+    let upscaling = plan.factor(crop.width().min(crop.height())) != Resize::None;
+    let gen_part = if upscaling { 0.6 } else { 1.0 };
     let mut out = Vec::with_capacity(style.variants as usize);
     for v in 0..style.variants {
-        let base = v as usize * steps;
+        let at = |part: f32| 0.1 + share * (v as f32 + part);
         let on_step = |done: usize, _n: usize| {
-            progress.stage(Stage::Generate, 0.1 + 0.85 * (base + done) as f32 / total.max(1) as f32);
+            progress.stage(Stage::Generate, at(gen_part * done as f32 / steps as f32));
         };
         let generated = inpaint(
             model,
@@ -469,6 +483,17 @@ pub fn generative_headshots(
         let up = image::imageops::resize(&generated, crop.width(), crop.height(), FilterType::CatmullRom);
         let result = blend(&crop, &up, &masks.keep);
         timings.composite = t.elapsed();
+        let mut variant_warnings = warnings.clone();
+        let result = match plan.factor(result.width().min(result.height())) {
+            Resize::None => result,
+            how => {
+                let t = std::time::Instant::now();
+                let sink = |_: Stage, f: f32| progress.stage(Stage::Upscale, at(gen_part + (1.0 - gen_part) * f));
+                let up = upscale_crop(studio, result, how, plan.size, &sink, cancel, &mut variant_warnings)?;
+                timings.upscale = t.elapsed();
+                up
+            }
+        };
         cancel.check()?;
         progress.stage(Stage::Encode, 0.95 + 0.05 * v as f32 / style.variants as f32);
         let encoded = image_io::encode(&result, req.format)?;
@@ -478,7 +503,7 @@ pub fn generative_headshots(
             width: result.width(),
             height: result.height(),
             faces: faces.clone(),
-            warnings: warnings.clone(),
+            warnings: variant_warnings,
             timings: timings.clone(),
         });
     }

@@ -235,17 +235,11 @@ pub fn studio_headshot(
     // Restoration works on the framed crop, before the look: the crop is the output's own pixels
     // (one resampling fewer than restoring the photo and framing again), and relight / retouch
     // then treat the restored face like the rest of the person, so the face matches its scene.
-    if let Some(strength) = req.restore.filter(|s| *s > 0.0) {
-        match &models.restorer {
-            Some(restorer) => {
-                let five = lm.five_point().map(|p| crop_from_img.apply(p));
-                let base = Stage::ALL.iter().position(|s| *s == Stage::Composite).unwrap_or(0) as f32;
-                let n = Stage::ALL.len() as f32;
-                let sink = |stage: Stage, f: f32| progress.stage(stage, (base + 0.5 * f) / n);
-                crop = restorer.restore(&crop, &five, strength, &sink, cancel)?;
-            }
-            None => warnings.push(RESTORE_UNAVAILABLE.to_string()),
-        }
+    {
+        let base = Stage::ALL.iter().position(|s| *s == Stage::Composite).unwrap_or(0) as f32;
+        let n = Stage::ALL.len() as f32;
+        let sink = |stage: Stage, f: f32| progress.stage(stage, (base + 0.5 * f) / n);
+        crop = restore_crop(models, crop, &lm, &crop_from_img, req.restore, &sink, cancel, &mut warnings)?;
     }
     let out = composite::studio(&crop, &inside, &person, &regions, &req.style)?;
     t.composite = s.elapsed();
@@ -279,6 +273,32 @@ pub fn studio_headshot(
         warnings,
         timings: t,
     })
+}
+
+/// Face restoration of the framed crop when the request asks for it (both looks): GFPGAN on the
+/// face aligned from the mesh's five points, pasted back; one warning when GFPGAN is not installed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn restore_crop(
+    models: &StudioModels,
+    crop: RgbImage,
+    lm: &FaceLandmarks,
+    crop_from_img: &Affine,
+    strength: Option<f32>,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+    warnings: &mut Vec<String>,
+) -> Result<RgbImage> {
+    let Some(strength) = strength.filter(|s| *s > 0.0) else { return Ok(crop) };
+    match &models.restorer {
+        Some(restorer) => {
+            let five = lm.five_point().map(|p| crop_from_img.apply(p));
+            restorer.restore(&crop, &five, strength, progress, cancel)
+        }
+        None => {
+            warnings.push(RESTORE_UNAVAILABLE.to_string());
+            Ok(crop)
+        }
+    }
 }
 
 /// The few points framing needs, from the 468-point mesh.
@@ -366,7 +386,7 @@ pub(crate) fn face_regions(lm: &FaceLandmarks, src_from_dst: &Affine) -> Result<
 
 /// How the output size is reached from the crop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resize {
+pub(crate) enum Resize {
     /// The crop is the output.
     None,
     /// Super-resolution by this factor (then resized to `size` if one was asked for).
@@ -376,15 +396,15 @@ enum Resize {
 }
 
 /// What the request asks of the upscale stage.
-struct UpscalePlan {
+pub(crate) struct UpscalePlan {
     /// The short-side cap handed to framing.
-    frame_max: u32,
-    size: Option<u32>,
+    pub(crate) frame_max: u32,
+    pub(crate) size: Option<u32>,
     mode: UpscaleMode,
 }
 
 impl UpscalePlan {
-    fn new(req: &HeadshotRequest) -> Result<Self> {
+    pub(crate) fn new(req: &HeadshotRequest) -> Result<Self> {
         let frame_max = match (req.size, req.upscale) {
             (Some(n), _) => n,
             // A forced factor without a size: the crop at its own resolution, capped so the
@@ -404,7 +424,7 @@ impl UpscalePlan {
     }
 
     /// How a crop whose short side is `crop` becomes the output.
-    fn factor(&self, crop: u32) -> Resize {
+    pub(crate) fn factor(&self, crop: u32) -> Resize {
         match (self.mode, self.size) {
             (UpscaleMode::Force(f), _) => Resize::Upscale(f),
             (_, Some(n)) if n <= crop => Resize::None,
@@ -420,7 +440,7 @@ pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 8192;
 
 /// Upscales (or resamples) the finished crop and brings its short side to exactly `size`.
-fn upscale_crop(
+pub(crate) fn upscale_crop(
     models: &StudioModels,
     crop: RgbImage,
     how: Resize,
