@@ -12,29 +12,40 @@ fn tiny() -> PathBuf {
 }
 
 fn generative(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> std::process::Output {
+    generative_in(data, None, out, seed, extra)
+}
+
+/// `generate --look generative` on the tiny model at draft quality, 3 steps, 256 px; `models` replaces
+/// the bundled models folder.
+fn generative_in(data: &Path, models: Option<&Path>, out: &Path, seed: &str, extra: &[&str]) -> std::process::Output {
     let model = tiny();
-    let mut args = vec![
-        "generate",
-        photo("grace_hopper_512x512.jpg").to_str().expect("utf8"),
-        "--look",
-        "generative",
-        "--model",
-        model.to_str().expect("utf8"),
-        "--quality",
-        "draft",
-        "--steps",
-        "3",
-        "--max-size",
-        "256",
-        "--seed",
-        seed,
-        "--out",
-        out.to_str().expect("utf8"),
-        "--json",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect::<Vec<_>>();
+    let mut args: Vec<String> = match models {
+        Some(m) => vec!["--models-dir".into(), m.to_str().expect("utf8").into()],
+        None => vec![],
+    };
+    args.extend(
+        [
+            "generate",
+            photo("grace_hopper_512x512.jpg").to_str().expect("utf8"),
+            "--look",
+            "generative",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--quality",
+            "draft",
+            "--steps",
+            "3",
+            "--max-size",
+            "256",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().expect("utf8"),
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned),
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     run(&refs, data)
@@ -217,7 +228,7 @@ fn generative_look_honours_restore_and_the_output_size() {
         let out = data.path().join(name);
         let mut all = vec!["--size", "320", "--upscale", "off"];
         all.extend_from_slice(extra);
-        let o = generative_in(data.path(), models.path(), &out, "7", &all);
+        let o = generative_in(data.path(), Some(models.path()), &out, "7", &all);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(!stderr(&o).contains("face restoration was skipped"), "{}", stderr(&o));
         let imgs = images(&out);
@@ -237,36 +248,4 @@ fn generative_look_honours_restore_and_the_output_size() {
         .filter(|&(x, y)| plain.get_pixel(x, y) != restored.get_pixel(x, y))
         .count();
     assert!(changed > 400, "only {changed} of 1600 face pixels changed with restoration");
-}
-
-/// [`generative`] with a models folder of its own (the bundled models plus a tiny GFPGAN).
-fn generative_in(data: &Path, models: &Path, out: &Path, seed: &str, extra: &[&str]) -> std::process::Output {
-    let model = tiny();
-    let mut args: Vec<String> = vec!["--models-dir".into(), models.to_str().expect("utf8").into()];
-    args.extend(
-        [
-            "generate",
-            photo("grace_hopper_512x512.jpg").to_str().expect("utf8"),
-            "--look",
-            "generative",
-            "--model",
-            model.to_str().expect("utf8"),
-            "--quality",
-            "draft",
-            "--steps",
-            "2",
-            "--max-size",
-            "256",
-            "--seed",
-            seed,
-            "--out",
-            out.to_str().expect("utf8"),
-            "--json",
-        ]
-        .into_iter()
-        .map(str::to_owned),
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&refs, data)
 }
