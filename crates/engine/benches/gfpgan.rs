@@ -9,7 +9,6 @@
 //! `.venv/bin/python`, else `python3`); it needs torch and spandrel. `LIKENESS_BENCH_RUNS` (default 3)
 //! sets the timed runs of each side (after one warm-up).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
