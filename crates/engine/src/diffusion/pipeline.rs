@@ -263,6 +263,19 @@ impl DiffusionModel {
         }
     }
 
+    /// The classifier-free guidance pair `[unconditional, conditional]`. With no negative prompt, SDXL's
+    /// unconditional branch is conditioned on zeros (context and pooled), as diffusers' SDXL pipelines do
+    /// (`force_zeros_for_empty_prompt`); SD 1.5 encodes the empty string, as diffusers does.
+    pub fn guidance_conditioning(&self, prompt: &str, negative: &str) -> Result<Conditioning> {
+        if self.is_sdxl() && negative.trim().is_empty() {
+            let c = self.encode_prompts(&[prompt])?;
+            let context = Tensor::cat(&[&c.context.zeros_like()?, &c.context], 0)?;
+            let pooled = c.pooled.map(|p| Tensor::cat(&[&p.zeros_like()?, &p], 0)).transpose()?;
+            return Ok(Conditioning { context, pooled });
+        }
+        self.encode_prompts(&[negative, prompt])
+    }
+
     /// The VAE's scaled latents of an image tensor [1, 3, H, W] in [-1, 1].
     fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
         let m = self.vae.encode_mean(image).map_err(map_err("vae"))?;
@@ -351,7 +364,7 @@ pub fn inpaint(
     let cfg = req.guidance > 1.0;
 
     let cond = if cfg {
-        model.encode_prompts(&[req.negative_prompt, req.prompt])?
+        model.guidance_conditioning(req.prompt, req.negative_prompt)?
     } else {
         model.encode_prompts(&[req.prompt])?
     };

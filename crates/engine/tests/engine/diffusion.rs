@@ -390,6 +390,18 @@ fn sdxl_inpainting_runs_deterministically_and_conditions_on_the_prompt() {
     let cond = model.encode_prompts(&["a photo", "photo"]).expect("encode");
     assert_eq!(cond.context.dims(), &[2, 77, 16 + 24], "both encoders' widths side by side");
     assert_eq!(cond.pooled.as_ref().expect("pooled").dims(), &[2, 24], "the second encoder's projection");
+    // No negative prompt: SDXL's unconditional branch is zeros (diffusers' force_zeros_for_empty_prompt),
+    // the conditional branch the prompt's own encoding.
+    let g = model.guidance_conditioning("a photo", " ").expect("guidance");
+    let pos = model.encode_prompts(&["a photo"]).expect("encode");
+    let abs_sum = |t: &candle_core::Tensor| t.abs().and_then(|a| a.sum_all()).and_then(|s| s.to_scalar::<f32>()).expect("sum");
+    assert_eq!(abs_sum(&g.context.narrow(0, 0, 1).expect("row")), 0.0);
+    assert_eq!(abs_sum(&g.pooled.as_ref().expect("pooled").narrow(0, 0, 1).expect("row")), 0.0);
+    let diff = (g.context.narrow(0, 1, 1).expect("row") - &pos.context).expect("diff");
+    assert_eq!(abs_sum(&diff), 0.0);
+    // A negative prompt is encoded, not zeroed.
+    let n = model.guidance_conditioning("a photo", "blurry").expect("guidance");
+    assert!(abs_sum(&n.context.narrow(0, 0, 1).expect("row")) > 0.0);
     let a = run(&model, SamplerKind::EulerAncestral, 7, &CancelToken::new()).expect("run");
     let b = run(&model, SamplerKind::EulerAncestral, 7, &CancelToken::new()).expect("run");
     let c = run(&model, SamplerKind::EulerAncestral, 8, &CancelToken::new()).expect("run");
@@ -473,4 +485,17 @@ fn keeps_the_real_face(files: DiffusionFiles) {
     assert!(n_face > 2000, "face region too small: {n_face}");
     assert!(n_changed > 10_000, "the backdrop was not regenerated: {n_changed} pixels changed");
     assert_ne!(outs[0], outs[1], "variants differ");
+}
+
+/// SD 1.5 has no zeroed branch: an empty negative prompt is encoded like any other (as diffusers does).
+#[test]
+fn sd15_guidance_encodes_an_empty_negative_prompt() {
+    let model = DiffusionModel::load(tiny_files(), &Device::Cpu).expect("tiny SD 1.5");
+    let g = model.guidance_conditioning("a photo", "").expect("guidance");
+    let pair = model.encode_prompts(&["", "a photo"]).expect("encode");
+    assert!(g.pooled.is_none());
+    let diff = (&g.context - &pair.context).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|m| m.to_scalar::<f32>());
+    assert_eq!(diff.expect("diff"), 0.0);
+    let empty = g.context.narrow(0, 0, 1).and_then(|r| r.abs()).and_then(|a| a.sum_all()).and_then(|s| s.to_scalar::<f32>());
+    assert!(empty.expect("sum") > 0.0, "the empty prompt's encoding is not zeros");
 }
