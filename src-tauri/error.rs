@@ -32,6 +32,7 @@ impl From<CoreError> for IpcError {
             CoreError::InvalidSettings(_) | CoreError::InvalidInput(_) => "invalid_input",
             CoreError::JobState { .. } => "job_state",
             CoreError::DiskFull { .. } => "disk_full",
+            CoreError::NotEnoughMemory(_) => "not_enough_memory",
             CoreError::NoKeySource { .. }
             | CoreError::KeyringUnavailable { .. }
             | CoreError::KeyMissing { .. }

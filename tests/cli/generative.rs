@@ -18,6 +18,10 @@ fn generative(data: &Path, out: &Path, seed: &str, extra: &[&str]) -> std::proce
 /// `generate --look generative` on the tiny model at draft quality, 3 steps, 256 px; `models` replaces
 /// the bundled models folder.
 fn generative_in(data: &Path, models: Option<&Path>, out: &Path, seed: &str, extra: &[&str]) -> std::process::Output {
+    generative_env(data, models, out, seed, extra, &[])
+}
+
+fn generative_env(data: &Path, models: Option<&Path>, out: &Path, seed: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let model = tiny();
     let mut args: Vec<String> = match models {
         Some(m) => vec!["--models-dir".into(), m.to_str().expect("utf8").into()],
@@ -48,7 +52,7 @@ fn generative_in(data: &Path, models: Option<&Path>, out: &Path, seed: &str, ext
     );
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&refs, data)
+    run_env(&refs, data, env)
 }
 
 fn images(dir: &Path) -> Vec<image::RgbImage> {
@@ -249,4 +253,34 @@ fn generative_look_honours_restore_and_the_output_size() {
         .filter(|&(x, y)| plain.get_pixel(x, y) != restored.get_pixel(x, y))
         .count();
     assert!(changed > 400, "only {changed} of 1600 face pixels changed with restoration");
+}
+
+/// A model this machine cannot hold is refused before its weights are read, with the numbers and what to
+/// do, instead of the process being killed mid-job. `LIKENESS_MAX_MEMORY_MB` (a user's or administrator's
+/// cap, one of the limits the check reads beside the system's available memory and cgroup) stands in for a
+/// small machine here. Nothing is written and the job is recorded as failed with the reason.
+#[test]
+fn generative_model_that_does_not_fit_in_memory_is_refused_with_what_to_do() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = data.path().join("out");
+    let o = generative_env(data.path(), None, &out, "1", &[], &[("LIKENESS_MAX_MEMORY_MB", "1")]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("not enough memory for model") && err.contains("LIKENESS_MAX_MEMORY_MB"), "{err}");
+    assert!(err.contains("of weights in float32") && err.contains("close other programs"), "{err}");
+    assert!(files(&out).is_empty(), "nothing written");
+    let jobs = json(&run(&["jobs", "list", "--json"], data.path()))["jobs"].as_array().expect("jobs").clone();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "failed");
+    assert!(jobs[0]["error"].as_str().unwrap_or_default().contains("not enough memory"), "{}", jobs[0]);
+
+    // A cap that is not a number is named, not ignored.
+    let o = generative_env(data.path(), None, &out, "1", &[], &[("LIKENESS_MAX_MEMORY_MB", "lots")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("LIKENESS_MAX_MEMORY_MB is 'lots'"), "{}", stderr(&o));
+
+    // With room (a 64 GB cap, or only the machine's own limits) the same job runs.
+    let o = generative_env(data.path(), None, &out, "1", &[], &[("LIKENESS_MAX_MEMORY_MB", "65536")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files(&out).len(), 1);
 }

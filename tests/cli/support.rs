@@ -14,8 +14,14 @@ pub fn photo(name: &str) -> PathBuf {
 
 /// Runs `likeness ARGS` with a private data dir; returns the output.
 pub fn run(args: &[&str], data_dir: &Path) -> Output {
+    run_env(args, data_dir, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_env(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_likeness"))
         .args(args)
+        .envs(env.iter().copied())
         .env("LIKENESS_DATA_DIR", data_dir)
         // The headless fallback; where a Secret Service runs (tools/test.sh), the OS keyring wins.
         .env("LIKENESS_PASSPHRASE", "likeness-tests")

@@ -96,11 +96,13 @@ describe("labels", () => {
   it("explains failures with what to do", () => {
     expect(failureHint("grace.jpg: no face found in the photo")).toMatch(/clearly visible/);
     expect(failureHint("the photo is too small (100x100)")).toMatch(/larger photo/);
+    expect(failureHint("not enough memory for model 'sdxl': it needs about 19.4 GB")).toMatch(/enough free memory/);
     expect(failureHint(null)).toMatch(/Try again/);
   });
   it("turns IPC errors into sentences", () => {
     expect(errorText({ code: "not_found", message: "job x does not exist" })).toBe("job x does not exist");
     expect(errorText({ code: "disk_full", message: "free space" })).toBe("The disk is full. free space");
+    expect(errorText({ code: "not_enough_memory", message: "it needs 19 GB" })).toBe("There is not enough memory for this model. it needs 19 GB");
     expect(errorText(new Error("boom"))).toBe("boom");
     expect(errorText("plain")).toBe("plain");
   });

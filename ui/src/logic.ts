@@ -156,6 +156,7 @@ export function errorText(e: unknown): string {
       key_unavailable: "Likeness cannot unlock its encrypted storage.",
       library_locked: "Likeness is already open in another window.",
       disk_full: "The disk is full.",
+      not_enough_memory: "There is not enough memory for this model.",
       models_missing: "The face models are missing.",
       library_damaged: "Likeness's storage is damaged.",
       corrupt: "The model file is damaged or incomplete.",
@@ -176,6 +177,8 @@ export function failureHint(message: string | null | undefined): string {
   if (m.includes("too small") || m.includes("is needed for a headshot")) return "The photo is too small. Use a larger photo (at least 256 pixels on each side).";
   if (m.includes("not an image") || m.includes("format") || m.includes("decode"))
     return "The file could not be read as a photo. Use a JPEG, PNG or WebP photo.";
+  if (m.includes("not enough memory"))
+    return "This computer does not have enough free memory for this model. Close other programs, or choose a smaller model, and start the job again.";
   if (m.includes("full")) return "The disk is full. Free some space and start the job again.";
   return "Something went wrong. Try again, or try another photo.";
 }

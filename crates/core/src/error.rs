@@ -41,6 +41,9 @@ pub enum CoreError {
     JobState { id: String, state: String, what: &'static str },
     #[error("invalid style settings: {0}")]
     InvalidSettings(String),
+    /// A model that would not fit in memory, with the numbers and what to do (see `memory`).
+    #[error("{0}")]
+    NotEnoughMemory(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("the master key could not be derived from LIKENESS_PASSPHRASE: {0}")]

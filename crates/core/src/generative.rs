@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Result};
 use crate::import::{DiffusersComponent, DiffusionFiles as ImportedFiles, ImportError, InstalledDiffusion};
+use crate::memory;
 use crate::models::ModelStore;
 use likeness_engine::diffusion::detect::Arch;
 use crate::library::{ClaimedJob, NewOutput};
@@ -267,11 +268,55 @@ impl DiffusionCache {
         )))
     }
 
+    /// The weight files model `id` would load (nothing is read but their headers' paths).
+    fn weight_paths(&self, id: &str) -> Result<Vec<PathBuf>> {
+        if let Some(store) = &self.store {
+            match store.diffusion(id) {
+                Ok(inst) => {
+                    return Ok(match inst.files {
+                        ImportedFiles::Diffusers { unet, vae, text_encoder, text_encoder_2, .. } => [Some(unet), Some(vae), Some(text_encoder), text_encoder_2]
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|c| c.weights)
+                            .collect(),
+                        ImportedFiles::SingleFile { path } => vec![path],
+                    })
+                }
+                Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        let p = Path::new(id);
+        if p.is_file() {
+            return Ok(vec![p.to_path_buf()]);
+        }
+        if p.join("unet").join("config.json").is_file() {
+            return ["unet", "vae", "text_encoder", "text_encoder_2"]
+                .iter()
+                .map(|c| p.join(c))
+                .filter(|d| d.is_dir())
+                .map(|d| weights_in(&d))
+                .collect();
+        }
+        Ok(vec![weights_in(p)?])
+    }
+
+    /// Refuses, before anything is read, a model this machine cannot hold (see [`crate::memory`]).
+    fn check_memory(&self, id: &str) -> Result<()> {
+        self.check(id)?;
+        let paths = self.weight_paths(id)?;
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let need = memory::estimate(&refs, self.device.is_cpu()).map_err(invalid)?;
+        let available = memory::available().map_err(invalid)?;
+        memory::check(id, &need, available.as_ref()).map_err(CoreError::NotEnoughMemory)
+    }
+
     pub fn get(&self, id: &str) -> Result<(Arc<DiffusionModel>, Sampling)> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((m, s)) = loaded.get(id) {
             return Ok((m.clone(), *s));
         }
+        self.check_memory(id)?;
         let (files, sampling) = self.locate(id)?;
         let model = DiffusionModel::load(files, &self.device).map_err(|e| invalid(format!("model '{id}': {e}")))?;
         let model = Arc::new(model);

@@ -38,4 +38,5 @@ pub mod policy;
 pub mod batch;
 pub mod files;
 pub mod generative;
+pub mod memory;
 pub mod worker;
