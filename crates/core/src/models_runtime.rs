@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use candle_core::Device;
-use likeness_engine::generative::{self as gen, Quality, Sampling};
+use likeness_engine::generative::{self as gen, Attire, GenBackdrop, Lighting, Quality, Sampling};
 use likeness_engine::pipeline::StudioModels;
 use likeness_engine::restore::{self, FaceRestorer};
 use serde::Serialize;
@@ -166,41 +166,21 @@ pub struct GenerativeChoices {
     pub max_variants: u32,
 }
 
-pub const ATTIRES: [Choice; 5] = [
-    Choice { value: "keep", label: "Keep my clothes" },
-    Choice { value: "suit", label: "Suit" },
-    Choice { value: "blazer", label: "Blazer" },
-    Choice { value: "business-casual", label: "Business casual" },
-    Choice { value: "smart-shirt", label: "Smart shirt" },
-];
-pub const LIGHTINGS: [Choice; 3] = [
-    Choice { value: "soft-studio", label: "Soft studio" },
-    Choice { value: "natural-window", label: "Natural window" },
-    Choice { value: "dramatic", label: "Dramatic" },
-];
-pub const GEN_BACKDROPS: [Choice; 5] = [
-    Choice { value: "studio-grey", label: "Studio grey" },
-    Choice { value: "white", label: "White" },
-    Choice { value: "office", label: "Office" },
-    Choice { value: "bookshelf", label: "Bookshelf" },
-    Choice { value: "outdoor", label: "Outdoor" },
-];
-const QUALITIES: [(&str, &str, Quality); 3] =
-    [("draft", "Draft", Quality::Draft), ("standard", "Standard", Quality::Standard), ("high", "High", Quality::High)];
 /// The most variants a front end offers (the engine takes up to 16).
 pub const MAX_VARIANTS: u32 = 4;
 
 /// The generative look's choices (each value is accepted by the settings check).
 pub fn generative_choices() -> GenerativeChoices {
     GenerativeChoices {
-        attires: ATTIRES.to_vec(),
-        lightings: LIGHTINGS.to_vec(),
-        backdrops: GEN_BACKDROPS.to_vec(),
-        qualities: QUALITIES
+        attires: Attire::ALL.iter().map(|a| Choice { value: a.value(), label: a.label() }).collect(),
+        lightings: Lighting::ALL.iter().map(|l| Choice { value: l.value(), label: l.label() }).collect(),
+        backdrops: GenBackdrop::NAMED.iter().filter_map(|b| Some(Choice { value: b.name()?, label: b.label() })).collect(),
+        qualities: Quality::ALL
             .iter()
-            .map(|&(value, label, q)| {
+            .map(|&q| {
                 let s = gen::settings(q, Sampling::Standard);
-                QualityChoice { value, label, steps: s.steps, turbo_steps: gen::settings(q, Sampling::Turbo).steps, resolution: s.latent_short_side * 8 }
+                let turbo_steps = gen::settings(q, Sampling::Turbo).steps;
+                QualityChoice { value: q.value(), label: q.label(), steps: s.steps, turbo_steps, resolution: s.latent_short_side * 8 }
             })
             .collect(),
         max_variants: MAX_VARIANTS,
@@ -220,7 +200,6 @@ pub fn steps_per_variant(quality: &str, steps: Option<u32>, arch: Option<Arch>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use likeness_engine::generative::{Attire, GenBackdrop, Lighting};
 
     #[test]
     fn every_offered_choice_is_accepted_by_the_engine() {
@@ -228,6 +207,11 @@ mod tests {
         assert!(c.attires.iter().all(|a| Attire::parse(a.value).is_ok()));
         assert!(c.lightings.iter().all(|a| Lighting::parse(a.value).is_ok()));
         assert!(c.backdrops.iter().all(|a| GenBackdrop::parse(a.value).is_ok()));
+        let values = |v: &[Choice]| v.iter().map(|c| c.value).collect::<Vec<_>>();
+        assert_eq!(values(&c.attires), ["keep", "suit", "blazer", "business-casual", "smart-shirt"]);
+        assert_eq!(values(&c.lightings), ["soft-studio", "natural-window", "dramatic"]);
+        assert_eq!(values(&c.backdrops), ["studio-grey", "white", "office", "bookshelf", "outdoor"]);
+        assert_eq!(c.attires[0].label, "Keep my clothes");
         assert_eq!(c.qualities.iter().map(|q| q.steps).collect::<Vec<_>>(), vec![12, 25, 40]);
         assert_eq!(c.qualities.iter().map(|q| q.resolution).collect::<Vec<_>>(), vec![384, 512, 640]);
         assert_eq!(steps_per_variant("high", None, Some(Arch::SdTurbo)), Some(4));

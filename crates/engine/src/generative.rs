@@ -32,18 +32,51 @@ pub enum Attire {
     Keep,
 }
 
+/// "a, b, c or d" of the canonical values (for error messages).
+fn one_of(values: &[&str]) -> String {
+    match values {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
 impl Attire {
+    /// Every attire, in the order front ends offer them.
+    pub const ALL: [Self; 5] = [Self::Keep, Self::Suit, Self::Blazer, Self::BusinessCasual, Self::SmartShirt];
+
+    /// The canonical value (`--attire`, job settings).
+    pub fn value(self) -> &'static str {
+        match self {
+            Self::Suit => "suit",
+            Self::Blazer => "blazer",
+            Self::BusinessCasual => "business-casual",
+            Self::SmartShirt => "smart-shirt",
+            Self::Keep => "keep",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Suit => "Suit",
+            Self::Blazer => "Blazer",
+            Self::BusinessCasual => "Business casual",
+            Self::SmartShirt => "Smart shirt",
+            Self::Keep => "Keep my clothes",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
+        if let Some(a) = Self::ALL.into_iter().find(|a| a.value() == s) {
+            return Ok(a);
+        }
         Ok(match s {
-            "suit" => Self::Suit,
-            "blazer" => Self::Blazer,
-            "business-casual" | "business_casual" => Self::BusinessCasual,
-            "smart-shirt" | "smart_shirt" | "shirt" => Self::SmartShirt,
-            "keep" | "keep-my-clothes" | "none" => Self::Keep,
+            "business_casual" => Self::BusinessCasual,
+            "smart_shirt" | "shirt" => Self::SmartShirt,
+            "keep-my-clothes" | "none" => Self::Keep,
             other => {
-                return Err(EngineError::InvalidOption(format!(
-                    "unknown attire '{other}'; use suit, blazer, business-casual, smart-shirt or keep"
-                )))
+                let values: Vec<&str> = Self::ALL.iter().map(|a| a.value()).collect();
+                return Err(EngineError::InvalidOption(format!("unknown attire '{other}'; use {}", one_of(&values))));
             }
         })
     }
@@ -71,13 +104,46 @@ pub enum GenBackdrop {
 }
 
 impl GenBackdrop {
+    /// Every named backdrop, in the order front ends offer them (a brand colour is any `#RRGGBB`).
+    pub const NAMED: [Self; 5] = [Self::StudioGrey, Self::White, Self::Office, Self::Bookshelf, Self::Outdoor];
+
+    /// A named backdrop's canonical value (`--backdrop`, job settings); `None` for a brand colour.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::StudioGrey => "studio-grey",
+            Self::White => "white",
+            Self::Office => "office",
+            Self::Bookshelf => "bookshelf",
+            Self::Outdoor => "outdoor",
+            Self::Brand(_) => return None,
+        })
+    }
+
+    /// The canonical value; a brand colour's is its `#rrggbb`.
+    pub fn value(self) -> String {
+        match self {
+            Self::Brand([r, g, b]) => format!("#{r:02x}{g:02x}{b:02x}"),
+            named => named.name().unwrap_or_default().to_owned(),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::StudioGrey => "Studio grey",
+            Self::White => "White",
+            Self::Office => "Office",
+            Self::Bookshelf => "Bookshelf",
+            Self::Outdoor => "Outdoor",
+            Self::Brand(_) => "Brand colour",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
+        if let Some(b) = Self::NAMED.into_iter().find(|b| b.name() == Some(s)) {
+            return Ok(b);
+        }
         Ok(match s {
-            "studio-grey" | "studio-gray" | "grey" | "gray" | "studio" => Self::StudioGrey,
-            "white" => Self::White,
-            "office" => Self::Office,
-            "bookshelf" => Self::Bookshelf,
-            "outdoor" => Self::Outdoor,
+            "studio-gray" | "grey" | "gray" | "studio" => Self::StudioGrey,
             hex if hex.starts_with('#') && hex.len() == 7 => {
                 let c = |i: usize| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16);
                 match (c(1), c(3), c(5)) {
@@ -86,9 +152,10 @@ impl GenBackdrop {
                 }
             }
             other => {
-                return Err(EngineError::InvalidOption(format!(
-                    "unknown backdrop '{other}'; use studio-grey, white, office, bookshelf, outdoor or a brand colour #RRGGBB"
-                )))
+                let mut values: Vec<String> = Self::NAMED.iter().map(|b| b.value()).collect();
+                values.push("a brand colour #RRGGBB".into());
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                return Err(EngineError::InvalidOption(format!("unknown backdrop '{other}'; use {}", one_of(&values))));
             }
         })
     }
@@ -142,15 +209,35 @@ pub enum Lighting {
 }
 
 impl Lighting {
+    pub const ALL: [Self; 3] = [Self::SoftStudio, Self::NaturalWindow, Self::Dramatic];
+
+    /// The canonical value (`--lighting`, job settings).
+    pub fn value(self) -> &'static str {
+        match self {
+            Self::SoftStudio => "soft-studio",
+            Self::NaturalWindow => "natural-window",
+            Self::Dramatic => "dramatic",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SoftStudio => "Soft studio",
+            Self::NaturalWindow => "Natural window",
+            Self::Dramatic => "Dramatic",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
+        if let Some(l) = Self::ALL.into_iter().find(|l| l.value() == s) {
+            return Ok(l);
+        }
         Ok(match s {
-            "soft-studio" | "soft" | "studio" => Self::SoftStudio,
-            "natural-window" | "natural" | "window" => Self::NaturalWindow,
-            "dramatic" => Self::Dramatic,
+            "soft" | "studio" => Self::SoftStudio,
+            "natural" | "window" => Self::NaturalWindow,
             other => {
-                return Err(EngineError::InvalidOption(format!(
-                    "unknown lighting '{other}'; use soft-studio, natural-window or dramatic"
-                )))
+                let values: Vec<&str> = Self::ALL.iter().map(|l| l.value()).collect();
+                return Err(EngineError::InvalidOption(format!("unknown lighting '{other}'; use {}", one_of(&values))));
             }
         })
     }
@@ -172,12 +259,29 @@ pub enum Quality {
 }
 
 impl Quality {
+    pub const ALL: [Self; 3] = [Self::Draft, Self::Standard, Self::High];
+
+    /// The canonical value (`--quality`, job settings).
+    pub fn value(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Standard => "standard",
+            Self::High => "high",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Draft => "Draft",
+            Self::Standard => "Standard",
+            Self::High => "High",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "draft" => Self::Draft,
-            "standard" => Self::Standard,
-            "high" => Self::High,
-            other => return Err(EngineError::InvalidOption(format!("unknown quality '{other}'; use draft, standard or high"))),
+        Self::ALL.into_iter().find(|q| q.value() == s).ok_or_else(|| {
+            let values: Vec<&str> = Self::ALL.iter().map(|q| q.value()).collect();
+            EngineError::InvalidOption(format!("unknown quality '{s}'; use {}", one_of(&values)))
         })
     }
 }
@@ -509,4 +613,35 @@ pub fn generative_headshots(
     }
     progress.stage(Stage::Encode, 1.0);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every choice parses back from its canonical value, and a wrong value's message lists them all.
+    #[test]
+    fn choices_round_trip_through_their_values() {
+        for a in Attire::ALL {
+            assert_eq!(Attire::parse(a.value()).ok(), Some(a));
+        }
+        for l in Lighting::ALL {
+            assert_eq!(Lighting::parse(l.value()).ok(), Some(l));
+        }
+        for q in Quality::ALL {
+            assert_eq!(Quality::parse(q.value()).ok(), Some(q));
+        }
+        for b in GenBackdrop::NAMED {
+            assert_eq!(GenBackdrop::parse(&b.value()).ok(), Some(b));
+        }
+        let brand = GenBackdrop::parse("#1A2b3C").ok();
+        assert_eq!(brand, Some(GenBackdrop::Brand([0x1a, 0x2b, 0x3c])));
+        assert_eq!(brand.map(GenBackdrop::value).as_deref(), Some("#1a2b3c"));
+        let msg = |e: Result<Attire>| e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg(Attire::parse("cape")).contains("use keep, suit, blazer, business-casual or smart-shirt"));
+        let e = GenBackdrop::parse("moon").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("studio-grey, white, office, bookshelf, outdoor or a brand colour #RRGGBB"), "{e}");
+        let e = Quality::parse("ultra").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown quality 'ultra'; use draft, standard or high"), "{e}");
+    }
 }
