@@ -9,6 +9,7 @@ use likeness_core::{JobId, JobInfo, JobState, NewInput, NewJob, OutputId, Output
 use likeness_engine::framing::{self, Preset};
 use likeness_engine::image_io::DecodeLimits;
 use likeness_engine::pipeline;
+use likeness_engine::progress::Stage;
 use serde::Serialize;
 use tauri::ipc::{InvokeBody, Request};
 use tauri::{AppHandle, Runtime, State};
@@ -145,6 +146,8 @@ pub struct JobView {
     pub inputs: Vec<String>,
     pub settings: serde_json::Value,
     pub outputs: Vec<OutputView>,
+    /// A running generative job's denoising step, so a reloaded page shows "step 3 of 20" at once.
+    pub step: Option<crate::worker::StepInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,8 +183,9 @@ fn output_view(o: &OutputInfo) -> OutputView {
     }
 }
 
-fn job_view(j: JobInfo) -> JobView {
+fn job_view(j: JobInfo, step: Option<crate::worker::StepInfo>) -> JobView {
     JobView {
+        step,
         settings: serde_json::from_str(&j.settings_json).unwrap_or(serde_json::Value::Null),
         outputs: j.outputs.iter().map(output_view).collect(),
         inputs: j.inputs.into_iter().map(|i| i.name).collect(),
@@ -447,7 +451,15 @@ pub fn check_backdrop(spec: &str) -> Res<()> {
 #[tauri::command]
 pub fn list_jobs(state: State<'_, AppState>) -> Res<Vec<JobView>> {
     let jobs = lock(state.library()?).list_jobs()?;
-    Ok(jobs.into_iter().map(job_view).collect())
+    let plans = lock(&state.gen_steps).clone();
+    Ok(jobs
+        .into_iter()
+        .map(|j| {
+            let generating = j.state == JobState::Running && j.stage.as_deref() == Some(Stage::Generate.name());
+            let step = plans.get(&j.id).filter(|_| generating).map(|p| crate::worker::step_info(*p, j.progress));
+            job_view(j, step)
+        })
+        .collect())
 }
 
 #[tauri::command]

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tauri::Listener;
 
 use crate::support::{app, app_with, code, config, photo, settings, TestApp};
 
@@ -32,13 +31,7 @@ fn wait_for_report(t: &TestApp, id: &Value) -> Value {
 #[test]
 fn a_folder_runs_to_a_mirrored_tree_and_a_report() {
     let t = app_with(|d| config(d, true));
-    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = finished.clone();
-    t.app.listen_any("batch-event", move |e| {
-        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
-            sink.lock().expect("events").push(v);
-        }
-    });
+    let finished = t.record("batch-event");
     let input = t.dir.path().join("clients");
     std::fs::create_dir_all(input.join("anna")).expect("folders");
     std::fs::write(input.join("anna/grace.jpg"), photo()).expect("photo");

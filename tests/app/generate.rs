@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use likeness_app::export::{self, ExportOptions};
 use likeness_core::OutputId;
 use serde_json::{json, Value};
-use tauri::Listener;
 
 use crate::support::{app_with, code, config, photo, settings};
 
@@ -27,13 +26,7 @@ fn wait_for_done(t: &crate::support::TestApp, id: &Value) -> Value {
 #[test]
 fn a_job_runs_to_a_headshot_that_can_be_seen_exported_and_deleted() {
     let t = app_with(|d| config(d, true));
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = events.clone();
-    t.app.listen_any("job-event", move |e| {
-        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
-            sink.lock().expect("events").push(v);
-        }
-    });
+    let events = t.record("job-event");
 
     let a = t.stage("grace.jpg", photo()).expect("stage");
     let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": settings()})).expect("create");

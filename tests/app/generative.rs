@@ -11,7 +11,6 @@ use likeness_core::worker::{StudioSettings, WorkerEvent};
 use likeness_core::JobId;
 use likeness_engine::progress::Stage;
 use serde_json::{json, Value};
-use tauri::Listener;
 
 use crate::support::{app, app_with, code, config, photo, repo_file, TestApp};
 
@@ -173,13 +172,7 @@ fn import_errors_are_in_plain_words_and_leave_nothing_behind() {
 #[test]
 fn a_generative_job_makes_two_variants_with_step_progress() {
     let t = app_with(|d| config(d, true));
-    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let sink = events.clone();
-    t.app.listen_any("job-event", move |e| {
-        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
-            sink.lock().expect("events").push(v);
-        }
-    });
+    let events = t.record("job-event");
     let a = t.stage("grace.jpg", photo()).expect("stage");
     // Not imported: refused before anything is stored; a path is not a model id.
     assert_eq!(code(t.invoke("create_job", json!({"photos": [a["id"]], "settings": gen_settings("tiny", 2)}))), "not_found");
@@ -257,13 +250,7 @@ fn progress_of_the_denoising_loop_is_told_in_steps() {
 #[test]
 fn a_studio_job_asking_for_restoration_without_gfpgan_runs_and_says_so() {
     let t = app_with(|d| config(d, true));
-    let events = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let sink = events.clone();
-    t.app.listen_any("job-event", move |e| {
-        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
-            sink.lock().expect("events").push(v);
-        }
-    });
+    let events = t.record("job-event");
     let a = t.stage("grace.jpg", photo()).expect("stage");
     let mut s = crate::support::settings();
     s["restore"] = json!(0.6);
@@ -286,28 +273,27 @@ fn a_studio_job_asking_for_restoration_without_gfpgan_runs_and_says_so() {
 #[test]
 fn a_generative_job_is_cancelled_between_steps_and_leaves_no_output() {
     let t = app_with(|d| config(d, true));
-    let first_step = Arc::new(Mutex::new(None::<Value>));
-    let sink = first_step.clone();
-    t.app.listen_any("job-event", move |e| {
-        if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
-            if v["kind"] == "progress" && v["step"]["step"].as_u64().is_some_and(|s| s >= 1) {
-                sink.lock().expect("step").get_or_insert(v);
-            }
-        }
-    });
+    let events = t.record("job-event");
+    let stepped = || events.lock().expect("events").iter().any(|v| v["kind"] == "progress" && v["step"]["step"].as_u64().is_some_and(|s| s >= 1));
     import_tiny(&t);
     let a = t.stage("grace.jpg", photo()).expect("stage");
     let mut s = gen_settings("tiny", 4);
     s["steps"] = json!(200);
     let id = t.invoke("create_job", json!({"photos": [a["id"]], "settings": s})).expect("create");
     let start = Instant::now();
-    while first_step.lock().expect("step").is_none() {
+    while !stepped() {
         assert!(start.elapsed() < Duration::from_secs(120), "no denoising step reported");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The job list tells the step too (a reloaded page has seen no event yet).
+    let running = t.jobs().into_iter().find(|j| j["id"] == id).expect("the job");
+    assert_eq!(running["state"], "running", "{running}");
+    assert_eq!((running["step"]["steps"].as_u64(), running["step"]["variants"].as_u64()), (Some(200), Some(4)), "{running}");
+    assert!(running["step"]["step"].as_u64().is_some_and(|s| s >= 1), "{running}");
     t.invoke("cancel_job", json!({"id": id})).expect("cancel");
     let job = wait_finished(&t, &id);
     assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(job["step"].is_null(), "a finished job has no step: {job}");
     assert_eq!(job["outputs"].as_array().map(Vec::len), Some(0));
 }
 

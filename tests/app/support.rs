@@ -37,6 +37,21 @@ pub fn app_with(config_for: impl FnOnce(&tempfile::TempDir) -> Config) -> TestAp
     TestApp { app, webview, dir }
 }
 
+impl TestApp {
+    /// Every payload of `event` from now on, in the order emitted.
+    pub fn record(&self, event: &str) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
+        use tauri::Listener;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+        let sink = events.clone();
+        self.app.listen_any(event, move |e| {
+            if let Ok(v) = serde_json::from_str::<Value>(e.payload()) {
+                sink.lock().expect("events").push(v);
+            }
+        });
+        events
+    }
+}
+
 /// An app whose worker does not run (jobs stay queued).
 pub fn app() -> TestApp {
     app_with(|d| config(d, false))

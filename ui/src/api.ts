@@ -210,6 +210,8 @@ export interface JobView {
   inputs: string[];
   settings: Record<string, unknown> | null;
   outputs: OutputView[];
+  /** A running generative job's denoising step (also after the page is reloaded). */
+  step: StepInfo | null;
 }
 
 export interface StudioSettings {

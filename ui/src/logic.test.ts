@@ -4,6 +4,7 @@ import {
   batchLine,
   batchProgress,
   batchStateLabel,
+  createJobSettings,
   DAY,
   daysLeft,
   daysLeftLabel,
@@ -250,6 +251,27 @@ describe("generative look", () => {
     const r = randomSeed(() => 0.5);
     expect(r).toBe(5e11);
     expect(parseSeed(String(randomSeed(() => 0.999999999999)))).not.toHaveProperty("error");
+  });
+  it("builds a Create job's settings: restoration and size in both looks, the generative fields when chosen", () => {
+    const base = { preset: "square", backdrop: "gradient", format: "png" };
+    expect(createJobSettings(base, 0.6, 1024, null)).toEqual({ ...base, restore: 0.6, size: 1024 });
+    const gen = { seedText: "", model: "tiny", backdrop: "office", attire: "suit", lighting: "dramatic", quality: "draft", variants: 2 };
+    expect(createJobSettings(base, 0.6, 1024, gen, () => 0.5)).toEqual({
+      ...base,
+      restore: 0.6,
+      size: 1024,
+      look: "generative",
+      model: "tiny",
+      backdrop: "office",
+      attire: "suit",
+      lighting: "dramatic",
+      gen_quality: "draft",
+      variants: 2,
+      seed: 5e11,
+    });
+    expect(createJobSettings(base, null, null, { ...gen, seedText: "7" })).toMatchObject({ restore: null, size: null, seed: 7 });
+    expect(createJobSettings(base, null, null, { ...gen, seedText: "x" })).toHaveProperty("error");
+    expect(createJobSettings(base, null, null, { ...gen, model: "" })).toEqual({ error: "Choose a model for the generative look (import one on the Models screen)." });
   });
   it("maps a job's outputs to their photo and variant", () => {
     expect([0, 1, 2, 3].map((i) => outputPhoto(i, 2, 2))).toEqual([

@@ -106,6 +106,47 @@ export function randomSeed(rand: () => number = Math.random): number {
   return Math.floor(rand() * 1e12);
 }
 
+/** The generative look's fields of the Create form, as read from the page. */
+export interface GenerativeFields {
+  seedText: string;
+  model: string;
+  backdrop: string;
+  attire: string;
+  lighting: string;
+  quality: string;
+  variants: number;
+}
+
+/**
+ * A Create job's settings: the studio settings with restoration and the output size, which apply to
+ * both looks (the generative look restores the face before painting and upscales each variant), plus
+ * the generative look's own fields when it is chosen (`gen` not null).
+ */
+export function createJobSettings<S extends object>(
+  base: S,
+  restore: number | null,
+  size: number | null,
+  gen: GenerativeFields | null,
+  rand: () => number = Math.random,
+): (S & Record<string, unknown>) | { error: string } {
+  const out = { ...base, restore, size };
+  if (!gen) return out;
+  const seed = parseSeed(gen.seedText);
+  if ("error" in seed) return seed;
+  if (!gen.model) return { error: "Choose a model for the generative look (import one on the Models screen)." };
+  return {
+    ...out,
+    look: "generative",
+    model: gen.model,
+    backdrop: gen.backdrop,
+    attire: gen.attire,
+    lighting: gen.lighting,
+    gen_quality: gen.quality,
+    variants: gen.variants,
+    seed: seed.seed ?? randomSeed(rand),
+  };
+}
+
 /** Which photo an output of a job comes from: a generative job makes `variants` outputs per photo, in photo order. */
 export function outputPhoto(index: number, variants: number, photos: number): { photo: number; variant: number } {
   const v = Math.max(1, Math.floor(variants));

@@ -4,6 +4,7 @@
 import { api, type AppInfo, type BatchView, type CreateOptions, type ExportOptions, type ImportEvent, type JobEvent, type JobView, type ModelView, type OutputView, type Preview, type StagedPhoto, type StepInfo, type StudioSettings } from "./api.js";
 import {
   batchFailureText,
+  createJobSettings,
   batchLine,
   batchProgress,
   batchStateLabel,
@@ -17,9 +18,7 @@ import {
   importMessage,
   managedHint,
   outputPhoto,
-  parseSeed,
   qualityHelp,
-  randomSeed,
   templateError,
   formatBytes,
   imageUrl,
@@ -124,28 +123,20 @@ const isGenerative = () => $input("look-generative").checked;
 
 /** The Create form's settings: the studio ones, and the generative look's when chosen. */
 function createSettings(): StudioSettings | { error: string } {
-  const base = settings();
   const restore = $input("restore").checked ? Number($input("restore-strength").value) / 100 : null;
   const size = $select("out-size").value ? Number($select("out-size").value) : null;
-  const out: StudioSettings = { ...base, restore, size };
-  if (!isGenerative()) return out;
-  out.restore = null;
-  out.size = null;
-  const seed = parseSeed($input("seed").value);
-  if ("error" in seed) return seed;
-  const model = $select("gen-model").value;
-  if (!model) return { error: "Choose a model for the generative look (import one on the Models screen)." };
-  return {
-    ...out,
-    look: "generative",
-    model,
-    backdrop: $select("gen-backdrop").value,
-    attire: $select("attire").value,
-    lighting: $select("lighting").value,
-    gen_quality: $select("gen-quality").value,
-    variants: Number($input("variants").value),
-    seed: seed.seed ?? randomSeed(),
-  };
+  const gen = isGenerative()
+    ? {
+        seedText: $input("seed").value,
+        model: $select("gen-model").value,
+        backdrop: $select("gen-backdrop").value,
+        attire: $select("attire").value,
+        lighting: $select("lighting").value,
+        quality: $select("gen-quality").value,
+        variants: Number($input("variants").value),
+      }
+    : null;
+  return createJobSettings(settings(), restore, size, gen);
 }
 
 /** The generative look, restoration and upscaling as the installed models allow. */
@@ -437,7 +428,7 @@ function renderJob(j: JobView): HTMLElement {
   } else {
     actions.append(h("button", { type: "button", onclick: () => void act(() => api.deleteJob(j.id), "Job deleted"), "aria-label": `Delete job ${jobTitle(j)}` }, "Delete"));
   }
-  const stage = j.state === "running" ? stageLabel(j.stage, steps.get(j.id)) : "";
+  const stage = j.state === "running" ? stageLabel(j.stage, steps.get(j.id) ?? j.step) : "";
   const li = h(
     "li",
     { class: "job", "data-job": j.id, "data-state": j.state },
