@@ -97,9 +97,29 @@ fn weights_in(dir: &Path) -> Result<PathBuf> {
         .ok_or_else(|| invalid(format!("{} holds no .safetensors weights; re-import the model", dir.display())))
 }
 
-fn component(root: &Path, name: &str) -> Result<Component> {
-    let dir = root.join(name);
-    Ok(Component { config: read(&dir.join("config.json"))?, weights: read(&weights_in(&dir)?)? })
+/// A tokenizer folder's files, when both are there (else the bundled CLIP tokenizer is used).
+fn tokenizer_in(dir: &Path) -> Option<TokenizerFiles> {
+    match (std::fs::read(dir.join("vocab.json")), std::fs::read_to_string(dir.join("merges.txt"))) {
+        (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
+        _ => None,
+    }
+}
+
+/// The weight files of a model given by path: a diffusers folder's components (`unet`, `vae`,
+/// `text_encoder`, SDXL's `text_encoder_2`) or one checkpoint (`None`).
+fn path_weights(path: &Path) -> Result<Vec<(Option<&'static str>, PathBuf)>> {
+    if !path.join("unet").join("config.json").is_file() {
+        return Ok(vec![(None, if path.is_file() { path.to_path_buf() } else { weights_in(path)? })]);
+    }
+    let mut found = Vec::new();
+    for name in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        let dir = path.join(name);
+        if name == "text_encoder_2" && !dir.join("config.json").is_file() {
+            continue;
+        }
+        found.push((Some(name), weights_in(&dir)?));
+    }
+    Ok(found)
 }
 
 /// Whether a single-file checkpoint is SDXL (its second text encoder under `conditioner.embedders.1`).
@@ -122,46 +142,39 @@ fn single_file_inpainting(bytes: &[u8]) -> Result<bool> {
     Ok(shape == Some(9))
 }
 
-/// Reads an installed model (diffusers folder or single-file checkpoint) into the engine's input.
+/// Reads a model given by path (diffusers folder or single-file checkpoint) into the engine's input.
 pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
     let record = std::fs::read_to_string(path.join("likeness-model.toml")).unwrap_or_default();
     let sampling = if record.contains("sd-turbo") || record.contains("sdxl-turbo") { Sampling::Turbo } else { Sampling::Standard };
-    if path.join("unet").join("config.json").is_file() {
-        let tokenizer = {
-            let t = path.join("tokenizer");
-            match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
-                (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
-                _ => None,
-            }
+    let mut weights = path_weights(path)?;
+    if let [(None, file)] = weights.as_slice() {
+        let checkpoint = read(file)?;
+        let configs = if single_file_is_sdxl(&checkpoint) {
+            Configs::sdxl(single_file_inpainting(&checkpoint)?)
+        } else {
+            Configs::sd15(single_file_inpainting(&checkpoint)?)
         };
-        let sched = path.join("scheduler").join("scheduler_config.json");
-        // SDXL: the second text encoder and tokenizer.
-        let text_encoder_2 =
-            if path.join("text_encoder_2").join("config.json").is_file() { Some(component(path, "text_encoder_2")?) } else { None };
-        let t2 = path.join("tokenizer_2");
-        let tokenizer_2 = match (std::fs::read(t2.join("vocab.json")), std::fs::read_to_string(t2.join("merges.txt"))) {
-            (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
-            _ => None,
-        };
-        let files = DiffusionFiles::Diffusers {
-            unet: component(path, "unet")?,
-            vae: component(path, "vae")?,
-            text_encoder: component(path, "text_encoder")?,
-            tokenizer,
-            scheduler_config: if sched.is_file() { Some(read(&sched)?) } else { None },
-            text_encoder_2,
-            tokenizer_2,
-        };
-        return Ok((files, sampling));
+        return Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling));
     }
-    let file = if path.is_file() { path.to_path_buf() } else { weights_in(path)? };
-    let checkpoint = read(&file)?;
-    let configs = if single_file_is_sdxl(&checkpoint) {
-        Configs::sdxl(single_file_inpainting(&checkpoint)?)
-    } else {
-        Configs::sd15(single_file_inpainting(&checkpoint)?)
+    let mut take = |name: &str| -> Result<Option<Component>> {
+        let Some(i) = weights.iter().position(|(n, _)| *n == Some(name)) else { return Ok(None) };
+        let (_, file) = weights.swap_remove(i);
+        Ok(Some(Component { config: read(&path.join(name).join("config.json"))?, weights: read(&file)? }))
     };
-    Ok((DiffusionFiles::SingleFile { checkpoint, configs }, sampling))
+    let missing = |name: &str| invalid(format!("{} has no {name}/ weights; re-import the model", path.display()));
+    let (unet, vae, text_encoder) = (take("unet")?, take("vae")?, take("text_encoder")?);
+    let text_encoder_2 = take("text_encoder_2")?;
+    let sched = path.join("scheduler").join("scheduler_config.json");
+    let files = DiffusionFiles::Diffusers {
+        unet: unet.ok_or_else(|| missing("unet"))?,
+        vae: vae.ok_or_else(|| missing("vae"))?,
+        text_encoder: text_encoder.ok_or_else(|| missing("text_encoder"))?,
+        tokenizer: tokenizer_in(&path.join("tokenizer")),
+        scheduler_config: if sched.is_file() { Some(read(&sched)?) } else { None },
+        text_encoder_2,
+        tokenizer_2: tokenizer_in(&path.join("tokenizer_2")),
+    };
+    Ok((files, sampling))
 }
 
 /// Reads an imported model (checked by [`ModelStore::diffusion`]) into the engine's input.
@@ -180,13 +193,7 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
                 };
                 Ok(Component { config: read(config)?, weights: read(weights)? })
             };
-            let tok = |t: &Option<PathBuf>| match t {
-                Some(t) => match (std::fs::read(t.join("vocab.json")), std::fs::read_to_string(t.join("merges.txt"))) {
-                    (Ok(vocab_json), Ok(merges)) => Some(TokenizerFiles { vocab_json, merges }),
-                    _ => None,
-                },
-                None => None,
-            };
+            let tok = |t: &Option<PathBuf>| t.as_deref().and_then(tokenizer_in);
             let tokenizer = tok(tokenizer);
             let sched = scheduler.as_ref().map(|d| d.join("scheduler_config.json")).filter(|p| p.is_file());
             DiffusionFiles::Diffusers {
@@ -286,19 +293,7 @@ impl DiffusionCache {
                 Err(e) => return Err(invalid(e.to_string())),
             }
         }
-        let p = Path::new(id);
-        if p.is_file() {
-            return Ok(vec![p.to_path_buf()]);
-        }
-        if p.join("unet").join("config.json").is_file() {
-            return ["unet", "vae", "text_encoder", "text_encoder_2"]
-                .iter()
-                .map(|c| p.join(c))
-                .filter(|d| d.is_dir())
-                .map(|d| weights_in(&d))
-                .collect();
-        }
-        Ok(vec![weights_in(p)?])
+        Ok(path_weights(Path::new(id))?.into_iter().map(|(_, file)| file).collect())
     }
 
     /// Refuses, before anything is read, a model this machine cannot hold (see [`crate::memory`]).
