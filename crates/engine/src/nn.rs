@@ -426,6 +426,210 @@ fn split_phases(plane: &[f32], h: usize, w: usize, s: usize, phase_w: usize, dst
     }
 }
 
+thread_local! {
+    /// The depthwise kernels' zero-padded copy of the input rows, reused across calls.
+    static PAD_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`with_scratch`] on the depthwise kernels' own buffer, so a depthwise band can run inside a
+/// caller that holds the im2col scratch (the fused depthwise + pointwise kernel).
+fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// The zero-padded input of output rows `oy0..oy0 + rows`, split into `stride` column phases:
+/// phase `p`, padded row `r`, column `j` holds padded pixel `(oy0 * stride + r, j * stride + p)`
+/// (zero outside the image). Every kernel tap of an output row is then one contiguous run of
+/// `ow` values, whatever the padding or stride. Returns (padded rows, phase width).
+fn pad_phase_dims(g: &Geom, rows: usize) -> (usize, usize) {
+    let s = g.stride;
+    ((rows.max(1) - 1) * s + g.kh, ((g.ow.max(1) - 1) * s + g.kw).div_ceil(s))
+}
+
+fn fill_pad_phases(plane: &[f32], g: &Geom, oy0: usize, rows: usize, dst: &mut [f32]) {
+    let s = g.stride;
+    let (prows, pw) = pad_phase_dims(g, rows);
+    for (p, dplane) in dst.chunks_exact_mut(prows * pw).take(s).enumerate() {
+        // Phase columns j with an image column j * s + p - pl inside 0..w.
+        let lo = if g.pl > p { (g.pl - p).div_ceil(s) } else { 0 }.min(pw);
+        let hi = (g.w + g.pl).saturating_sub(p).div_ceil(s).clamp(lo, pw);
+        for (r, drow) in dplane.chunks_exact_mut(pw).enumerate() {
+            let row = (oy0 * s + r).checked_sub(g.pt).filter(|&iy| iy < g.h).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
+            let Some(row) = row.filter(|_| lo < hi) else {
+                drow.fill(0.0);
+                continue;
+            };
+            drow[..lo].fill(0.0);
+            drow[hi..].fill(0.0);
+            let start = lo * s + p - g.pl;
+            let src = row.get(start..).unwrap_or(&[]);
+            if s == 1 {
+                if let Some(src) = src.get(..hi - lo) {
+                    drow[lo..hi].copy_from_slice(src);
+                }
+            } else {
+                drow[lo..hi].iter_mut().zip(src.chunks(s)).for_each(|(d, c)| *d = c[0]);
+            }
+        }
+    }
+}
+
+/// `act(v)` on 8 lanes (AVX only; inlined into AVX2 callers).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match act {
+        Activation::Identity => v,
+        Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+        Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
+        Activation::HardSwish => {
+            let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+            _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+        }
+    }
+}
+
+/// One depthwise output row from its `T` taps (each a run of `out.len()` inputs): all taps in
+/// registers, 16 outputs at a time, each stored once with bias and activation applied.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn dw_row_avx2<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    if taps.iter().any(|t| t.len() < n) {
+        return;
+    }
+    let ptrs: [*const f32; T] = std::array::from_fn(|t| taps[t].as_ptr());
+    let o = out.as_mut_ptr();
+    let b = _mm256_set1_ps(bias);
+    let mut x = 0;
+    // SAFETY (all loads / stores): every tap and `out` hold at least `n` values (checked above).
+    while x + 16 <= n {
+        let (mut a0, mut a1) = (b, b);
+        for t in 0..T {
+            let w = _mm256_set1_ps(k[t]);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), w, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x + 8)), w, a1);
+        }
+        _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+        _mm256_storeu_ps(o.add(x + 8), act_avx2(act, a1));
+        x += 16;
+    }
+    if x + 8 <= n {
+        let mut a0 = b;
+        for t in 0..T {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), _mm256_set1_ps(k[t]), a0);
+        }
+        _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+        x += 8;
+    }
+    while x < n {
+        let mut v = bias;
+        for t in 0..T {
+            v = (*ptrs[t].add(x)).mul_add(k[t], v);
+        }
+        *o.add(x) = act.apply(v);
+        x += 1;
+    }
+}
+
+/// The portable form of [`dw_row_avx2`] (a loop LLVM vectorises for the baseline target).
+fn dw_row_portable<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [f32]) {
+    let n = out.len();
+    if taps.iter().any(|t| t.len() < n) {
+        return;
+    }
+    for (x, o) in out.iter_mut().enumerate() {
+        let mut v = bias;
+        for t in 0..T {
+            v += taps[t][x] * k[t];
+        }
+        *o = act.apply(v);
+    }
+}
+
+/// Output rows `oy0..` (as many as `out` holds) of one depthwise plane with a `K x K` kernel
+/// (`T = K * K` taps) at stride `S`, from the padded phase copy `pad` of those rows.
+fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], prows: usize, pw: usize, k: &[f32], bias: f32, act: Activation, ow: usize, out: &mut [f32], simd: bool) -> bool {
+    let Some(k) = k.get(..T).and_then(|k| <&[f32; T]>::try_from(k).ok()) else { return false };
+    if ow == 0 || T != K * K {
+        return false;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    for (i, orow) in out.chunks_exact_mut(ow).enumerate() {
+        let mut taps: [&[f32]; T] = [&[]; T];
+        for (t, tap) in taps.iter_mut().enumerate() {
+            let (ky, kx) = (t / K, t % K);
+            let off = ((kx % S) * prows + i * S + ky) * pw + kx / S;
+            let Some(run) = pad.get(off..off + ow) else { return false };
+            *tap = run;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: the caller checked that the CPU has AVX2 and FMA.
+            unsafe { dw_row_avx2::<T>(&taps, k, bias, act, orow) };
+            continue;
+        }
+        dw_row_portable::<T>(&taps, k, bias, act, orow);
+    }
+    true
+}
+
+/// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane (the unpadded input `plane`),
+/// on the register-blocked kernels for 3x3 / 5x5 at stride 1 / 2 (any padding), else the
+/// general loops. `simd: false` forces the portable build (tests).
+fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32], simd: bool) {
+    let rows = out.len() / g.ow.max(1);
+    let square = g.kh == g.kw;
+    let blocked = square && matches!((g.kh, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+    // 3x3 stride 1 with one pixel of padding reads the plane in place (no padded copy).
+    let same3 = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == g.h && g.ow == g.w && g.w >= 2;
+    if !blocked || rows == 0 || (same3 && simd) {
+        let phase_w = g.w.div_ceil(g.stride);
+        if g.stride == 1 {
+            return dw_plane(plane, g.w, k, bias, act, g, oy0, out);
+        }
+        return with_pad_scratch(g.stride * g.h * phase_w, |phases| {
+            split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
+            dw_plane(phases, phase_w, k, bias, act, g, oy0, out)
+        });
+    }
+    let (prows, pw) = pad_phase_dims(g, rows);
+    with_pad_scratch(g.stride * prows * pw, |pad| {
+        fill_pad_phases(plane, g, oy0, rows, pad);
+        let ow = g.ow;
+        let done = match (g.kh, g.stride) {
+            (3, 1) => dw_rows_padded::<3, 9, 1>(pad, prows, pw, k, bias, act, ow, out, simd),
+            (3, 2) => dw_rows_padded::<3, 9, 2>(pad, prows, pw, k, bias, act, ow, out, simd),
+            (5, 1) => dw_rows_padded::<5, 25, 1>(pad, prows, pw, k, bias, act, ow, out, simd),
+            _ => dw_rows_padded::<5, 25, 2>(pad, prows, pw, k, bias, act, ow, out, simd),
+        };
+        if !done {
+            out.fill(f32::NAN);
+        }
+    });
+}
+
+/// Whether the register-blocked depthwise kernels may use AVX2 + FMA on this CPU.
+fn dw_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx2_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// The depthwise kernel over the whole batch.
 struct DepthwiseOp<'a> {
     weight: &'a [f32],
@@ -447,7 +651,7 @@ impl CustomOp1 for DepthwiseOp<'_> {
             bail!("depthwise conv: input / weight sizes disagree");
         }
         let mut out = vec![0f32; g.n * g.c_in * plane_out];
-        let phase_w = g.w.div_ceil(g.stride);
+        let simd = dw_simd();
         let run = |p: usize, o: &mut [f32]| {
             let c = p % g.c_in;
             let (Some(plane), Some(k), Some(&b)) =
@@ -455,15 +659,7 @@ impl CustomOp1 for DepthwiseOp<'_> {
             else {
                 return;
             };
-            if g.stride == 1 {
-                dw_plane(plane, g.w, k, b, self.act, &g, 0, o);
-            } else {
-                // split_phases writes every value, so the thread's reused scratch needs no zeroing.
-                with_scratch(g.stride * g.h * phase_w, |phases| {
-                    split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
-                    dw_plane(phases, phase_w, k, b, self.act, &g, 0, o);
-                });
-            }
+            dw_rows(plane, k, b, self.act, &g, 0, o, simd);
         };
         let work = out.len() * kk;
         for_chunks(&mut out, plane_out, work, run);
@@ -696,7 +892,7 @@ mod pointwise {
         true
     }
 
-    /// A stride-1 depthwise conv feeding the 1x1 conv: its weights and geometry.
+    /// A depthwise conv feeding the 1x1 conv: its weights and geometry.
     pub(super) struct Depthwise<'a> {
         pub weight: &'a [f32],
         pub bias: &'a [f32],
@@ -715,7 +911,7 @@ mod pointwise {
         let kk = g.kh * g.kw;
         let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
         let sizes = x.len() == k * g.h * g.w && dw.weight.len() == k * kk && dw.bias.len() == k && w.len() >= m * k && out.len() == m * p;
-        if !fits(k, p) || g.stride != 1 || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+        if !fits(k, p) || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
             return false;
         }
         // Bands of ~64 KiB of depthwise output (L2), a whole number of 16-pixel panels where the
@@ -742,7 +938,7 @@ mod pointwise {
                         else {
                             return;
                         };
-                        super::dw_plane(plane, g.w, kw, b, dw.act, g, oy0, dst);
+                        super::dw_rows(plane, kw, b, dw.act, g, oy0, dst, true);
                     }
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
@@ -1745,22 +1941,28 @@ mod tests {
     fn fused_depthwise_pointwise_matches_separate_ops() -> Result<()> {
         // (n, c, c_out, residual channels, h, w, dw kernel, dw activation): bands of whole and
         // partial panels, widths that are not a multiple of 16, deep inputs, threads.
+        // Stride 2 with the face mesh's / BlazeFace's widening blocks (16 -> 32 at 96x96 -> 48x48).
         let cases = [
-            (1, 24, 24, 24, 128, 128, 3, Activation::Identity),
-            (2, 16, 16, 16, 96, 96, 3, Activation::Identity),
-            (1, 128, 128, 128, 12, 12, 3, Activation::Relu),
-            (1, 28, 32, 28, 17, 13, 3, Activation::Identity),
-            (2, 8, 12, 0, 20, 7, 5, Activation::HardSwish),
-            (1, 32, 32, 32, 6, 6, 3, Activation::Identity),
+            (1, 24, 24, 24, 128, 128, 3, 1, Activation::Identity),
+            (2, 16, 16, 16, 96, 96, 3, 1, Activation::Identity),
+            (1, 128, 128, 128, 12, 12, 3, 1, Activation::Relu),
+            (1, 28, 32, 28, 17, 13, 3, 1, Activation::Identity),
+            (2, 8, 12, 0, 20, 7, 5, 1, Activation::HardSwish),
+            (1, 32, 32, 32, 6, 6, 3, 1, Activation::Identity),
+            (1, 16, 32, 16, 96, 96, 3, 2, Activation::Identity),
+            (2, 24, 20, 11, 33, 37, 3, 2, Activation::Relu),
+            (1, 12, 16, 12, 40, 38, 5, 2, Activation::HardSwish),
+            (1, 64, 128, 64, 12, 12, 3, 2, Activation::Identity),
         ];
-        for (i, &(n, c, co, rc, h, w, k, dw_act)) in cases.iter().enumerate() {
+        for (i, &(n, c, co, rc, h, w, k, stride, dw_act)) in cases.iter().enumerate() {
             let seed = 1900 + i as u64 * 10;
             let x = rand_tensor(&[n, c, h, w], seed)?;
-            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), 1, Padding::Same, true)?.with_activation(dw_act);
+            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), stride, Padding::Same, true)?.with_activation(dw_act);
             let pw = Conv2d::from_tensors(rand_tensor(&[co, c, 1, 1], seed + 2)?, Some(rand_tensor(&[co], seed + 6)?), 1, Padding::Valid, false)?;
-            assert!(dw.fuses_with(&pw, &x), "case {i} should take the fused kernel");
+            assert!(dw.fuses_with(&pw, &x) || !has_avx2_fma(), "case {i} should take the fused kernel");
             let plain = pw.forward_candle(&dw.forward_candle(&x)?)?;
-            let r = rand_tensor(&[n, rc, h, w], seed + 3)?;
+            let (_, _, oh, ow) = plain.dims4()?;
+            let r = rand_tensor(&[n, rc, oh, ow], seed + 3)?;
             let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
             let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
             let residual = (rc > 0).then_some(&r);
@@ -1769,6 +1971,56 @@ mod tests {
             let pr = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::PRelu(&prelu))?;
             let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
             assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    /// The register-blocked depthwise kernels (3x3 / 5x5, stride 1 / 2), on the AVX2 build and the
+    /// forced portable one, whole planes and bands of rows, against the plain-loop definition.
+    #[test]
+    fn blocked_depthwise_matches_naive_reference() -> Result<()> {
+        let explicit = |top, bottom, left, right| Padding::Explicit { top, bottom, left, right };
+        // (c, h, w, k, stride, padding): odd sizes, widths around the 8 / 16 lane blocks, maps
+        // smaller than the kernel's reach, asymmetric explicit pads.
+        let cases = [
+            (3, 17, 13, 3, 2, Padding::Same),
+            (5, 12, 15, 5, 2, Padding::Same),
+            (7, 11, 9, 5, 1, Padding::Same),
+            (9, 20, 19, 3, 1, explicit(0, 2, 1, 0)),
+            (2, 7, 10, 5, 2, explicit(2, 0, 1, 3)),
+            (10, 33, 35, 3, 2, Padding::Same),
+            (4, 16, 16, 3, 2, Padding::Valid),
+            (3, 6, 6, 3, 1, Padding::Same),
+            (6, 64, 64, 5, 2, Padding::Same),
+            (5, 16, 16, 5, 1, Padding::Same),
+            (1, 3, 2, 5, 1, Padding::Same),
+            (3, 40, 41, 3, 1, Padding::Same),
+        ];
+        for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
+            let seed = 3100 + i as u64 * 10;
+            let x = rand_tensor(&[1, c, h, w], seed)?;
+            let wt = rand_tensor(&[c, 1, k, k], seed + 1)?;
+            let b = rand_tensor(&[c], seed + 2)?;
+            let g = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?.geometry(&x)?;
+            let (xv, wv, bv) = (x.flatten_all()?.to_vec1::<f32>()?, wt.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+            let (pin, pout) = (h * w, g.oh * g.ow);
+            for act in ACTS {
+                let want = naive_conv(&x, &wt, Some(&b), stride, padding.pads(h, w, k, k, stride), true, act)?;
+                for simd in [false, dw_simd()] {
+                    let mut out = vec![0f32; c * pout];
+                    for (ch, o) in out.chunks_exact_mut(pout).enumerate() {
+                        let (plane, kw) = (&xv[ch * pin..(ch + 1) * pin], &wv[ch * k * k..(ch + 1) * k * k]);
+                        // Two bands: the second starts mid-plane (its padded copy starts there).
+                        let split = g.oh / 2 * g.ow;
+                        let (top, bottom) = o.split_at_mut(split);
+                        dw_rows(plane, kw, bv[ch], act, &g, 0, top, simd);
+                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, bottom, simd);
+                    }
+                    let got = Tensor::from_vec(out, (1, c, g.oh, g.ow), &Device::Cpu)?;
+                    let e = rel(&got, &want)?;
+                    assert!(e < 1e-5, "case {i} {act:?} simd {simd}: rel err {e}");
+                }
+            }
         }
         Ok(())
     }
@@ -2107,7 +2359,7 @@ impl Conv2d {
     }
 }
 
-/// A stride-1 depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
+/// A depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
 #[cfg(target_arch = "x86_64")]
 struct DwPwOp<'a> {
     dw: pointwise::Depthwise<'a>,
@@ -2151,12 +2403,12 @@ impl CustomOp2 for DwPwOp<'_> {
 }
 
 impl Conv2d {
-    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a stride-1 depthwise conv
+    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a depthwise conv (any stride)
     /// and `pw` a 1x1 conv without activation, on a CPU f32 `x`, shapes the direct kernel takes.
     pub fn fuses_with(&self, pw: &Conv2d, x: &Tensor) -> bool {
         let Ok(g) = self.geometry(x) else { return false };
         let pw_1x1 = pw.kernel == (1, 1) && pw.stride == 1 && !pw.depthwise && pw.weight.dims4().is_ok_and(|(_, i, _, _)| i == g.c_out);
-        self.depthwise && self.stride == 1 && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
+        self.depthwise && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
             && pw.activation == Activation::Identity && Self::direct_fits(g.c_out, g.oh * g.ow)
     }
 
