@@ -35,6 +35,7 @@
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
@@ -158,7 +159,7 @@ fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
 
 /// Runs `f(index, chunk)` over `out.chunks_mut(chunk)`, on rayon when the whole job is big
 /// enough to pay for the hand-off (a few microseconds), else on this thread.
-fn for_chunks(out: &mut [f32], chunk: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     const PAR_MIN_WORK: usize = 1 << 18;
     if chunk == 0 {
         return;
@@ -475,11 +476,48 @@ fn fill_pad_phases(plane: &[f32], g: &Geom, oy0: usize, rows: usize, dst: &mut [
                 if let Some(src) = src.get(..hi - lo) {
                     drow[lo..hi].copy_from_slice(src);
                 }
+            } else if s == 2 {
+                gather_stride2(&mut drow[lo..hi], src);
             } else {
                 drow[lo..hi].iter_mut().zip(src.chunks(s)).for_each(|(d, c)| *d = c[0]);
             }
         }
     }
+}
+
+/// `dst[i] = src[2 * i]` (a stride-2 column phase of a row), as far as `src` reaches.
+fn gather_stride2(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len().div_ceil(2));
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        i = unsafe { gather_stride2_avx2(dst, src, n) };
+    }
+    let (Some(d), Some(src)) = (dst.get_mut(i..n), src.get(2 * i..)) else { return };
+    d.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, &v)| *d = v);
+}
+
+/// The body of [`gather_stride2`], 8 outputs from two loads and two shuffles; returns how many
+/// outputs it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn gather_stride2_avx2(dst: &mut [f32], src: &[f32], n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    // SAFETY: each load reads src[2i..2i + 16] and each store dst[i..i + 8], both checked.
+    while i + 8 <= n.min(dst.len()) && 2 * i + 16 <= src.len() {
+        let a = _mm256_loadu_ps(src.as_ptr().add(2 * i));
+        let b = _mm256_loadu_ps(src.as_ptr().add(2 * i + 8));
+        // Per 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6; then 64-bit pieces 0, 2, 1, 3.
+        let e = _mm256_shuffle_ps::<0x88>(a, b);
+        let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), e);
+        i += 8;
+    }
+    i
 }
 
 /// `act(v)` on 8 lanes (AVX only; inlined into AVX2 callers).
@@ -504,14 +542,14 @@ unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_op_in_unsafe_fn)]
-unsafe fn dw_row_avx2<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [f32]) {
+unsafe fn dw_row_avx2<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>]) {
     use std::arch::x86_64::*;
     let n = out.len();
     if taps.iter().any(|t| t.len() < n) {
         return;
     }
     let ptrs: [*const f32; T] = std::array::from_fn(|t| taps[t].as_ptr());
-    let o = out.as_mut_ptr();
+    let o = out.as_mut_ptr() as *mut f32;
     let b = _mm256_set1_ps(bias);
     let mut x = 0;
     // SAFETY (all loads / stores): every tap and `out` hold at least `n` values (checked above).
@@ -545,7 +583,7 @@ unsafe fn dw_row_avx2<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f3
 }
 
 /// The portable form of [`dw_row_avx2`] (a loop LLVM vectorises for the baseline target).
-fn dw_row_portable<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [f32]) {
+fn dw_row_portable<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>]) {
     let n = out.len();
     if taps.iter().any(|t| t.len() < n) {
         return;
@@ -555,13 +593,13 @@ fn dw_row_portable<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, 
         for t in 0..T {
             v += taps[t][x] * k[t];
         }
-        *o = act.apply(v);
+        o.write(act.apply(v));
     }
 }
 
 /// Output rows `oy0..` (as many as `out` holds) of one depthwise plane with a `K x K` kernel
 /// (`T = K * K` taps) at stride `S`, from the padded phase copy `pad` of those rows.
-fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], prows: usize, pw: usize, k: &[f32], bias: f32, act: Activation, ow: usize, out: &mut [f32], simd: bool) -> bool {
+fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], prows: usize, pw: usize, k: &[f32], bias: f32, act: Activation, ow: usize, out: &mut [MaybeUninit<f32>], simd: bool) -> bool {
     let Some(k) = k.get(..T).and_then(|k| <&[f32; T]>::try_from(k).ok()) else { return false };
     if ow == 0 || T != K * K {
         return false;
@@ -588,15 +626,21 @@ fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], p
 }
 
 /// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane (the unpadded input `plane`),
-/// on the register-blocked kernels for 3x3 / 5x5 at stride 1 / 2 (any padding), else the
-/// general loops. `simd: false` forces the portable build (tests).
-fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32], simd: bool) {
+/// every value written: the register-blocked kernels for 3x3 / 5x5 at stride 1 / 2 (any
+/// padding) on a padded copy of the rows, else the general loops. `in_place3` keeps 3x3 stride 1
+/// with one pixel of padding on its own loop that reads the plane in place (for outputs that
+/// are already initialised: it accumulates into them); `simd: false` forces the portable build.
+fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool, in_place3: bool) {
     let rows = out.len() / g.ow.max(1);
-    let square = g.kh == g.kw;
-    let blocked = square && matches!((g.kh, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-    // 3x3 stride 1 with one pixel of padding reads the plane in place (no padded copy).
+    let blocked = g.kh == g.kw && matches!((g.kh, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
     let same3 = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == g.h && g.ow == g.w && g.w >= 2;
-    if !blocked || rows == 0 || (same3 && simd) {
+    if !blocked || rows == 0 || (same3 && simd && in_place3) {
+        // The general loops accumulate into their output: give them initialised memory.
+        out.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
         let phase_w = g.w.div_ceil(g.stride);
         if g.stride == 1 {
             return dw_plane(plane, g.w, k, bias, act, g, oy0, out);
@@ -617,9 +661,19 @@ fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: 
             _ => dw_rows_padded::<5, 25, 2>(pad, prows, pw, k, bias, act, ow, out, simd),
         };
         if !done {
-            out.fill(f32::NAN);
+            // Unreachable by construction (the copy holds every tap); never leave memory unwritten.
+            out.iter_mut().for_each(|v| {
+                v.write(f32::NAN);
+            });
         }
     });
+}
+
+/// `&mut [f32]` as the uninitialised-output form the depthwise kernels take (they only write).
+fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; every `f32` is a valid `MaybeUninit<f32>`, and the kernels only write
+    // initialised `f32` values through it.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// Whether the register-blocked depthwise kernels may use AVX2 + FMA on this CPU.
@@ -650,19 +704,27 @@ impl CustomOp1 for DepthwiseOp<'_> {
         if x.len() != g.n * g.c_in * plane_in || self.weight.len() != g.c_in * kk || self.bias.len() != g.c_in {
             bail!("depthwise conv: input / weight sizes disagree");
         }
-        let mut out = vec![0f32; g.n * g.c_in * plane_out];
+        let len = g.n * g.c_in * plane_out;
+        // Every value is written by `dw_rows`: no zeroing pass over a fresh map.
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("depthwise conv: allocation too small") };
         let simd = dw_simd();
-        let run = |p: usize, o: &mut [f32]| {
+        let run = |p: usize, o: &mut [MaybeUninit<f32>]| {
             let c = p % g.c_in;
             let (Some(plane), Some(k), Some(&b)) =
                 (x.get(p * plane_in..(p + 1) * plane_in), self.weight.get(c * kk..(c + 1) * kk), self.bias.get(c))
             else {
+                o.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
                 return;
             };
-            dw_rows(plane, k, b, self.act, &g, 0, o, simd);
+            dw_rows(plane, k, b, self.act, &g, 0, o, simd, false);
         };
-        let work = out.len() * kk;
-        for_chunks(&mut out, plane_out, work, run);
+        for_chunks(spare, plane_out, len * kk, run);
+        // SAFETY: every value of each of the `n * c` planes was written (by `dw_rows`, or zeroed
+        // in the `else` branch, which the size checks above make unreachable).
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))))
     }
 }
@@ -832,22 +894,64 @@ mod pointwise {
             }
             j0 = j1;
         }
-        // Pixels past the last whole panel.
-        for jj in j0..je {
-            for r in 0..m {
-                let mut acc = *bp.add(r);
+        // Pixels past the last whole panel (all of a map under 16 pixels, such as the face mesh's
+        // 3x3 heads or a squeeze-excite gate): each output is a dot product along `k`, 8 lanes
+        // at a time, over the tail's inputs transposed to `[pixel][k]` (at most 15 x 512 floats).
+        let tail = je - j0;
+        if tail > 0 {
+            let pk = packed.as_mut_ptr();
+            for t in 0..tail {
                 for i in 0..k {
-                    acc = (*xp.add(i * xs + jj - xoff)).mul_add(*wp.add(r * k + i), acc);
+                    *pk.add(t * k + i) = *xp.add(i * xs + j0 + t - xoff);
                 }
-                *op.add(r * p + jj) = post.apply(r, p, jj, acc);
+            }
+            for r in 0..m {
+                let mut t = 0;
+                while t < tail {
+                    let q = match tail - t {
+                        1 => dots::<1>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        2 => dots::<2>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        3 => dots::<3>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        _ => dots::<4>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                    };
+                    t += q;
+                }
             }
         }
+    }
+
+    /// Output row `r` at the `Q` tail pixels `j0 + t..`: dot products of the weight row `w`
+    /// with the transposed inputs `xt` (`[pixel][k]`), bias and post-op applied. Returns `Q`.
+    #[inline(always)]
+    unsafe fn dots<const Q: usize>(xt: *const f32, k: usize, w: *const f32, bias: f32, post: PostPtr, r: usize, p: usize, op: *mut f32, j0: usize, t: usize) -> usize {
+        let mut acc = [_mm256_setzero_ps(); Q];
+        let mut i = 0;
+        while i + 8 <= k {
+            let wv = _mm256_loadu_ps(w.add(i));
+            for q in 0..Q {
+                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt.add((t + q) * k + i)), acc[q]);
+            }
+            i += 8;
+        }
+        for q in 0..Q {
+            let a = acc[q];
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
+            let mut v = bias + _mm_cvtss_f32(h);
+            for ii in i..k {
+                v = (*xt.add((t + q) * k + ii)).mul_add(*w.add(ii), v);
+            }
+            let j = j0 + t + q;
+            *op.add(r * p + j) = post.apply(r, p, j, v);
+        }
+        Q
     }
 
     /// Whether [`run`] takes this shape on this CPU: AVX2 + FMA, at least one whole panel of
     /// pixels, and 16 pixels' inputs fitting the packed tile (deeper products are gemm's).
     pub(super) fn fits(k: usize, p: usize) -> bool {
-        super::has_avx2_fma() && p >= NR && k > 0 && k * NR <= PACK
+        super::has_avx2_fma() && p > 0 && k > 0 && k * NR <= PACK
     }
 
     /// Writes every value of `out` (`bias.len() x p`), splitting the rows over rayon's threads
@@ -938,7 +1042,7 @@ mod pointwise {
                         else {
                             return;
                         };
-                        super::dw_rows(plane, kw, b, dw.act, g, oy0, dst, true);
+                        super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true, true);
                     }
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
@@ -1035,6 +1139,29 @@ impl DenseOp<'_> {
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
         let g = self.g;
         let (plane_out, kk) = (g.oh * g.ow, g.kh * g.kw);
+        if g.stride > 1 && g.ow > 0 {
+            // Strided (the nets' stems): each input plane is split into zero-padded column
+            // phases once, after which every row of `col` is a run of contiguous copies.
+            let s = g.stride;
+            let (prows, pw) = pad_phase_dims(&g, g.oh);
+            let chan = s * prows * pw;
+            return with_pad_scratch(g.c_in * chan, |pad| {
+                for (ci, dst) in pad.chunks_exact_mut(chan.max(1)).enumerate().take(g.c_in) {
+                    fill_pad_phases(x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]), &g, 0, g.oh, dst);
+                }
+                let pad = &*pad;
+                for_chunks(col, plane_out, col.len(), |r, dst| {
+                    let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+                    for (oy, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+                        let off = ci * chan + ((kx % s) * prows + oy * s + ky) * pw + kx / s;
+                        match pad.get(off..off + g.ow) {
+                            Some(src) => drow.copy_from_slice(src),
+                            None => drow.fill(0.0),
+                        }
+                    }
+                });
+            });
+        }
         for_chunks(col, plane_out, col.len(), |r, dst| {
             let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
             let (lo, hi) = g.col_range(kx);
@@ -1046,8 +1173,12 @@ impl DenseOp<'_> {
                         drow[..lo].fill(0.0);
                         drow[hi..].fill(0.0);
                         let start = lo * g.stride + kx - g.pl;
-                        let src = row.get(start..).unwrap_or(&[]).iter().step_by(g.stride);
-                        drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+                        let src = row.get(start..).unwrap_or(&[]);
+                        match g.stride {
+                            1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+                            2 => gather_stride2(&mut drow[lo..hi], src),
+                            s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
+                        }
                     }
                     _ => drow.fill(0.0),
                 }
@@ -1917,6 +2048,11 @@ mod tests {
             (1, 28, 32, 28, 9, 7, 1, 1),
             (1, 3, 16, 0, 33, 31, 3, 2),
             (2, 32, 32, 32, 6, 6, 1, 1),
+            // Maps under 16 pixels (the dot-product tail): face-mesh heads, squeeze-excite gates.
+            (1, 128, 128, 128, 3, 3, 1, 1),
+            (2, 20, 13, 7, 3, 5, 1, 1),
+            (1, 9, 30, 0, 1, 1, 1, 1),
+            (1, 32, 1404, 0, 3, 3, 3, 3),
         ];
         for (i, &(n, ci, co, rc, h, w, k, stride)) in cases.iter().enumerate() {
             let seed = 900 + i as u64 * 10;
@@ -1953,6 +2089,8 @@ mod tests {
             (2, 24, 20, 11, 33, 37, 3, 2, Activation::Relu),
             (1, 12, 16, 12, 40, 38, 5, 2, Activation::HardSwish),
             (1, 64, 128, 64, 12, 12, 3, 2, Activation::Identity),
+            (1, 128, 128, 128, 6, 6, 3, 2, Activation::Identity),
+            (2, 32, 32, 32, 3, 3, 3, 1, Activation::Relu),
         ];
         for (i, &(n, c, co, rc, h, w, k, stride, dw_act)) in cases.iter().enumerate() {
             let seed = 1900 + i as u64 * 10;
@@ -2013,8 +2151,8 @@ mod tests {
                         // Two bands: the second starts mid-plane (its padded copy starts there).
                         let split = g.oh / 2 * g.ow;
                         let (top, bottom) = o.split_at_mut(split);
-                        dw_rows(plane, kw, bv[ch], act, &g, 0, top, simd);
-                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, bottom, simd);
+                        dw_rows(plane, kw, bv[ch], act, &g, 0, as_uninit(top), simd, false);
+                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, as_uninit(bottom), simd, false);
                     }
                     let got = Tensor::from_vec(out, (1, c, g.oh, g.ow), &Device::Cpu)?;
                     let e = rel(&got, &want)?;
