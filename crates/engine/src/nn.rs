@@ -296,9 +296,6 @@ fn axpy<const FMA: bool>(o: &mut [f32], i: &[f32], w: f32) {
 /// column-phase planes (`phase_w` wide each, `h` rows) so that every tap reads a contiguous run.
 #[inline(always)]
 fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
-    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, oy0, out) {
-        return;
-    }
     let s = g.stride;
     for (i, orow) in out.chunks_exact_mut(g.ow).enumerate() {
         let oy = oy0 + i;
@@ -324,80 +321,6 @@ fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: 
             act.bias_apply(orow, 0.0);
         }
     }
-}
-
-/// `o + w * i`, fused when `FMA`.
-#[inline(always)]
-fn madd<const FMA: bool>(o: f32, i: f32, w: f32) -> f32 {
-    if FMA {
-        i.mul_add(w, o)
-    } else {
-        o + i * w
-    }
-}
-
-/// The common case 3x3, stride 1, one pixel of padding all round: each output row reads its
-/// three input rows in one loop with the nine taps in registers (one store per output instead
-/// of nine read-modify-writes). Returns false, touching nothing, for any other geometry.
-#[inline(always)]
-fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) -> bool {
-    let (h, w) = (g.h, g.w);
-    let fits = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == h && g.ow == w;
-    let Some(k) = k.get(..9) else { return false };
-    if !fits || w < 2 || h == 0 || src.len() < h * w || oy0 >= h {
-        return false;
-    }
-    for (i, orow) in out.chunks_exact_mut(w).take(h - oy0).enumerate() {
-        let oy = oy0 + i;
-        let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| src.get(r * w..(r + 1) * w));
-        let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
-        match rows {
-            [Some(a), Some(b), Some(c)] => {
-                let n = w - 2;
-                let (a0, a1, a2) = (&a[..n], &a[1..n + 1], &a[2..n + 2]);
-                let (b0, b1, b2) = (&b[..n], &b[1..n + 1], &b[2..n + 2]);
-                let (c0, c1, c2) = (&c[..n], &c[1..n + 1], &c[2..n + 2]);
-                let inner = &mut orow[1..n + 1];
-                for x in 0..n {
-                    let mut v = madd::<FMA>(bias, a0[x], k[0]);
-                    v = madd::<FMA>(v, a1[x], k[1]);
-                    v = madd::<FMA>(v, a2[x], k[2]);
-                    v = madd::<FMA>(v, b0[x], k[3]);
-                    v = madd::<FMA>(v, b1[x], k[4]);
-                    v = madd::<FMA>(v, b2[x], k[5]);
-                    v = madd::<FMA>(v, c0[x], k[6]);
-                    v = madd::<FMA>(v, c1[x], k[7]);
-                    inner[x] = madd::<FMA>(v, c2[x], k[8]);
-                }
-                orow[0] = bias;
-                orow[w - 1] = bias;
-                for (ky, r) in [a, b, c].into_iter().enumerate() {
-                    orow[0] = madd::<FMA>(madd::<FMA>(orow[0], r[0], k[3 * ky + 1]), r[1], k[3 * ky + 2]);
-                    orow[w - 1] = madd::<FMA>(madd::<FMA>(orow[w - 1], r[w - 2], k[3 * ky]), r[w - 1], k[3 * ky + 1]);
-                }
-            }
-            _ => {
-                orow.fill(bias);
-                for (ky, r) in rows.into_iter().enumerate() {
-                    let Some(r) = r else { continue };
-                    let n = w - 2;
-                    let inner = &mut orow[1..n + 1];
-                    let (r0, r1, r2) = (&r[..n], &r[1..n + 1], &r[2..n + 2]);
-                    for x in 0..n {
-                        let v = madd::<FMA>(inner[x], r0[x], k[3 * ky]);
-                        let v = madd::<FMA>(v, r1[x], k[3 * ky + 1]);
-                        inner[x] = madd::<FMA>(v, r2[x], k[3 * ky + 2]);
-                    }
-                    orow[0] = madd::<FMA>(madd::<FMA>(orow[0], r[0], k[3 * ky + 1]), r[1], k[3 * ky + 2]);
-                    orow[w - 1] = madd::<FMA>(madd::<FMA>(orow[w - 1], r[w - 2], k[3 * ky]), r[w - 1], k[3 * ky + 1]);
-                }
-            }
-        }
-        if act != Activation::Identity {
-            act.bias_apply(orow, 0.0);
-        }
-    }
-    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -537,64 +460,90 @@ unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::
     }
 }
 
-/// One depthwise output row from its `T` taps (each a run of `out.len()` inputs): all taps in
-/// registers, 16 outputs at a time, each stored once with bias and activation applied.
+/// `rows` depthwise output rows from a source where tap `t` of output row `i` at column `x` is
+/// `src[offs[t] + i * stride + x]`, output row `i` being `out[i * ostride..][..n]`: all taps in
+/// registers, 16 outputs at a time, each stored once with bias and activation applied. One call
+/// per plane (or band), so the per-row cost is a few pointer adds.
+/// Safety: AVX2 + FMA present; every tap run and output row in bounds (see [`dw_rows_taps`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_op_in_unsafe_fn)]
-unsafe fn dw_row_avx2<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>]) {
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn dw_rows_avx2<const T: usize>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, act: Activation, out: *mut f32, ostride: usize) {
     use std::arch::x86_64::*;
-    let n = out.len();
-    if taps.iter().any(|t| t.len() < n) {
-        return;
-    }
-    let ptrs: [*const f32; T] = std::array::from_fn(|t| taps[t].as_ptr());
-    let o = out.as_mut_ptr() as *mut f32;
     let b = _mm256_set1_ps(bias);
-    let mut x = 0;
-    // SAFETY (all loads / stores): every tap and `out` hold at least `n` values (checked above).
-    while x + 16 <= n {
-        let (mut a0, mut a1) = (b, b);
-        for t in 0..T {
-            let w = _mm256_set1_ps(k[t]);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), w, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x + 8)), w, a1);
+    for i in 0..rows {
+        let ptrs: [*const f32; T] = std::array::from_fn(|t| src.add(offs[t] + i * stride));
+        let o = out.add(i * ostride);
+        let mut x = 0;
+        while x + 16 <= n {
+            let (mut a0, mut a1) = (b, b);
+            for t in 0..T {
+                let w = _mm256_set1_ps(k[t]);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), w, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x + 8)), w, a1);
+            }
+            _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+            _mm256_storeu_ps(o.add(x + 8), act_avx2(act, a1));
+            x += 16;
         }
-        _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
-        _mm256_storeu_ps(o.add(x + 8), act_avx2(act, a1));
-        x += 16;
-    }
-    if x + 8 <= n {
-        let mut a0 = b;
-        for t in 0..T {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), _mm256_set1_ps(k[t]), a0);
+        if x + 8 <= n {
+            let mut a0 = b;
+            for t in 0..T {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), _mm256_set1_ps(k[t]), a0);
+            }
+            _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+            x += 8;
         }
-        _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
-        x += 8;
-    }
-    while x < n {
-        let mut v = bias;
-        for t in 0..T {
-            v = (*ptrs[t].add(x)).mul_add(k[t], v);
+        if x < n && n >= 8 {
+            // The last few outputs as one block ending at `n`, overlapping outputs already
+            // stored (recomputed to the same values: outputs are written, never accumulated).
+            let mut a0 = b;
+            for t in 0..T {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(n - 8)), _mm256_set1_ps(k[t]), a0);
+            }
+            _mm256_storeu_ps(o.add(n - 8), act_avx2(act, a0));
+            x = n;
         }
-        *o.add(x) = act.apply(v);
-        x += 1;
+        while x < n {
+            let mut v = bias;
+            for t in 0..T {
+                v = (*ptrs[t].add(x)).mul_add(k[t], v);
+            }
+            *o.add(x) = act.apply(v);
+            x += 1;
+        }
     }
 }
 
-/// The portable form of [`dw_row_avx2`] (a loop LLVM vectorises for the baseline target).
-fn dw_row_portable<const T: usize>(taps: &[&[f32]; T], k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>]) {
-    let n = out.len();
-    if taps.iter().any(|t| t.len() < n) {
-        return;
+/// [`dw_rows_avx2`] with its bounds checked, or the portable loop (`simd: false`, or no AVX2
+/// build). `false`, nothing written, when a tap run or an output row would leave its slice.
+#[allow(clippy::too_many_arguments)]
+fn dw_rows_taps<const T: usize>(src: &[f32], offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>], ostride: usize, simd: bool) -> bool {
+    if rows == 0 || n == 0 {
+        return true;
     }
-    for (x, o) in out.iter_mut().enumerate() {
-        let mut v = bias;
-        for t in 0..T {
-            v += taps[t][x] * k[t];
+    let reach = offs.iter().copied().max().unwrap_or(0) + (rows - 1) * stride + n;
+    if reach > src.len() || (rows - 1) * ostride + n > out.len() || n > ostride {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the caller checked AVX2 + FMA (`simd`); the bounds were checked above.
+        unsafe { dw_rows_avx2::<T>(src.as_ptr(), offs, stride, rows, n, k, bias, act, out.as_mut_ptr() as *mut f32, ostride) };
+        return true;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    for (i, orow) in out.chunks_mut(ostride).take(rows).enumerate() {
+        for (x, o) in orow.iter_mut().take(n).enumerate() {
+            let mut v = bias;
+            for t in 0..T {
+                v += src[offs[t] + i * stride + x] * k[t];
+            }
+            o.write(act.apply(v));
         }
-        o.write(act.apply(v));
     }
+    true
 }
 
 /// Output rows `oy0..` (as many as `out` holds) of one depthwise plane with a `K x K` kernel
@@ -604,37 +553,20 @@ fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], p
     if ow == 0 || T != K * K {
         return false;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = simd;
-    for (i, orow) in out.chunks_exact_mut(ow).enumerate() {
-        let mut taps: [&[f32]; T] = [&[]; T];
-        for (t, tap) in taps.iter_mut().enumerate() {
-            let (ky, kx) = (t / K, t % K);
-            let off = ((kx % S) * prows + i * S + ky) * pw + kx / S;
-            let Some(run) = pad.get(off..off + ow) else { return false };
-            *tap = run;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: the caller checked that the CPU has AVX2 and FMA.
-            unsafe { dw_row_avx2::<T>(&taps, k, bias, act, orow) };
-            continue;
-        }
-        dw_row_portable::<T>(&taps, k, bias, act, orow);
-    }
-    true
+    // Tap (ky, kx) of output row i, column x: phase kx % S, padded row i * S + ky, column x + kx / S.
+    let offs: [usize; T] = std::array::from_fn(|t| ((t % K % S) * prows + t / K) * pw + t % K / S);
+    dw_rows_taps::<T>(pad, &offs, S * pw, out.len() / ow, ow, k, bias, act, out, ow, simd)
 }
 
 /// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane (the unpadded input `plane`),
 /// every value written: the register-blocked kernels for 3x3 / 5x5 at stride 1 / 2 (any
-/// padding) on a padded copy of the rows, else the general loops. `in_place3` keeps 3x3 stride 1
-/// with one pixel of padding on its own loop that reads the plane in place (for outputs that
-/// are already initialised: it accumulates into them); `simd: false` forces the portable build.
-fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool, in_place3: bool) {
+/// padding) on a zero-padded copy of the rows (so no tap needs an edge case and every row is
+/// whole 8- / 16-lane blocks where the width allows), else the general loops. `simd: false`
+/// forces the portable build.
+fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool) {
     let rows = out.len() / g.ow.max(1);
     let blocked = g.kh == g.kw && matches!((g.kh, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
-    let same3 = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == g.h && g.ow == g.w && g.w >= 2;
-    if !blocked || rows == 0 || (same3 && simd && in_place3) {
+    if !blocked || rows == 0 {
         // The general loops accumulate into their output: give them initialised memory.
         out.iter_mut().for_each(|v| {
             v.write(0.0);
@@ -649,6 +581,10 @@ fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: 
             split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
             dw_plane(phases, phase_w, k, bias, act, g, oy0, out)
         });
+    }
+    let same3 = g.kh == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == g.h && g.ow == g.w && g.w >= 3;
+    if same3 && dw3x3_same_rows(plane, k, bias, act, g, oy0, out, simd) {
+        return;
     }
     let (prows, pw) = pad_phase_dims(g, rows);
     with_pad_scratch(g.stride * prows * pw, |pad| {
@@ -667,6 +603,63 @@ fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: 
             });
         }
     });
+}
+
+/// 3x3, stride 1, one pixel of padding all round (most depthwise layers here), read in place:
+/// the interior columns of each output row go through the register-blocked row kernel with the
+/// three input rows (a zero row past the top / bottom edge) as taps, the two edge columns are
+/// summed here. No padded copy of the input.
+fn dw3x3_same_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool) -> bool {
+    let (h, w) = (g.h, g.w);
+    let Some(k9) = k.get(..9).and_then(|k| <&[f32; 9]>::try_from(k).ok()) else { return false };
+    let rows = out.len() / w;
+    if w < 3 || plane.len() < h * w || oy0 + rows > h {
+        return false;
+    }
+    let end = oy0 + rows;
+    // Interior columns of the rows with both neighbours inside the image, straight from the plane.
+    let (a, b) = (oy0.max(1), end.min(h - 1));
+    if a < b {
+        let offs: [usize; 9] = std::array::from_fn(|t| (a + t / 3 - 1) * w + t % 3);
+        let Some(o) = out.get_mut((a - oy0) * w + 1..) else { return false };
+        if !dw_rows_taps::<9>(plane, &offs, w, b - a, w - 2, k9, bias, act, o, w, simd) {
+            return false;
+        }
+    }
+    let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| plane.get(r * w..(r + 1) * w));
+    // The top / bottom rows: their three input rows (zeros outside) copied together first.
+    for oy in [0, h - 1] {
+        if oy < oy0 || oy >= end || (oy > 0 && h == 1) {
+            continue;
+        }
+        let ok = with_pad_scratch(3 * w, |tmp| {
+            for (ky, dst) in tmp.chunks_exact_mut(w).enumerate() {
+                match row((oy + ky).checked_sub(1)) {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.fill(0.0),
+                }
+            }
+            let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * w + t % 3);
+            out.get_mut((oy - oy0) * w + 1..).is_some_and(|o| dw_rows_taps::<9>(tmp, &offs, w, 1, w - 2, k9, bias, act, o, w, simd))
+        });
+        if !ok {
+            return false;
+        }
+    }
+    // The first and last column of every row.
+    for (i, orow) in out.chunks_exact_mut(w).enumerate() {
+        let oy = oy0 + i;
+        let (mut l, mut r) = (bias, bias);
+        for ky in 0..3 {
+            if let Some(rw) = row((oy + ky).checked_sub(1)) {
+                l += rw[0] * k9[3 * ky + 1] + rw[1] * k9[3 * ky + 2];
+                r += rw[w - 2] * k9[3 * ky] + rw[w - 1] * k9[3 * ky + 1];
+            }
+        }
+        orow[0].write(act.apply(l));
+        orow[w - 1].write(act.apply(r));
+    }
+    true
 }
 
 /// `&mut [f32]` as the uninitialised-output form the depthwise kernels take (they only write).
@@ -719,7 +712,7 @@ impl CustomOp1 for DepthwiseOp<'_> {
                 });
                 return;
             };
-            dw_rows(plane, k, b, self.act, &g, 0, o, simd, false);
+            dw_rows(plane, k, b, self.act, &g, 0, o, simd);
         };
         for_chunks(spare, plane_out, len * kk, run);
         // SAFETY: every value of each of the `n * c` planes was written (by `dw_rows`, or zeroed
@@ -1042,7 +1035,7 @@ mod pointwise {
                         else {
                             return;
                         };
-                        super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true, true);
+                        super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true);
                     }
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
@@ -2133,6 +2126,9 @@ mod tests {
             (5, 16, 16, 5, 1, Padding::Same),
             (1, 3, 2, 5, 1, Padding::Same),
             (3, 40, 41, 3, 1, Padding::Same),
+            (4, 1, 9, 3, 1, Padding::Same),
+            (2, 2, 3, 3, 1, Padding::Same),
+            (3, 5, 24, 3, 1, Padding::Same),
         ];
         for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
             let seed = 3100 + i as u64 * 10;
@@ -2151,8 +2147,8 @@ mod tests {
                         // Two bands: the second starts mid-plane (its padded copy starts there).
                         let split = g.oh / 2 * g.ow;
                         let (top, bottom) = o.split_at_mut(split);
-                        dw_rows(plane, kw, bv[ch], act, &g, 0, as_uninit(top), simd, false);
-                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, as_uninit(bottom), simd, false);
+                        dw_rows(plane, kw, bv[ch], act, &g, 0, as_uninit(top), simd);
+                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, as_uninit(bottom), simd);
                     }
                     let got = Tensor::from_vec(out, (1, c, g.oh, g.ow), &Device::Cpu)?;
                     let e = rel(&got, &want)?;
