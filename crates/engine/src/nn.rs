@@ -744,7 +744,10 @@ mod pointwise {
     const PACK: usize = 8192;
     /// Multiply-adds of a layer before splitting it over threads pays: a hand-off costs tens of
     /// microseconds on a busy machine, as much as ~2M multiply-adds on one core.
-    const SPLIT_WORK: usize = 1 << 21;
+    fn split_work() -> usize {
+        static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *V.get_or_init(|| std::env::var("LIKENESS_SPLIT").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 21))
+    }
 
     /// What happens to `conv + bias` before the store: an optional residual added (`add`, rows
     /// `[add_rows, p]`; rows past it add nothing, as a residual zero-padded in channels), then a
@@ -960,7 +963,7 @@ mod pointwise {
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
+        let parts = if threads > 1 && m * k * p >= split_work() { threads.min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -1044,7 +1047,7 @@ mod pointwise {
             }
         };
         let threads = rayon::current_num_threads();
-        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
+        let parts = if threads > 1 && (m + kk) * k * p >= split_work() { threads.min(bands) } else { 1 };
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
@@ -1700,13 +1703,21 @@ impl CustomOp1 for ResizeBilinearOp {
             bail!("resize bilinear: input size disagrees with its shape");
         }
         let (rows, cols) = (half_pixel_taps(h, oh), half_pixel_taps(w, ow));
-        let mut out = vec![0f32; self.planes * oh * ow];
+        let len = self.planes * oh * ow;
+        // Every value is written below (a row whose taps were missing is zeroed): no zeroing pass.
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("resize bilinear: allocation too small") };
         // One output row per task: blend the two source rows, then gather along the row.
-        for_chunks(&mut out, ow, self.planes * oh * ow * 4, |r, orow| {
+        for_chunks(spare, ow, len * 4, |r, orow| {
             let (p, oy) = (r / oh.max(1), r % oh.max(1));
-            let Some(&(y0, y1, wy)) = rows.get(oy) else { return };
             let plane = x.get(p * h * w..(p + 1) * h * w).unwrap_or(&[]);
-            let (Some(a), Some(b)) = (plane.get(y0 * w..(y0 + 1) * w), plane.get(y1 * w..(y1 + 1) * w)) else { return };
+            let src = rows.get(oy).and_then(|&(y0, y1, wy)| Some((plane.get(y0 * w..(y0 + 1) * w)?, plane.get(y1 * w..(y1 + 1) * w)?, wy)));
+            let Some((a, b, wy)) = src else {
+                orow.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                return;
+            };
             let mut line = [0f32; 512];
             let mut heap;
             let line: &mut [f32] = if w <= line.len() {
@@ -1721,20 +1732,23 @@ impl CustomOp1 for ResizeBilinearOp {
                 // Exact 2x (the decoders' case): fixed weights 3/4 and 1/4, the edges copied; the
                 // same arithmetic as the general taps, in a loop LLVM vectorises.
                 if let (Some(first), Some(last)) = (line.first(), line.last()) {
-                    orow[0] = *first;
-                    orow[ow - 1] = *last;
+                    orow[0].write(*first);
+                    orow[ow - 1].write(*last);
                 }
                 for (pair, win) in orow[1..ow - 1].chunks_exact_mut(2).zip(line.windows(2)) {
-                    pair[0] = win[0] * 0.75 + win[1] * 0.25;
-                    pair[1] = win[0] * 0.25 + win[1] * 0.75;
+                    pair[0].write(win[0] * 0.75 + win[1] * 0.25);
+                    pair[1].write(win[0] * 0.25 + win[1] * 0.75);
                 }
                 return;
             }
             // Taps index below `w` by construction (`half_pixel_taps` clamps to the last pixel).
             for (o, &(x0, x1, wx)) in orow.iter_mut().zip(&cols) {
-                *o = line[x0.min(w - 1)] * (1.0 - wx) + line[x1.min(w - 1)] * wx;
+                o.write(line[x0.min(w - 1)] * (1.0 - wx) + line[x1.min(w - 1)] * wx);
             }
         });
+        // SAFETY: every row wrote all `ow` values: the 2x branch its two edges and `w - 1` pairs
+        // (`ow - 2` values), the general branch one per tap (`cols` has `ow` entries).
+        unsafe { out.set_len(len) };
         let (n, c) = match layout.dims() {
             [n, c, _, _] => (*n, *c),
             _ => bail!("resize bilinear: expected an NCHW tensor"),
@@ -2587,4 +2601,57 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     rayon::scope(|_| f())
+}
+
+/// The logistic sigmoid `1 / (1 + exp(-x))` written over a contiguous f32 tensor.
+struct SigmoidInPlace;
+
+impl candle_core::InplaceOp1 for SigmoidInPlace {
+    fn name(&self) -> &'static str {
+        "likeness-sigmoid-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("sigmoid in place: expected a contiguous tensor");
+        };
+        let x = match storage {
+            CpuStorage::F32(v) => match v.get_mut(start..end) {
+                Some(x) => x,
+                None => bail!("sigmoid in place: storage shorter than its layout"),
+            },
+            _ => bail!("sigmoid in place: expected an f32 tensor"),
+        };
+        let work = x.len() * 8;
+        for_chunks(x, 1 << 14, work, |_, o| o.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())));
+        Ok(())
+    }
+}
+
+/// The logistic sigmoid (candle_nn's formula), written over `x` on the CPU under the rule of
+/// [`scale_add_in_place`]: only for an `x` nothing else reads afterwards, such as a network's fresh
+/// output (no second map allocated). Other devices, layouts or dtypes use candle_nn's op.
+pub fn sigmoid_in_place(x: Tensor) -> Result<Tensor> {
+    let plain = x.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+    if !plain || !fast_cpu(&x) {
+        return candle_nn::ops::sigmoid(&x);
+    }
+    x.inplace_op1(&SigmoidInPlace)?;
+    Ok(x)
+}
+
+#[cfg(test)]
+mod sigmoid_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sigmoid_in_place_matches_candle() -> Result<()> {
+        let x = (Tensor::randn(0f32, 1.0, (1, 3, 17, 19), &Device::Cpu)? * 8.0)?;
+        let want = candle_nn::ops::sigmoid(&x)?;
+        let got = sigmoid_in_place(x.copy()?)?;
+        let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-6, "sigmoid: {err}");
+        Ok(())
+    }
 }
