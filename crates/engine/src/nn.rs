@@ -11,19 +11,23 @@
 //! raw storage) instead of candle's generic ops, because these nets are many small layers where
 //! candle's depthwise convolution (one conv call per channel) and its chains of elementwise ops
 //! (each a fresh allocation and a pass over memory) cost 10-20x the arithmetic:
-//! * depthwise: padding handled inside the kernel (no padded copy), bias and activation fused,
-//!   contiguous row loops (stride 2 reads column-phase planes) that LLVM vectorises, with an
-//!   AVX2+FMA build chosen at run time (installers never assume `target-cpu=native`);
+//! * depthwise 3x3 / 5x5 at stride 1 / 2 (any padding): register-blocked (all K*K taps in
+//!   registers, 16 outputs per step, bias and activation before the one store, a whole plane per
+//!   call), reading a zero-padded copy of the rows split into stride column phases so that every
+//!   tap is a contiguous run (3x3 stride 1 with one pixel of padding reads the plane in place);
+//!   AVX2+FMA chosen at run time (installers never assume `target-cpu=native`), a portable loop
+//!   otherwise; other shapes take general row loops. Outputs are never zeroed first;
 //! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
 //!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
 //!   residual and a PReLU) applied before the one store into an output that is never zeroed;
-//!   threads take bands of pixels. Without AVX2, or for fewer than 16 pixels, one `gemm` call
-//!   per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
-//! * depthwise (stride 1) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
+//!   threads take bands of pixels; maps under 16 pixels (heads, squeeze-excite gates) as dot
+//!   products along the input channels. Without AVX2, one `gemm` call per image
+//!   (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//! * depthwise (stride 1 or 2) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
 //!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
 //!   into the 1x1 kernel, so no feature map between them is written out or read back;
-//! * KxK dense: im2col into a reused buffer with the padding folded in, then the direct kernel
-//!   (or `gemm`, as for 1x1);
+//! * KxK dense: im2col into a reused buffer with the padding folded in (strided: copied row by
+//!   row from padded column-phase planes), then the direct kernel (or `gemm`, as for 1x1);
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
@@ -744,10 +748,7 @@ mod pointwise {
     const PACK: usize = 8192;
     /// Multiply-adds of a layer before splitting it over threads pays: a hand-off costs tens of
     /// microseconds on a busy machine, as much as ~2M multiply-adds on one core.
-    fn split_work() -> usize {
-        static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *V.get_or_init(|| std::env::var("LIKENESS_SPLIT").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 21))
-    }
+    const SPLIT_WORK: usize = 1 << 21;
 
     /// What happens to `conv + bias` before the store: an optional residual added (`add`, rows
     /// `[add_rows, p]`; rows past it add nothing, as a residual zero-padded in channels), then a
@@ -963,7 +964,7 @@ mod pointwise {
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        let parts = if threads > 1 && m * k * p >= split_work() { threads.min(p / NR) } else { 1 };
+        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -1047,7 +1048,7 @@ mod pointwise {
             }
         };
         let threads = rayon::current_num_threads();
-        let parts = if threads > 1 && (m + kk) * k * p >= split_work() { threads.min(bands) } else { 1 };
+        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
