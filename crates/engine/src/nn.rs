@@ -921,9 +921,20 @@ mod pointwise {
     /// with the transposed inputs `xt` (`[pixel][k]`), bias and post-op applied. Returns `Q`.
     #[inline(always)]
     unsafe fn dots<const Q: usize>(xt: *const f32, k: usize, w: *const f32, bias: f32, post: PostPtr, r: usize, p: usize, op: *mut f32, j0: usize, t: usize) -> usize {
+        // Two accumulators per pixel (alternate 8-lane chunks of `k`) so that even one pixel
+        // keeps two FMA chains in flight.
         let mut acc = [_mm256_setzero_ps(); Q];
+        let mut acc2 = [_mm256_setzero_ps(); Q];
         let mut i = 0;
-        while i + 8 <= k {
+        while i + 16 <= k {
+            let (wv, wv2) = (_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(w.add(i + 8)));
+            for q in 0..Q {
+                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt.add((t + q) * k + i)), acc[q]);
+                acc2[q] = _mm256_fmadd_ps(wv2, _mm256_loadu_ps(xt.add((t + q) * k + i + 8)), acc2[q]);
+            }
+            i += 16;
+        }
+        if i + 8 <= k {
             let wv = _mm256_loadu_ps(w.add(i));
             for q in 0..Q {
                 acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt.add((t + q) * k + i)), acc[q]);
@@ -931,7 +942,7 @@ mod pointwise {
             i += 8;
         }
         for q in 0..Q {
-            let a = acc[q];
+            let a = _mm256_add_ps(acc[q], acc2[q]);
             let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
             let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
             let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
