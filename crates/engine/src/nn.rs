@@ -11,19 +11,23 @@
 //! raw storage) instead of candle's generic ops, because these nets are many small layers where
 //! candle's depthwise convolution (one conv call per channel) and its chains of elementwise ops
 //! (each a fresh allocation and a pass over memory) cost 10-20x the arithmetic:
-//! * depthwise: padding handled inside the kernel (no padded copy), bias and activation fused,
-//!   contiguous row loops (stride 2 reads column-phase planes) that LLVM vectorises, with an
-//!   AVX2+FMA build chosen at run time (installers never assume `target-cpu=native`);
+//! * depthwise 3x3 / 5x5 at stride 1 / 2 (any padding): register-blocked (all K*K taps in
+//!   registers, 16 outputs per step, bias and activation before the one store, a whole plane per
+//!   call), reading a zero-padded copy of the rows split into stride column phases so that every
+//!   tap is a contiguous run (3x3 stride 1 with one pixel of padding reads the plane in place);
+//!   AVX2+FMA chosen at run time (installers never assume `target-cpu=native`), a portable loop
+//!   otherwise; other shapes take general row loops. Outputs are never zeroed first;
 //! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
 //!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
 //!   residual and a PReLU) applied before the one store into an output that is never zeroed;
-//!   threads take bands of pixels. Without AVX2, or for fewer than 16 pixels, one `gemm` call
-//!   per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
-//! * depthwise (stride 1) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
+//!   threads take bands of pixels; maps under 16 pixels (heads, squeeze-excite gates) as dot
+//!   products along the input channels. Without AVX2, one `gemm` call per image
+//!   (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//! * depthwise (stride 1 or 2) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
 //!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
 //!   into the 1x1 kernel, so no feature map between them is written out or read back;
-//! * KxK dense: im2col into a reused buffer with the padding folded in, then the direct kernel
-//!   (or `gemm`, as for 1x1);
+//! * KxK dense: im2col into a reused buffer with the padding folded in (strided: copied row by
+//!   row from padded column-phase planes), then the direct kernel (or `gemm`, as for 1x1);
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
 //!
@@ -35,6 +39,7 @@
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
@@ -158,7 +163,7 @@ fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
 
 /// Runs `f(index, chunk)` over `out.chunks_mut(chunk)`, on rayon when the whole job is big
 /// enough to pay for the hand-off (a few microseconds), else on this thread.
-fn for_chunks(out: &mut [f32], chunk: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     const PAR_MIN_WORK: usize = 1 << 18;
     if chunk == 0 {
         return;
@@ -295,9 +300,6 @@ fn axpy<const FMA: bool>(o: &mut [f32], i: &[f32], w: f32) {
 /// column-phase planes (`phase_w` wide each, `h` rows) so that every tap reads a contiguous run.
 #[inline(always)]
 fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) {
-    if dw3x3_same_s1::<FMA>(src, k, bias, act, g, oy0, out) {
-        return;
-    }
     let s = g.stride;
     for (i, orow) in out.chunks_exact_mut(g.ow).enumerate() {
         let oy = oy0 + i;
@@ -323,80 +325,6 @@ fn dw_plane_impl<const FMA: bool>(src: &[f32], phase_w: usize, k: &[f32], bias: 
             act.bias_apply(orow, 0.0);
         }
     }
-}
-
-/// `o + w * i`, fused when `FMA`.
-#[inline(always)]
-fn madd<const FMA: bool>(o: f32, i: f32, w: f32) -> f32 {
-    if FMA {
-        i.mul_add(w, o)
-    } else {
-        o + i * w
-    }
-}
-
-/// The common case 3x3, stride 1, one pixel of padding all round: each output row reads its
-/// three input rows in one loop with the nine taps in registers (one store per output instead
-/// of nine read-modify-writes). Returns false, touching nothing, for any other geometry.
-#[inline(always)]
-fn dw3x3_same_s1<const FMA: bool>(src: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [f32]) -> bool {
-    let (h, w) = (g.h, g.w);
-    let fits = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == h && g.ow == w;
-    let Some(k) = k.get(..9) else { return false };
-    if !fits || w < 2 || h == 0 || src.len() < h * w || oy0 >= h {
-        return false;
-    }
-    for (i, orow) in out.chunks_exact_mut(w).take(h - oy0).enumerate() {
-        let oy = oy0 + i;
-        let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| src.get(r * w..(r + 1) * w));
-        let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
-        match rows {
-            [Some(a), Some(b), Some(c)] => {
-                let n = w - 2;
-                let (a0, a1, a2) = (&a[..n], &a[1..n + 1], &a[2..n + 2]);
-                let (b0, b1, b2) = (&b[..n], &b[1..n + 1], &b[2..n + 2]);
-                let (c0, c1, c2) = (&c[..n], &c[1..n + 1], &c[2..n + 2]);
-                let inner = &mut orow[1..n + 1];
-                for x in 0..n {
-                    let mut v = madd::<FMA>(bias, a0[x], k[0]);
-                    v = madd::<FMA>(v, a1[x], k[1]);
-                    v = madd::<FMA>(v, a2[x], k[2]);
-                    v = madd::<FMA>(v, b0[x], k[3]);
-                    v = madd::<FMA>(v, b1[x], k[4]);
-                    v = madd::<FMA>(v, b2[x], k[5]);
-                    v = madd::<FMA>(v, c0[x], k[6]);
-                    v = madd::<FMA>(v, c1[x], k[7]);
-                    inner[x] = madd::<FMA>(v, c2[x], k[8]);
-                }
-                orow[0] = bias;
-                orow[w - 1] = bias;
-                for (ky, r) in [a, b, c].into_iter().enumerate() {
-                    orow[0] = madd::<FMA>(madd::<FMA>(orow[0], r[0], k[3 * ky + 1]), r[1], k[3 * ky + 2]);
-                    orow[w - 1] = madd::<FMA>(madd::<FMA>(orow[w - 1], r[w - 2], k[3 * ky]), r[w - 1], k[3 * ky + 1]);
-                }
-            }
-            _ => {
-                orow.fill(bias);
-                for (ky, r) in rows.into_iter().enumerate() {
-                    let Some(r) = r else { continue };
-                    let n = w - 2;
-                    let inner = &mut orow[1..n + 1];
-                    let (r0, r1, r2) = (&r[..n], &r[1..n + 1], &r[2..n + 2]);
-                    for x in 0..n {
-                        let v = madd::<FMA>(inner[x], r0[x], k[3 * ky]);
-                        let v = madd::<FMA>(v, r1[x], k[3 * ky + 1]);
-                        inner[x] = madd::<FMA>(v, r2[x], k[3 * ky + 2]);
-                    }
-                    orow[0] = madd::<FMA>(madd::<FMA>(orow[0], r[0], k[3 * ky + 1]), r[1], k[3 * ky + 2]);
-                    orow[w - 1] = madd::<FMA>(madd::<FMA>(orow[w - 1], r[w - 2], k[3 * ky]), r[w - 1], k[3 * ky + 1]);
-                }
-            }
-        }
-        if act != Activation::Identity {
-            act.bias_apply(orow, 0.0);
-        }
-    }
-    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -426,6 +354,333 @@ fn split_phases(plane: &[f32], h: usize, w: usize, s: usize, phase_w: usize, dst
     }
 }
 
+thread_local! {
+    /// The depthwise kernels' zero-padded copy of the input rows, reused across calls.
+    static PAD_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`with_scratch`] on the depthwise kernels' own buffer, so a depthwise band can run inside a
+/// caller that holds the im2col scratch (the fused depthwise + pointwise kernel).
+fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// The zero-padded input of output rows `oy0..oy0 + rows`, split into `stride` column phases:
+/// phase `p`, padded row `r`, column `j` holds padded pixel `(oy0 * stride + r, j * stride + p)`
+/// (zero outside the image). Every kernel tap of an output row is then one contiguous run of
+/// `ow` values, whatever the padding or stride. Returns (padded rows, phase width).
+fn pad_phase_dims(g: &Geom, rows: usize) -> (usize, usize) {
+    let s = g.stride;
+    ((rows.max(1) - 1) * s + g.kh, ((g.ow.max(1) - 1) * s + g.kw).div_ceil(s))
+}
+
+fn fill_pad_phases(plane: &[f32], g: &Geom, oy0: usize, rows: usize, dst: &mut [f32]) {
+    let s = g.stride;
+    let (prows, pw) = pad_phase_dims(g, rows);
+    for (p, dplane) in dst.chunks_exact_mut(prows * pw).take(s).enumerate() {
+        // Phase columns j with an image column j * s + p - pl inside 0..w.
+        let lo = if g.pl > p { (g.pl - p).div_ceil(s) } else { 0 }.min(pw);
+        let hi = (g.w + g.pl).saturating_sub(p).div_ceil(s).clamp(lo, pw);
+        for (r, drow) in dplane.chunks_exact_mut(pw).enumerate() {
+            let row = (oy0 * s + r).checked_sub(g.pt).filter(|&iy| iy < g.h).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
+            let Some(row) = row.filter(|_| lo < hi) else {
+                drow.fill(0.0);
+                continue;
+            };
+            drow[..lo].fill(0.0);
+            drow[hi..].fill(0.0);
+            let start = lo * s + p - g.pl;
+            let src = row.get(start..).unwrap_or(&[]);
+            if s == 1 {
+                if let Some(src) = src.get(..hi - lo) {
+                    drow[lo..hi].copy_from_slice(src);
+                }
+            } else if s == 2 {
+                gather_stride2(&mut drow[lo..hi], src);
+            } else {
+                drow[lo..hi].iter_mut().zip(src.chunks(s)).for_each(|(d, c)| *d = c[0]);
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[2 * i]` (a stride-2 column phase of a row), as far as `src` reaches.
+fn gather_stride2(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len().div_ceil(2));
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        i = unsafe { gather_stride2_avx2(dst, src, n) };
+    }
+    let (Some(d), Some(src)) = (dst.get_mut(i..n), src.get(2 * i..)) else { return };
+    d.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, &v)| *d = v);
+}
+
+/// The body of [`gather_stride2`], 8 outputs from two loads and two shuffles; returns how many
+/// outputs it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn gather_stride2_avx2(dst: &mut [f32], src: &[f32], n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    // SAFETY: each load reads src[2i..2i + 16] and each store dst[i..i + 8], both checked.
+    while i + 8 <= n.min(dst.len()) && 2 * i + 16 <= src.len() {
+        let a = _mm256_loadu_ps(src.as_ptr().add(2 * i));
+        let b = _mm256_loadu_ps(src.as_ptr().add(2 * i + 8));
+        // Per 128-bit lane: a0 a2 b0 b2 | a4 a6 b4 b6; then 64-bit pieces 0, 2, 1, 3.
+        let e = _mm256_shuffle_ps::<0x88>(a, b);
+        let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), e);
+        i += 8;
+    }
+    i
+}
+
+/// `act(v)` on 8 lanes (AVX only; inlined into AVX2 callers).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match act {
+        Activation::Identity => v,
+        Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+        Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0)),
+        Activation::HardSwish => {
+            let g = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+            _mm256_mul_ps(v, _mm256_mul_ps(g, _mm256_set1_ps(1.0 / 6.0)))
+        }
+    }
+}
+
+/// `rows` depthwise output rows from a source where tap `t` of output row `i` at column `x` is
+/// `src[offs[t] + i * stride + x]`, output row `i` being `out[i * ostride..][..n]`: all taps in
+/// registers, 16 outputs at a time, each stored once with bias and activation applied. One call
+/// per plane (or band), so the per-row cost is a few pointer adds.
+/// Safety: AVX2 + FMA present; every tap run and output row in bounds (see [`dw_rows_taps`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn dw_rows_avx2<const T: usize>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, act: Activation, out: *mut f32, ostride: usize) {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_ps(bias);
+    for i in 0..rows {
+        let ptrs: [*const f32; T] = std::array::from_fn(|t| src.add(offs[t] + i * stride));
+        let o = out.add(i * ostride);
+        let mut x = 0;
+        while x + 16 <= n {
+            let (mut a0, mut a1) = (b, b);
+            for t in 0..T {
+                let w = _mm256_set1_ps(k[t]);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), w, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x + 8)), w, a1);
+            }
+            _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+            _mm256_storeu_ps(o.add(x + 8), act_avx2(act, a1));
+            x += 16;
+        }
+        if x + 8 <= n {
+            let mut a0 = b;
+            for t in 0..T {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(x)), _mm256_set1_ps(k[t]), a0);
+            }
+            _mm256_storeu_ps(o.add(x), act_avx2(act, a0));
+            x += 8;
+        }
+        if x < n && n >= 8 {
+            // The last few outputs as one block ending at `n`, overlapping outputs already
+            // stored (recomputed to the same values: outputs are written, never accumulated).
+            let mut a0 = b;
+            for t in 0..T {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t].add(n - 8)), _mm256_set1_ps(k[t]), a0);
+            }
+            _mm256_storeu_ps(o.add(n - 8), act_avx2(act, a0));
+            x = n;
+        }
+        while x < n {
+            let mut v = bias;
+            for t in 0..T {
+                v = (*ptrs[t].add(x)).mul_add(k[t], v);
+            }
+            *o.add(x) = act.apply(v);
+            x += 1;
+        }
+    }
+}
+
+/// [`dw_rows_avx2`] with its bounds checked, or the portable loop (`simd: false`, or no AVX2
+/// build). `false`, nothing written, when a tap run or an output row would leave its slice.
+#[allow(clippy::too_many_arguments)]
+fn dw_rows_taps<const T: usize>(src: &[f32], offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, act: Activation, out: &mut [MaybeUninit<f32>], ostride: usize, simd: bool) -> bool {
+    if rows == 0 || n == 0 {
+        return true;
+    }
+    let reach = offs.iter().copied().max().unwrap_or(0) + (rows - 1) * stride + n;
+    if reach > src.len() || (rows - 1) * ostride + n > out.len() || n > ostride {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the caller checked AVX2 + FMA (`simd`); the bounds were checked above.
+        unsafe { dw_rows_avx2::<T>(src.as_ptr(), offs, stride, rows, n, k, bias, act, out.as_mut_ptr() as *mut f32, ostride) };
+        return true;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    for (i, orow) in out.chunks_mut(ostride).take(rows).enumerate() {
+        for (x, o) in orow.iter_mut().take(n).enumerate() {
+            let mut v = bias;
+            for t in 0..T {
+                v += src[offs[t] + i * stride + x] * k[t];
+            }
+            o.write(act.apply(v));
+        }
+    }
+    true
+}
+
+/// Output rows `oy0..` (as many as `out` holds) of one depthwise plane with a `K x K` kernel
+/// (`T = K * K` taps) at stride `S`, from the padded phase copy `pad` of those rows.
+fn dw_rows_padded<const K: usize, const T: usize, const S: usize>(pad: &[f32], prows: usize, pw: usize, k: &[f32], bias: f32, act: Activation, ow: usize, out: &mut [MaybeUninit<f32>], simd: bool) -> bool {
+    let Some(k) = k.get(..T).and_then(|k| <&[f32; T]>::try_from(k).ok()) else { return false };
+    if ow == 0 || T != K * K {
+        return false;
+    }
+    // Tap (ky, kx) of output row i, column x: phase kx % S, padded row i * S + ky, column x + kx / S.
+    let offs: [usize; T] = std::array::from_fn(|t| ((t % K % S) * prows + t / K) * pw + t % K / S);
+    dw_rows_taps::<T>(pad, &offs, S * pw, out.len() / ow, ow, k, bias, act, out, ow, simd)
+}
+
+/// Output rows `oy0..oy0 + out.len() / ow` of one depthwise plane (the unpadded input `plane`),
+/// every value written: the register-blocked kernels for 3x3 / 5x5 at stride 1 / 2 (any
+/// padding) on a zero-padded copy of the rows (so no tap needs an edge case and every row is
+/// whole 8- / 16-lane blocks where the width allows), else the general loops. `simd: false`
+/// forces the portable build.
+fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool) {
+    let rows = out.len() / g.ow.max(1);
+    let blocked = g.kh == g.kw && matches!((g.kh, g.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+    if !blocked || rows == 0 {
+        // The general loops accumulate into their output: give them initialised memory.
+        out.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let phase_w = g.w.div_ceil(g.stride);
+        if g.stride == 1 {
+            return dw_plane(plane, g.w, k, bias, act, g, oy0, out);
+        }
+        return with_pad_scratch(g.stride * g.h * phase_w, |phases| {
+            split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
+            dw_plane(phases, phase_w, k, bias, act, g, oy0, out)
+        });
+    }
+    let same3 = g.kh == 3 && g.stride == 1 && g.pt == 1 && g.pl == 1 && g.oh == g.h && g.ow == g.w && g.w >= 3;
+    if same3 && dw3x3_same_rows(plane, k, bias, act, g, oy0, out, simd) {
+        return;
+    }
+    let (prows, pw) = pad_phase_dims(g, rows);
+    with_pad_scratch(g.stride * prows * pw, |pad| {
+        fill_pad_phases(plane, g, oy0, rows, pad);
+        let ow = g.ow;
+        let done = match (g.kh, g.stride) {
+            (3, 1) => dw_rows_padded::<3, 9, 1>(pad, prows, pw, k, bias, act, ow, out, simd),
+            (3, 2) => dw_rows_padded::<3, 9, 2>(pad, prows, pw, k, bias, act, ow, out, simd),
+            (5, 1) => dw_rows_padded::<5, 25, 1>(pad, prows, pw, k, bias, act, ow, out, simd),
+            _ => dw_rows_padded::<5, 25, 2>(pad, prows, pw, k, bias, act, ow, out, simd),
+        };
+        if !done {
+            // Unreachable by construction (the copy holds every tap); never leave memory unwritten.
+            out.iter_mut().for_each(|v| {
+                v.write(f32::NAN);
+            });
+        }
+    });
+}
+
+/// 3x3, stride 1, one pixel of padding all round (most depthwise layers here), read in place:
+/// the interior columns of each output row go through the register-blocked row kernel with the
+/// three input rows (a zero row past the top / bottom edge) as taps, the two edge columns are
+/// summed here. No padded copy of the input.
+fn dw3x3_same_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>], simd: bool) -> bool {
+    let (h, w) = (g.h, g.w);
+    let Some(k9) = k.get(..9).and_then(|k| <&[f32; 9]>::try_from(k).ok()) else { return false };
+    let rows = out.len() / w;
+    if w < 3 || plane.len() < h * w || oy0 + rows > h {
+        return false;
+    }
+    let end = oy0 + rows;
+    // Interior columns of the rows with both neighbours inside the image, straight from the plane.
+    let (a, b) = (oy0.max(1), end.min(h - 1));
+    if a < b {
+        let offs: [usize; 9] = std::array::from_fn(|t| (a + t / 3 - 1) * w + t % 3);
+        let Some(o) = out.get_mut((a - oy0) * w + 1..) else { return false };
+        if !dw_rows_taps::<9>(plane, &offs, w, b - a, w - 2, k9, bias, act, o, w, simd) {
+            return false;
+        }
+    }
+    let row = |r: Option<usize>| r.filter(|&r| r < h).and_then(|r| plane.get(r * w..(r + 1) * w));
+    // The top / bottom rows: their three input rows (zeros outside) copied together first.
+    for oy in [0, h - 1] {
+        if oy < oy0 || oy >= end || (oy > 0 && h == 1) {
+            continue;
+        }
+        let ok = with_pad_scratch(3 * w, |tmp| {
+            for (ky, dst) in tmp.chunks_exact_mut(w).enumerate() {
+                match row((oy + ky).checked_sub(1)) {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.fill(0.0),
+                }
+            }
+            let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * w + t % 3);
+            out.get_mut((oy - oy0) * w + 1..).is_some_and(|o| dw_rows_taps::<9>(tmp, &offs, w, 1, w - 2, k9, bias, act, o, w, simd))
+        });
+        if !ok {
+            return false;
+        }
+    }
+    // The first and last column of every row.
+    for (i, orow) in out.chunks_exact_mut(w).enumerate() {
+        let oy = oy0 + i;
+        let (mut l, mut r) = (bias, bias);
+        for ky in 0..3 {
+            if let Some(rw) = row((oy + ky).checked_sub(1)) {
+                l += rw[0] * k9[3 * ky + 1] + rw[1] * k9[3 * ky + 2];
+                r += rw[w - 2] * k9[3 * ky] + rw[w - 1] * k9[3 * ky + 1];
+            }
+        }
+        orow[0].write(act.apply(l));
+        orow[w - 1].write(act.apply(r));
+    }
+    true
+}
+
+/// `&mut [f32]` as the uninitialised-output form the depthwise kernels take (they only write).
+fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; every `f32` is a valid `MaybeUninit<f32>`, and the kernels only write
+    // initialised `f32` values through it.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// Whether the register-blocked depthwise kernels may use AVX2 + FMA on this CPU.
+fn dw_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx2_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// The depthwise kernel over the whole batch.
 struct DepthwiseOp<'a> {
     weight: &'a [f32],
@@ -446,27 +701,27 @@ impl CustomOp1 for DepthwiseOp<'_> {
         if x.len() != g.n * g.c_in * plane_in || self.weight.len() != g.c_in * kk || self.bias.len() != g.c_in {
             bail!("depthwise conv: input / weight sizes disagree");
         }
-        let mut out = vec![0f32; g.n * g.c_in * plane_out];
-        let phase_w = g.w.div_ceil(g.stride);
-        let run = |p: usize, o: &mut [f32]| {
+        let len = g.n * g.c_in * plane_out;
+        // Every value is written by `dw_rows`: no zeroing pass over a fresh map.
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("depthwise conv: allocation too small") };
+        let simd = dw_simd();
+        let run = |p: usize, o: &mut [MaybeUninit<f32>]| {
             let c = p % g.c_in;
             let (Some(plane), Some(k), Some(&b)) =
                 (x.get(p * plane_in..(p + 1) * plane_in), self.weight.get(c * kk..(c + 1) * kk), self.bias.get(c))
             else {
+                o.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
                 return;
             };
-            if g.stride == 1 {
-                dw_plane(plane, g.w, k, b, self.act, &g, 0, o);
-            } else {
-                // split_phases writes every value, so the thread's reused scratch needs no zeroing.
-                with_scratch(g.stride * g.h * phase_w, |phases| {
-                    split_phases(plane, g.h, g.w, g.stride, phase_w, phases);
-                    dw_plane(phases, phase_w, k, b, self.act, &g, 0, o);
-                });
-            }
+            dw_rows(plane, k, b, self.act, &g, 0, o, simd);
         };
-        let work = out.len() * kk;
-        for_chunks(&mut out, plane_out, work, run);
+        for_chunks(spare, plane_out, len * kk, run);
+        // SAFETY: every value of each of the `n * c` planes was written (by `dw_rows`, or zeroed
+        // in the `else` branch, which the size checks above make unreachable).
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))))
     }
 }
@@ -636,22 +891,75 @@ mod pointwise {
             }
             j0 = j1;
         }
-        // Pixels past the last whole panel.
-        for jj in j0..je {
-            for r in 0..m {
-                let mut acc = *bp.add(r);
+        // Pixels past the last whole panel (all of a map under 16 pixels, such as the face mesh's
+        // 3x3 heads or a squeeze-excite gate): each output is a dot product along `k`, 8 lanes
+        // at a time, over the tail's inputs transposed to `[pixel][k]` (at most 15 x 512 floats).
+        let tail = je - j0;
+        if tail > 0 {
+            let pk = packed.as_mut_ptr();
+            for t in 0..tail {
                 for i in 0..k {
-                    acc = (*xp.add(i * xs + jj - xoff)).mul_add(*wp.add(r * k + i), acc);
+                    *pk.add(t * k + i) = *xp.add(i * xs + j0 + t - xoff);
                 }
-                *op.add(r * p + jj) = post.apply(r, p, jj, acc);
+            }
+            for r in 0..m {
+                let mut t = 0;
+                while t < tail {
+                    let q = match tail - t {
+                        1 => dots::<1>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        2 => dots::<2>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        3 => dots::<3>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                        _ => dots::<4>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                    };
+                    t += q;
+                }
             }
         }
+    }
+
+    /// Output row `r` at the `Q` tail pixels `j0 + t..`: dot products of the weight row `w`
+    /// with the transposed inputs `xt` (`[pixel][k]`), bias and post-op applied. Returns `Q`.
+    #[inline(always)]
+    unsafe fn dots<const Q: usize>(xt: *const f32, k: usize, w: *const f32, bias: f32, post: PostPtr, r: usize, p: usize, op: *mut f32, j0: usize, t: usize) -> usize {
+        // Two accumulators per pixel (alternate 8-lane chunks of `k`) so that even one pixel
+        // keeps two FMA chains in flight.
+        let mut acc = [_mm256_setzero_ps(); Q];
+        let mut acc2 = [_mm256_setzero_ps(); Q];
+        let mut i = 0;
+        while i + 16 <= k {
+            let (wv, wv2) = (_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(w.add(i + 8)));
+            for q in 0..Q {
+                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt.add((t + q) * k + i)), acc[q]);
+                acc2[q] = _mm256_fmadd_ps(wv2, _mm256_loadu_ps(xt.add((t + q) * k + i + 8)), acc2[q]);
+            }
+            i += 16;
+        }
+        if i + 8 <= k {
+            let wv = _mm256_loadu_ps(w.add(i));
+            for q in 0..Q {
+                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt.add((t + q) * k + i)), acc[q]);
+            }
+            i += 8;
+        }
+        for q in 0..Q {
+            let a = _mm256_add_ps(acc[q], acc2[q]);
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
+            let mut v = bias + _mm_cvtss_f32(h);
+            for ii in i..k {
+                v = (*xt.add((t + q) * k + ii)).mul_add(*w.add(ii), v);
+            }
+            let j = j0 + t + q;
+            *op.add(r * p + j) = post.apply(r, p, j, v);
+        }
+        Q
     }
 
     /// Whether [`run`] takes this shape on this CPU: AVX2 + FMA, at least one whole panel of
     /// pixels, and 16 pixels' inputs fitting the packed tile (deeper products are gemm's).
     pub(super) fn fits(k: usize, p: usize) -> bool {
-        super::has_avx2_fma() && p >= NR && k > 0 && k * NR <= PACK
+        super::has_avx2_fma() && p > 0 && k > 0 && k * NR <= PACK
     }
 
     /// Writes every value of `out` (`bias.len() x p`), splitting the rows over rayon's threads
@@ -696,7 +1004,7 @@ mod pointwise {
         true
     }
 
-    /// A stride-1 depthwise conv feeding the 1x1 conv: its weights and geometry.
+    /// A depthwise conv feeding the 1x1 conv: its weights and geometry.
     pub(super) struct Depthwise<'a> {
         pub weight: &'a [f32],
         pub bias: &'a [f32],
@@ -715,7 +1023,7 @@ mod pointwise {
         let kk = g.kh * g.kw;
         let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
         let sizes = x.len() == k * g.h * g.w && dw.weight.len() == k * kk && dw.bias.len() == k && w.len() >= m * k && out.len() == m * p;
-        if !fits(k, p) || g.stride != 1 || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+        if !fits(k, p) || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
             return false;
         }
         // Bands of ~64 KiB of depthwise output (L2), a whole number of 16-pixel panels where the
@@ -742,7 +1050,7 @@ mod pointwise {
                         else {
                             return;
                         };
-                        super::dw_plane(plane, g.w, kw, b, dw.act, g, oy0, dst);
+                        super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true);
                     }
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
@@ -839,6 +1147,29 @@ impl DenseOp<'_> {
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
         let g = self.g;
         let (plane_out, kk) = (g.oh * g.ow, g.kh * g.kw);
+        if g.stride > 1 && g.ow > 0 {
+            // Strided (the nets' stems): each input plane is split into zero-padded column
+            // phases once, after which every row of `col` is a run of contiguous copies.
+            let s = g.stride;
+            let (prows, pw) = pad_phase_dims(&g, g.oh);
+            let chan = s * prows * pw;
+            return with_pad_scratch(g.c_in * chan, |pad| {
+                for (ci, dst) in pad.chunks_exact_mut(chan.max(1)).enumerate().take(g.c_in) {
+                    fill_pad_phases(x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]), &g, 0, g.oh, dst);
+                }
+                let pad = &*pad;
+                for_chunks(col, plane_out, col.len(), |r, dst| {
+                    let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+                    for (oy, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+                        let off = ci * chan + ((kx % s) * prows + oy * s + ky) * pw + kx / s;
+                        match pad.get(off..off + g.ow) {
+                            Some(src) => drow.copy_from_slice(src),
+                            None => drow.fill(0.0),
+                        }
+                    }
+                });
+            });
+        }
         for_chunks(col, plane_out, col.len(), |r, dst| {
             let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
             let (lo, hi) = g.col_range(kx);
@@ -850,8 +1181,12 @@ impl DenseOp<'_> {
                         drow[..lo].fill(0.0);
                         drow[hi..].fill(0.0);
                         let start = lo * g.stride + kx - g.pl;
-                        let src = row.get(start..).unwrap_or(&[]).iter().step_by(g.stride);
-                        drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+                        let src = row.get(start..).unwrap_or(&[]);
+                        match g.stride {
+                            1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+                            2 => gather_stride2(&mut drow[lo..hi], src),
+                            s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
+                        }
                     }
                     _ => drow.fill(0.0),
                 }
@@ -1380,13 +1715,21 @@ impl CustomOp1 for ResizeBilinearOp {
             bail!("resize bilinear: input size disagrees with its shape");
         }
         let (rows, cols) = (half_pixel_taps(h, oh), half_pixel_taps(w, ow));
-        let mut out = vec![0f32; self.planes * oh * ow];
+        let len = self.planes * oh * ow;
+        // Every value is written below (a row whose taps were missing is zeroed): no zeroing pass.
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("resize bilinear: allocation too small") };
         // One output row per task: blend the two source rows, then gather along the row.
-        for_chunks(&mut out, ow, self.planes * oh * ow * 4, |r, orow| {
+        for_chunks(spare, ow, len * 4, |r, orow| {
             let (p, oy) = (r / oh.max(1), r % oh.max(1));
-            let Some(&(y0, y1, wy)) = rows.get(oy) else { return };
             let plane = x.get(p * h * w..(p + 1) * h * w).unwrap_or(&[]);
-            let (Some(a), Some(b)) = (plane.get(y0 * w..(y0 + 1) * w), plane.get(y1 * w..(y1 + 1) * w)) else { return };
+            let src = rows.get(oy).and_then(|&(y0, y1, wy)| Some((plane.get(y0 * w..(y0 + 1) * w)?, plane.get(y1 * w..(y1 + 1) * w)?, wy)));
+            let Some((a, b, wy)) = src else {
+                orow.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                return;
+            };
             let mut line = [0f32; 512];
             let mut heap;
             let line: &mut [f32] = if w <= line.len() {
@@ -1401,20 +1744,23 @@ impl CustomOp1 for ResizeBilinearOp {
                 // Exact 2x (the decoders' case): fixed weights 3/4 and 1/4, the edges copied; the
                 // same arithmetic as the general taps, in a loop LLVM vectorises.
                 if let (Some(first), Some(last)) = (line.first(), line.last()) {
-                    orow[0] = *first;
-                    orow[ow - 1] = *last;
+                    orow[0].write(*first);
+                    orow[ow - 1].write(*last);
                 }
                 for (pair, win) in orow[1..ow - 1].chunks_exact_mut(2).zip(line.windows(2)) {
-                    pair[0] = win[0] * 0.75 + win[1] * 0.25;
-                    pair[1] = win[0] * 0.25 + win[1] * 0.75;
+                    pair[0].write(win[0] * 0.75 + win[1] * 0.25);
+                    pair[1].write(win[0] * 0.25 + win[1] * 0.75);
                 }
                 return;
             }
             // Taps index below `w` by construction (`half_pixel_taps` clamps to the last pixel).
             for (o, &(x0, x1, wx)) in orow.iter_mut().zip(&cols) {
-                *o = line[x0.min(w - 1)] * (1.0 - wx) + line[x1.min(w - 1)] * wx;
+                o.write(line[x0.min(w - 1)] * (1.0 - wx) + line[x1.min(w - 1)] * wx);
             }
         });
+        // SAFETY: every row wrote all `ow` values: the 2x branch its two edges and `w - 1` pairs
+        // (`ow - 2` values), the general branch one per tap (`cols` has `ow` entries).
+        unsafe { out.set_len(len) };
         let (n, c) = match layout.dims() {
             [n, c, _, _] => (*n, *c),
             _ => bail!("resize bilinear: expected an NCHW tensor"),
@@ -1721,6 +2067,11 @@ mod tests {
             (1, 28, 32, 28, 9, 7, 1, 1),
             (1, 3, 16, 0, 33, 31, 3, 2),
             (2, 32, 32, 32, 6, 6, 1, 1),
+            // Maps under 16 pixels (the dot-product tail): face-mesh heads, squeeze-excite gates.
+            (1, 128, 128, 128, 3, 3, 1, 1),
+            (2, 20, 13, 7, 3, 5, 1, 1),
+            (1, 9, 30, 0, 1, 1, 1, 1),
+            (1, 32, 1404, 0, 3, 3, 3, 3),
         ];
         for (i, &(n, ci, co, rc, h, w, k, stride)) in cases.iter().enumerate() {
             let seed = 900 + i as u64 * 10;
@@ -1745,22 +2096,30 @@ mod tests {
     fn fused_depthwise_pointwise_matches_separate_ops() -> Result<()> {
         // (n, c, c_out, residual channels, h, w, dw kernel, dw activation): bands of whole and
         // partial panels, widths that are not a multiple of 16, deep inputs, threads.
+        // Stride 2 with the face mesh's / BlazeFace's widening blocks (16 -> 32 at 96x96 -> 48x48).
         let cases = [
-            (1, 24, 24, 24, 128, 128, 3, Activation::Identity),
-            (2, 16, 16, 16, 96, 96, 3, Activation::Identity),
-            (1, 128, 128, 128, 12, 12, 3, Activation::Relu),
-            (1, 28, 32, 28, 17, 13, 3, Activation::Identity),
-            (2, 8, 12, 0, 20, 7, 5, Activation::HardSwish),
-            (1, 32, 32, 32, 6, 6, 3, Activation::Identity),
+            (1, 24, 24, 24, 128, 128, 3, 1, Activation::Identity),
+            (2, 16, 16, 16, 96, 96, 3, 1, Activation::Identity),
+            (1, 128, 128, 128, 12, 12, 3, 1, Activation::Relu),
+            (1, 28, 32, 28, 17, 13, 3, 1, Activation::Identity),
+            (2, 8, 12, 0, 20, 7, 5, 1, Activation::HardSwish),
+            (1, 32, 32, 32, 6, 6, 3, 1, Activation::Identity),
+            (1, 16, 32, 16, 96, 96, 3, 2, Activation::Identity),
+            (2, 24, 20, 11, 33, 37, 3, 2, Activation::Relu),
+            (1, 12, 16, 12, 40, 38, 5, 2, Activation::HardSwish),
+            (1, 64, 128, 64, 12, 12, 3, 2, Activation::Identity),
+            (1, 128, 128, 128, 6, 6, 3, 2, Activation::Identity),
+            (2, 32, 32, 32, 3, 3, 3, 1, Activation::Relu),
         ];
-        for (i, &(n, c, co, rc, h, w, k, dw_act)) in cases.iter().enumerate() {
+        for (i, &(n, c, co, rc, h, w, k, stride, dw_act)) in cases.iter().enumerate() {
             let seed = 1900 + i as u64 * 10;
             let x = rand_tensor(&[n, c, h, w], seed)?;
-            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), 1, Padding::Same, true)?.with_activation(dw_act);
+            let dw = Conv2d::from_tensors(rand_tensor(&[c, 1, k, k], seed + 1)?, Some(rand_tensor(&[c], seed + 5)?), stride, Padding::Same, true)?.with_activation(dw_act);
             let pw = Conv2d::from_tensors(rand_tensor(&[co, c, 1, 1], seed + 2)?, Some(rand_tensor(&[co], seed + 6)?), 1, Padding::Valid, false)?;
-            assert!(dw.fuses_with(&pw, &x), "case {i} should take the fused kernel");
+            assert!(dw.fuses_with(&pw, &x) || !has_avx2_fma(), "case {i} should take the fused kernel");
             let plain = pw.forward_candle(&dw.forward_candle(&x)?)?;
-            let r = rand_tensor(&[n, rc, h, w], seed + 3)?;
+            let (_, _, oh, ow) = plain.dims4()?;
+            let r = rand_tensor(&[n, rc, oh, ow], seed + 3)?;
             let summed = if rc > 0 { (&plain + r.pad_with_zeros(1, 0, co - rc)?)? } else { plain.clone() };
             let prelu = PRelu::from_tensor(rand_tensor(&[co], seed + 4)?)?;
             let residual = (rc > 0).then_some(&r);
@@ -1769,6 +2128,59 @@ mod tests {
             let pr = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::PRelu(&prelu))?;
             let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
             assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
+        }
+        Ok(())
+    }
+
+    /// The register-blocked depthwise kernels (3x3 / 5x5, stride 1 / 2), on the AVX2 build and the
+    /// forced portable one, whole planes and bands of rows, against the plain-loop definition.
+    #[test]
+    fn blocked_depthwise_matches_naive_reference() -> Result<()> {
+        let explicit = |top, bottom, left, right| Padding::Explicit { top, bottom, left, right };
+        // (c, h, w, k, stride, padding): odd sizes, widths around the 8 / 16 lane blocks, maps
+        // smaller than the kernel's reach, asymmetric explicit pads.
+        let cases = [
+            (3, 17, 13, 3, 2, Padding::Same),
+            (5, 12, 15, 5, 2, Padding::Same),
+            (7, 11, 9, 5, 1, Padding::Same),
+            (9, 20, 19, 3, 1, explicit(0, 2, 1, 0)),
+            (2, 7, 10, 5, 2, explicit(2, 0, 1, 3)),
+            (10, 33, 35, 3, 2, Padding::Same),
+            (4, 16, 16, 3, 2, Padding::Valid),
+            (3, 6, 6, 3, 1, Padding::Same),
+            (6, 64, 64, 5, 2, Padding::Same),
+            (5, 16, 16, 5, 1, Padding::Same),
+            (1, 3, 2, 5, 1, Padding::Same),
+            (3, 40, 41, 3, 1, Padding::Same),
+            (4, 1, 9, 3, 1, Padding::Same),
+            (2, 2, 3, 3, 1, Padding::Same),
+            (3, 5, 24, 3, 1, Padding::Same),
+        ];
+        for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
+            let seed = 3100 + i as u64 * 10;
+            let x = rand_tensor(&[1, c, h, w], seed)?;
+            let wt = rand_tensor(&[c, 1, k, k], seed + 1)?;
+            let b = rand_tensor(&[c], seed + 2)?;
+            let g = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?.geometry(&x)?;
+            let (xv, wv, bv) = (x.flatten_all()?.to_vec1::<f32>()?, wt.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+            let (pin, pout) = (h * w, g.oh * g.ow);
+            for act in ACTS {
+                let want = naive_conv(&x, &wt, Some(&b), stride, padding.pads(h, w, k, k, stride), true, act)?;
+                for simd in [false, dw_simd()] {
+                    let mut out = vec![0f32; c * pout];
+                    for (ch, o) in out.chunks_exact_mut(pout).enumerate() {
+                        let (plane, kw) = (&xv[ch * pin..(ch + 1) * pin], &wv[ch * k * k..(ch + 1) * k * k]);
+                        // Two bands: the second starts mid-plane (its padded copy starts there).
+                        let split = g.oh / 2 * g.ow;
+                        let (top, bottom) = o.split_at_mut(split);
+                        dw_rows(plane, kw, bv[ch], act, &g, 0, as_uninit(top), simd);
+                        dw_rows(plane, kw, bv[ch], act, &g, g.oh / 2, as_uninit(bottom), simd);
+                    }
+                    let got = Tensor::from_vec(out, (1, c, g.oh, g.ow), &Device::Cpu)?;
+                    let e = rel(&got, &want)?;
+                    assert!(e < 1e-5, "case {i} {act:?} simd {simd}: rel err {e}");
+                }
+            }
         }
         Ok(())
     }
@@ -2107,7 +2519,7 @@ impl Conv2d {
     }
 }
 
-/// A stride-1 depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
+/// A depthwise conv feeding a 1x1 conv, fused (see [`Conv2d::forward_dw_fused`]).
 #[cfg(target_arch = "x86_64")]
 struct DwPwOp<'a> {
     dw: pointwise::Depthwise<'a>,
@@ -2151,12 +2563,12 @@ impl CustomOp2 for DwPwOp<'_> {
 }
 
 impl Conv2d {
-    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a stride-1 depthwise conv
+    /// Whether [`Self::forward_dw_fused`] runs as one kernel: `self` a depthwise conv (any stride)
     /// and `pw` a 1x1 conv without activation, on a CPU f32 `x`, shapes the direct kernel takes.
     pub fn fuses_with(&self, pw: &Conv2d, x: &Tensor) -> bool {
         let Ok(g) = self.geometry(x) else { return false };
         let pw_1x1 = pw.kernel == (1, 1) && pw.stride == 1 && !pw.depthwise && pw.weight.dims4().is_ok_and(|(_, i, _, _)| i == g.c_out);
-        self.depthwise && self.stride == 1 && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
+        self.depthwise && self.cpu.is_some() && pw.cpu.is_some() && fast_cpu(x) && pw_1x1
             && pw.activation == Activation::Identity && Self::direct_fits(g.c_out, g.oh * g.ow)
     }
 
@@ -2201,4 +2613,57 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     rayon::scope(|_| f())
+}
+
+/// The logistic sigmoid `1 / (1 + exp(-x))` written over a contiguous f32 tensor.
+struct SigmoidInPlace;
+
+impl candle_core::InplaceOp1 for SigmoidInPlace {
+    fn name(&self) -> &'static str {
+        "likeness-sigmoid-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("sigmoid in place: expected a contiguous tensor");
+        };
+        let x = match storage {
+            CpuStorage::F32(v) => match v.get_mut(start..end) {
+                Some(x) => x,
+                None => bail!("sigmoid in place: storage shorter than its layout"),
+            },
+            _ => bail!("sigmoid in place: expected an f32 tensor"),
+        };
+        let work = x.len() * 8;
+        for_chunks(x, 1 << 14, work, |_, o| o.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())));
+        Ok(())
+    }
+}
+
+/// The logistic sigmoid (candle_nn's formula), written over `x` on the CPU under the rule of
+/// [`scale_add_in_place`]: only for an `x` nothing else reads afterwards, such as a network's fresh
+/// output (no second map allocated). Other devices, layouts or dtypes use candle_nn's op.
+pub fn sigmoid_in_place(x: Tensor) -> Result<Tensor> {
+    let plain = x.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0);
+    if !plain || !fast_cpu(&x) {
+        return candle_nn::ops::sigmoid(&x);
+    }
+    x.inplace_op1(&SigmoidInPlace)?;
+    Ok(x)
+}
+
+#[cfg(test)]
+mod sigmoid_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sigmoid_in_place_matches_candle() -> Result<()> {
+        let x = (Tensor::randn(0f32, 1.0, (1, 3, 17, 19), &Device::Cpu)? * 8.0)?;
+        let want = candle_nn::ops::sigmoid(&x)?;
+        let got = sigmoid_in_place(x.copy()?)?;
+        let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-6, "sigmoid: {err}");
+        Ok(())
+    }
 }

@@ -119,10 +119,18 @@ impl BlazeBlock {
 
 impl Module for BlazeBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.cfg.stride == 1 && self.dw.fuses_with(&self.pw, x) {
-            // Both convs, the residual and the ReLU in one pass over bands of rows.
-            let r = if self.cfg.residual { Some(x) } else { None };
-            return self.dw.forward_dw_fused(&self.pw, x, r, FusedActivation::Relu);
+        if self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the residual and the ReLU in one pass over bands of rows (a stride-2
+            // block's residual is the 2x2 max pool, which on even sizes matches the SAME output).
+            let (_, _, h, w) = x.dims4()?;
+            if self.cfg.stride == 1 {
+                let r = if self.cfg.residual { Some(x) } else { None };
+                return self.dw.forward_dw_fused(&self.pw, x, r, FusedActivation::Relu);
+            }
+            if self.cfg.stride == 2 && h % 2 == 0 && w % 2 == 0 {
+                let r = if self.cfg.residual { Some(max_pool2d(x, 2, 2, Padding::Valid)?) } else { None };
+                return self.dw.forward_dw_fused(&self.pw, x, r.as_ref(), FusedActivation::Relu);
+            }
         }
         let h = self.dw.forward(x)?;
         if self.pw.fuses(&h) {

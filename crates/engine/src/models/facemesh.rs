@@ -110,9 +110,17 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.stride == 1 && self.dw.fuses_with(&self.pw, x) {
-            // Both convs, the skip and the PReLU in one pass over bands of rows.
-            return self.dw.forward_dw_fused(&self.pw, x, Some(x), FusedActivation::PRelu(&self.act));
+        if self.dw.fuses_with(&self.pw, x) {
+            // Both convs, the skip and the PReLU in one pass over bands of rows (a stride-2
+            // block's skip is the 2x2 max pool, which on even sizes matches the SAME output).
+            let (_, _, h, w) = x.dims4()?;
+            if self.stride == 1 {
+                return self.dw.forward_dw_fused(&self.pw, x, Some(x), FusedActivation::PRelu(&self.act));
+            }
+            if self.stride == 2 && h % 2 == 0 && w % 2 == 0 {
+                let skip = max_pool2d(x, 2, 2, Padding::Valid)?;
+                return self.dw.forward_dw_fused(&self.pw, x, Some(&skip), FusedActivation::PRelu(&self.act));
+            }
         }
         let d = self.dw.forward(x)?;
         if self.pw.fuses(&d) {
@@ -316,6 +324,12 @@ impl FaceMeshNet {
         let mut h = prelu_conv(&self.stem, &self.stem_act, x)?;
         for block in &self.trunk {
             h = block.forward(&h)?;
+        }
+        if h.device().is_cpu() && rayon::current_num_threads() > 1 {
+            // The two heads are independent: the second core takes the presence head while this
+            // one runs the mesh head (on a busy machine nobody steals it and this thread runs both).
+            let (mesh, presence) = rayon::join(|| self.mesh.forward(&h), || self.presence.forward(&h));
+            return Ok((mesh?, presence?));
         }
         Ok((self.mesh.forward(&h)?, self.presence.forward(&h)?))
     }

@@ -340,6 +340,7 @@ impl SelfieSegNet {
 
     /// `x`: `[n, 3, 256, 256]` RGB in [0, 1]. Returns person probabilities `[n, 1, 256, 256]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::sigmoid(&self.forward_logits(x)?)
+        // The logits are this call's own fresh map: the sigmoid goes over them in place.
+        crate::nn::sigmoid_in_place(self.forward_logits(x)?)
     }
 }
