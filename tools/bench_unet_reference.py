@@ -3,7 +3,7 @@
 full-size Stable Diffusion 1.5 inpainting config (9 input channels) on random weights, float32, CPU, 2 threads,
 batch 2 (classifier-free guidance), context 2 x 77 x 768.
 
-Prints one JSON object: median seconds per UNet call, every timing, and this process's peak resident memory
+Prints one JSON object: median wall-clock and CPU (user + system) seconds per UNet call, every timing, and this process's peak resident memory
 (VmHWM, MiB). Needs torch and diffusers (the bench passes `$LIKENESS_BENCH_PYTHON`).
 
 Usage: python tools/bench_unet_reference.py --latent 32 --runs 3
@@ -53,14 +53,17 @@ def main() -> None:
     ctx = torch.randn(2, 77, 768, generator=g)
     t = torch.tensor(500.0)
     m(x, t, encoder_hidden_states=ctx)  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, a.runs)):
-        s = time.perf_counter()
+        s, c = time.perf_counter(), time.process_time()
         m(x, t, encoder_hidden_states=ctx)
         times.append(time.perf_counter() - s)
+        cpu.append(time.process_time() - c)
     print(json.dumps({
         "median_s": statistics.median(times),
         "times_s": times,
+        "median_cpu_s": statistics.median(cpu),
+        "cpu_s": cpu,
         "peak_mib": vm_hwm_mib(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -1,7 +1,9 @@
 //! The full-size Stable Diffusion 1.5 inpainting UNet (9 input channels) on random weights, f32, CPU:
 //! our UNet (`diffusion::unet`) against diffusers' `UNet2DConditionModel` (torch, 2 threads) in one run,
-//! batch 2 (classifier-free guidance), context 2 x 77 x 768. Prints the median seconds per UNet call of each,
-//! their ratio and each process's peak resident memory (VmHWM).
+//! batch 2 (classifier-free guidance), context 2 x 77 x 768. Prints the median wall-clock seconds per UNet
+//! call of each, the median CPU seconds (user + system) per call, the ratios and each process's peak resident
+//! memory (VmHWM). The CPU time is the steadier figure on a shared machine: other processes' load stretches
+//! wall time but not it (torch's OpenMP threads spin while idle, which counts against diffusers there).
 //!
 //!     cargo bench -p likeness-engine --bench unet
 //!
@@ -46,6 +48,19 @@ fn vm_hwm_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// This process's user + system CPU seconds (`/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -75,20 +90,30 @@ fn main() {
     let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("context");
     let y = unet.forward(&x, 500.0, &ctx, None).expect("warm-up");
     assert_eq!(y.dims(), &[2, 4, latent, latent]);
-    let times: Vec<f64> = (0..runs)
+    let (times, cpu): (Vec<f64>, Vec<f64>) = (0..runs)
         .map(|_| {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_seconds());
             drop(unet.forward(&x, 500.0, &ctx, None).expect("forward"));
-            t.elapsed().as_secs_f64()
+            (t.elapsed().as_secs_f64(), cpu_seconds() - c)
         })
-        .collect();
+        .unzip();
     let ours = median(times.clone());
+    let ours_cpu = median(cpu);
+    let ref_cpu = r["median_cpu_s"].as_f64().unwrap_or(f64::NAN);
     let ours_mib = vm_hwm_mib();
     println!("SD 1.5 inpainting UNet, batch 2, latent {latent}x{latent} ({} px), f32 CPU, {runs} runs", latent * 8);
-    println!("  ours      median {ours:.2} s/call  {times:.2?}  peak {ours_mib:.0} MiB (after loading {after_load:.0} MiB)");
     println!(
-        "  diffusers median {ref_s:.2} s/call  {:?}  peak {ref_mib:.0} MiB (torch {}, {} threads)",
-        r["times_s"], r["torch"], r["threads"]
+        "  ours      median {ours:.2} s/call  {times:.2?}  CPU {ours_cpu:.1} s/call  peak {ours_mib:.0} MiB (after loading {after_load:.0} MiB)"
     );
-    println!("  ratio ours/diffusers: time {:.2}x, peak memory {:.2}x", ours / ref_s, ours_mib / ref_mib);
+    let ref_times: Vec<f64> = r["times_s"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    println!(
+        "  diffusers median {ref_s:.2} s/call  {ref_times:.2?}  CPU {ref_cpu:.1} s/call  peak {ref_mib:.0} MiB (torch {}, {} threads)",
+        r["torch"], r["threads"]
+    );
+    println!(
+        "  ratio ours/diffusers: time {:.2}x, CPU time {:.2}x, peak memory {:.2}x",
+        ours / ref_s,
+        ours_cpu / ref_cpu,
+        ours_mib / ref_mib
+    );
 }

@@ -328,6 +328,9 @@ impl ResnetBlock {
 /// Scaled dot-product attention over `[B, N, heads * d]` queries and `[B, M, heads * d]` keys / values,
 /// queries in chunks so at most about `ATTN_CHUNK_BYTES` of scores exist at once.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        return super::attention::fused(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, heads);
+    }
     let budget = if q.device().is_cpu() { ATTN_CHUNK_BYTES } else { ATTN_CHUNK_BYTES_GPU };
     attention_chunked(q, k, v, heads, budget)
 }
