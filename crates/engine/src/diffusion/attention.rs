@@ -528,6 +528,8 @@ mod tests {
             Dims { b: 2, n: 25, m: 17, heads: 5, d: 24 },
             Dims { b: 1, n: 7, m: 5, heads: 4, d: 64 },
             Dims { b: 2, n: 3, m: 1, heads: 2, d: 8 },
+            // Enough queries for full 48-row tasks, keys over two blocks.
+            Dims { b: 2, n: 211, m: 131, heads: 2, d: 40 },
         ];
         for (i, &dims) in cases.iter().enumerate() {
             let Dims { b, n, m, heads, d } = dims;
