@@ -3,14 +3,19 @@
 full-size Stable Diffusion 1.5 inpainting config (9 input channels) on random weights, float32, CPU, 2 threads,
 batch 2 (classifier-free guidance), context 2 x 77 x 768.
 
-Prints one JSON object: median seconds per UNet call, every timing, and this process's peak resident memory
-(VmHWM, MiB). Needs torch and diffusers (the bench passes `$LIKENESS_BENCH_PYTHON`).
+It serves one UNet call per request so that the bench can alternate its calls with ours (on a shared machine
+both sides then see the same load). Protocol, one JSON object per line on stdout:
+- after building the model and one warm-up call: {"ready": true, "torch": ..., "threads": ..., "attention": ...}
+- for each line `run` on stdin: {"wall_s": seconds, "cpu_s": user + system seconds of this process}
+- for the line `done` (or end of input): {"peak_mib": this process's peak resident memory (VmHWM)}, then exit.
 
-Usage: python tools/bench_unet_reference.py --latent 32 --runs 3
+Needs torch and diffusers (the bench passes `$LIKENESS_BENCH_PYTHON`).
+
+Usage: python tools/bench_unet_reference.py --latent 32 [--threads 2]
 """
 import argparse
 import json
-import statistics
+import sys
 import time
 
 import torch
@@ -38,10 +43,13 @@ def vm_hwm_mib() -> float:
     return float("nan")
 
 
+def say(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latent", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -53,19 +61,19 @@ def main() -> None:
     ctx = torch.randn(2, 77, 768, generator=g)
     t = torch.tensor(500.0)
     m(x, t, encoder_hidden_states=ctx)  # warm-up
-    times = []
-    for _ in range(max(1, a.runs)):
-        s = time.perf_counter()
-        m(x, t, encoder_hidden_states=ctx)
-        times.append(time.perf_counter() - s)
-    print(json.dumps({
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "peak_mib": vm_hwm_mib(),
+    say({
+        "ready": True,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "attention": "SDPA (diffusers AttnProcessor2_0)",
-    }))
+    })
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        s, c = time.perf_counter(), time.process_time()
+        m(x, t, encoder_hidden_states=ctx)
+        say({"wall_s": time.perf_counter() - s, "cpu_s": time.process_time() - c})
+    say({"peak_mib": vm_hwm_mib()})
 
 
 if __name__ == "__main__":

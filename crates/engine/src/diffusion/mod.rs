@@ -9,6 +9,7 @@
 //!
 //! Like the rest of the engine it never opens a file: the caller reads (or maps) the weights and hands over bytes.
 
+pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod detect;
