@@ -419,8 +419,7 @@ fn sdxl_inpainting_runs_deterministically_and_conditions_on_the_prompt() {
 
 /// The whole generative look on a real photo (bundled face / mesh / segmentation models, the tiny diffusion
 /// model): inside the face oval (away from the seam) every output pixel is the framed photo's own pixel.
-/// (SDXL's whole look is checked through the CLI, tests/cli/generative.rs: a second run of this heavy test
-/// here would overlap gfpgan's process-wide peak-memory test.)
+/// (SDXL's whole look is checked through the CLI, tests/cli/generative.rs.)
 #[test]
 fn generative_headshot_keeps_the_real_face_pixels() {
     keeps_the_real_face(tiny_files());
