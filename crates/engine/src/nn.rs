@@ -168,7 +168,25 @@ fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usiz
     if chunk == 0 {
         return;
     }
-    if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 && out.len() > chunk {
+    if team::is_helper() || out.len() <= chunk {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else if team::owned() {
+        if work < team_split_work() {
+            out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+            return;
+        }
+        // Groups of whole chunks shared by this thread and the pass's helper.
+        let chunks = out.len().div_ceil(chunk);
+        let groups = (work / (team_split_work() / 2)).clamp(2, 8).min(chunks);
+        let per = chunks.div_ceil(groups);
+        let parts: Vec<std::sync::Mutex<&mut [T]>> = out.chunks_mut(per * chunk).map(std::sync::Mutex::new).collect();
+        let f = &f;
+        team::run(parts.len(), &|g| {
+            if let Some(Ok(mut part)) = parts.get(g).map(|m| m.lock()) {
+                part.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(g * per + i, c));
+            }
+        });
+    } else if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     } else {
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
@@ -973,9 +991,8 @@ mod pointwise {
         }
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
-        let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
+        let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -986,20 +1003,12 @@ mod pointwise {
         let panels = (p / NR).div_ceil(parts);
         let shared = SendPost(ptrs, op);
         let band = |t: usize| ((t * panels * NR).min(p), if t + 1 == parts { p } else { ((t + 1) * panels * NR).min(p) });
-        // This thread takes the first band itself: one hand-off per extra band, not one per band.
-        rayon::in_place_scope(|s| {
-            for t in 1..parts {
-                let (js, je) = band(t);
-                s.spawn(move |_| {
-                    let shared = shared;
-                    // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
-                    // `&mut` borrow keeps alive and unaliased until the scope ends.
-                    unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
-                });
-            }
-            let (js, je) = band(0);
-            // SAFETY: as above.
-            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, js, je) };
+        super::fork(parts, &|t| {
+            let shared = shared;
+            let (js, je) = band(t);
+            // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the `&mut`
+            // borrow keeps alive and unaliased until `fork` returns.
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
         });
         true
     }
@@ -1058,22 +1067,15 @@ mod pointwise {
                 });
             }
         };
-        let threads = rayon::current_num_threads();
-        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
+        let parts = super::split_parts((m + kk) * k * p, bands, SPLIT_WORK);
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
             return true;
         }
         let per = bands.div_ceil(parts);
-        // This thread takes the first bands itself; tasks write disjoint output pixels.
-        rayon::in_place_scope(|s| {
-            for t in 1..parts {
-                let run_bands = &run_bands;
-                s.spawn(move |_| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
-            }
-            run_bands(0, per.min(bands), shared);
-        });
+        // Tasks write disjoint output pixels.
+        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
         true
     }
 
@@ -2612,7 +2614,7 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
         return f();
     }
-    rayon::scope(|_| f())
+    rayon::scope(|_| team::engaged(f))
 }
 
 /// The logistic sigmoid `1 / (1 + exp(-x))` written over a contiguous f32 tensor.
@@ -2665,5 +2667,291 @@ mod sigmoid_tests {
         let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-6, "sigmoid: {err}");
         Ok(())
+    }
+}
+
+/// A team of two for one forward pass: the thread running a small network's pass and one helper
+/// thread that spins, for the length of the pass, waiting for the other half of a layer. Rayon's
+/// workers sleep between jobs and take several microseconds to wake, a cost paid at each of a
+/// pass's ~100 layers (most of them 0.05-2M multiply-adds, a few microseconds of work each); a
+/// spinning helper picks a half up within a fraction of a microsecond. Outside a pass the helper
+/// is parked, so no core burns between photos; it also parks after a short idle spell inside one.
+/// If the helper has not taken its half by the time the caller finishes its own (a busy machine),
+/// the caller takes it back and runs it: a descheduled helper never delays a layer.
+mod team {
+    use std::any::Any;
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    use std::thread::{self, Thread};
+    use std::time::{Duration, Instant};
+
+    /// How long the helper spins without work before it parks (a layer between two split ones
+    /// takes less; the gap between passes far more).
+    const IDLE_SPIN: Duration = Duration::from_micros(500);
+
+    /// One posted job: `f(0..n)`, its lifetime erased; each thread takes the next part from
+    /// `next` until none is left, so a helper slowed down mid-layer costs at most its one part.
+    struct Slot {
+        f: *const (dyn Fn(usize) + Sync + 'static),
+        n: usize,
+        next: AtomicUsize,
+        /// The helper took the slot and has finished with it.
+        left: AtomicBool,
+        panic: Mutex<Option<Box<dyn Any + Send>>>,
+    }
+
+    impl Slot {
+        /// Runs parts until none is left (or one panics: the payload is kept for the poster).
+        fn work(&self) {
+            // SAFETY: the poster keeps `f` and its borrows alive until the slot is taken back or
+            // the helper has `left` it (see `run`).
+            let f = unsafe { &*self.f };
+            let r = catch_unwind(AssertUnwindSafe(|| loop {
+                let i = self.next.fetch_add(1, Ordering::AcqRel);
+                if i >= self.n {
+                    break;
+                }
+                f(i);
+            }));
+            if let Err(e) = r {
+                self.next.store(self.n, Ordering::Release);
+                if let Ok(mut g) = self.panic.lock() {
+                    *g = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The helper's mailbox: `POSTED` is the slot waiting for it (null when none); the helper
+    /// swaps it out to join in, or the poster swaps it back once all parts are taken.
+    static ENGAGED: AtomicBool = AtomicBool::new(false);
+    static POSTED: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+    static HELPER: OnceLock<Option<Thread>> = OnceLock::new();
+
+    thread_local! {
+        /// This thread holds the team (it engaged it for its pass).
+        static OWNER: Cell<bool> = const { Cell::new(false) };
+        /// This thread is the helper: whatever it runs stays on it.
+        static IS_HELPER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn helper() -> Option<&'static Thread> {
+        HELPER
+            .get_or_init(|| {
+                thread::Builder::new()
+                    .name("likeness-team".into())
+                    .spawn(helper_loop)
+                    .ok()
+                    .map(|h| h.thread().clone())
+            })
+            .as_ref()
+    }
+
+    fn helper_loop() {
+        IS_HELPER.with(|h| h.set(true));
+        loop {
+            if !ENGAGED.load(Ordering::Acquire) {
+                thread::park();
+                continue;
+            }
+            let mut idle_since = Instant::now();
+            let mut spins = 0u32;
+            loop {
+                let p = POSTED.swap(std::ptr::null_mut(), Ordering::AcqRel);
+                if !p.is_null() {
+                    // SAFETY: the poster keeps the slot alive until it sees `left` (it cannot
+                    // take it back: the swap above took it); the slot is not used after that.
+                    let slot = unsafe { &*p };
+                    slot.work();
+                    slot.left.store(true, Ordering::Release);
+                    idle_since = Instant::now();
+                    continue;
+                }
+                if !ENGAGED.load(Ordering::Acquire) {
+                    break;
+                }
+                spins = spins.wrapping_add(1);
+                if spins % 64 == 0 && idle_since.elapsed() > IDLE_SPIN {
+                    // A poster unparks after posting, so a job posted meanwhile is not missed.
+                    thread::park();
+                    idle_since = Instant::now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// Whether this thread holds the team (splits of its layers go to the helper).
+    pub(super) fn owned() -> bool {
+        OWNER.with(|o| o.get())
+    }
+
+    /// Whether this thread is the helper (it runs what it is given whole).
+    pub(super) fn is_helper() -> bool {
+        IS_HELPER.with(|h| h.get())
+    }
+
+    /// Passes left to run without the team after one that found the machine busy.
+    static COOLDOWN: AtomicU32 = AtomicU32::new(0);
+    /// How many passes a busy one switches the team off for (then it is tried again).
+    const BUSY_PASSES: u32 = 64;
+
+    /// Nanoseconds this thread has spent runnable but waiting for a core (Linux's schedstat);
+    /// `None` where that is not available.
+    fn runqueue_wait_ns() -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        s.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Runs `f` with the team engaged by this thread when more than one thread is allowed, nobody
+    /// else holds it and the machine was not found busy lately; else just runs `f`. A spinning
+    /// helper only pays on an idle machine: where cores are contended it takes time from the
+    /// thread it should help. So each pass measures how long this thread waited for a core; past
+    /// a tenth of the pass, the next passes run without the team (rayon's sleeping workers, which
+    /// cost nothing while waiting).
+    pub(super) fn engaged<R>(f: impl FnOnce() -> R) -> R {
+        static OFF: OnceLock<bool> = OnceLock::new();
+        if rayon::current_num_threads() < 2 || owned() || is_helper() || *OFF.get_or_init(|| std::env::var_os("XX_NO_TEAM").is_some()) {
+            return f();
+        }
+        if COOLDOWN.load(Ordering::Relaxed) > 0 {
+            COOLDOWN.fetch_sub(1, Ordering::Relaxed);
+            return f();
+        }
+        let Some(wait0) = runqueue_wait_ns() else { return f() };
+        let Some(h) = helper() else { return f() };
+        if ENGAGED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return f();
+        }
+        OWNER.with(|o| o.set(true));
+        h.unpark();
+        let start = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(f));
+        OWNER.with(|o| o.set(false));
+        ENGAGED.store(false, Ordering::Release);
+        let wall = start.elapsed().as_nanos() as u64;
+        if runqueue_wait_ns().is_some_and(|w| w.saturating_sub(wait0) * 10 > wall) {
+            COOLDOWN.store(BUSY_PASSES, Ordering::Relaxed);
+        }
+        match r {
+            Ok(v) => v,
+            Err(e) => resume_unwind(e),
+        }
+    }
+
+    /// Runs `f(0..n)`, each part once, on this thread and (when this thread holds the team) the
+    /// helper; returns when all have run, re-raising a panic of either thread.
+    pub(super) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let Some(h) = HELPER.get().and_then(|h| h.as_ref()).filter(|_| owned() && n > 1) else {
+            (0..n).for_each(f);
+            return;
+        };
+        let f: *const (dyn Fn(usize) + Sync + '_) = f;
+        // SAFETY: only the lifetime is erased; this function returns only after the slot was
+        // taken back untouched or the helper has left it, so `f` outlives every use.
+        let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
+        let slot = Slot { f, n, next: AtomicUsize::new(0), left: AtomicBool::new(false), panic: Mutex::new(None) };
+        let sp = &slot as *const Slot as *mut Slot;
+        POSTED.store(sp, Ordering::Release);
+        h.unpark();
+        slot.work();
+        if POSTED.compare_exchange(sp, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_err() {
+            // The helper joined in: wait for its last part.
+            let mut spins = 0u32;
+            while !slot.left.load(Ordering::Acquire) {
+                spins = spins.wrapping_add(1);
+                if spins < 1 << 14 {
+                    std::hint::spin_loop();
+                } else {
+                    thread::yield_now();
+                }
+            }
+        }
+        if let Some(e) = slot.panic.lock().ok().and_then(|mut g| g.take()) {
+            resume_unwind(e);
+        }
+    }
+
+    /// `(a(), b())`, `b` offered to the helper (see [`run`]).
+    pub(super) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+        let (fa, fb) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+        let (ra, rb) = (Mutex::new(None), Mutex::new(None));
+        run(2, &|i| {
+            if i == 0 {
+                if let Some(a) = fa.lock().ok().and_then(|mut g| g.take()) {
+                    let v = a();
+                    if let Ok(mut g) = ra.lock() {
+                        *g = Some(v);
+                    }
+                }
+            } else if let Some(b) = fb.lock().ok().and_then(|mut g| g.take()) {
+                let v = b();
+                if let Ok(mut g) = rb.lock() {
+                    *g = Some(v);
+                }
+            }
+        });
+        match (ra.into_inner().ok().flatten(), rb.into_inner().ok().flatten()) {
+            (Some(a), Some(b)) => (a, b),
+            // Unreachable: `run` ran both parts or re-raised their panic.
+            _ => resume_unwind(Box::new("team join: a part did not run")),
+        }
+    }
+}
+
+/// Splits `parts` tasks `f(0..parts)` over threads: over the pass's team (two halves) when this
+/// thread holds one, else on rayon's pool (this thread taking task 0 itself).
+fn fork(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    if parts <= 1 || team::is_helper() {
+        (0..parts).for_each(f);
+        return;
+    }
+    if team::owned() {
+        team::run(parts, f);
+        return;
+    }
+    rayon::in_place_scope(|s| {
+        for t in 1..parts {
+            s.spawn(move |_| f(t));
+        }
+        f(0);
+    });
+}
+
+/// How many parts a layer of `work` multiply-adds is split into, at most `max` (its bands): two
+/// over a pass's spinning team from [`TEAM_SPLIT_WORK`], one per rayon thread from `rayon_min`.
+fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
+    if team::is_helper() {
+        return 1;
+    }
+    if team::owned() {
+        // Parts of at least half the threshold: small enough that the two threads finish
+        // together, big enough that taking one (an atomic add) costs nothing.
+        return if work >= team_split_work() { (work / (team_split_work() / 2)).clamp(2, 8).min(max) } else { 1 };
+    }
+    let threads = rayon::current_num_threads();
+    if threads > 1 && work >= rayon_min {
+        threads.min(max)
+    } else {
+        1
+    }
+}
+
+/// Multiply-adds of a layer from which a split over the team pays (a hand-off to a spinning
+/// helper costs well under a microsecond; this is a few microseconds of one core's work).
+fn team_split_work() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("XX_TSW").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 16)) }
+
+/// `(a(), b())`, `b` on the pass's helper when this thread holds a team, else on rayon's pool.
+pub(crate) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    if team::owned() {
+        team::join(a, b)
+    } else if team::is_helper() {
+        let ra = a();
+        (ra, b())
+    } else {
+        rayon::join(a, b)
     }
 }
