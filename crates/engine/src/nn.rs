@@ -35,7 +35,11 @@
 //! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
 //! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
 //! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
-//! each parallel layer is a local hand-off rather than an injection from outside the pool.
+//! each parallel layer is a local hand-off rather than an injection from outside the pool. On an
+//! idle machine [`on_pool`] also engages a team of two for the pass (`team`, at the end): a helper
+//! thread that spins while the pass lasts and shares every layer of 64k+ multiply-adds in 2-8 parts,
+//! without rayon's wake-up per layer; a pass that finds the cores contended (this thread waited for
+//! one) turns it off for the next 64 passes.
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
@@ -171,13 +175,13 @@ fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usiz
     if team::is_helper() || out.len() <= chunk {
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     } else if team::owned() {
-        if work < team_split_work() {
+        if work < TEAM_SPLIT_WORK {
             out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
             return;
         }
         // Groups of whole chunks shared by this thread and the pass's helper.
         let chunks = out.len().div_ceil(chunk);
-        let groups = (work / (team_split_work() / 2)).clamp(2, 8).min(chunks);
+        let groups = (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(chunks);
         let per = chunks.div_ceil(groups);
         let parts: Vec<std::sync::Mutex<&mut [T]>> = out.chunks_mut(per * chunk).map(std::sync::Mutex::new).collect();
         let f = &f;
@@ -2059,6 +2063,29 @@ mod tests {
         Ok(())
     }
 
+    /// The same kernels with their layers split over a pass's spinning team (`on_pool` engages
+    /// it; a test holding it elsewhere leaves these on rayon, also correct).
+    #[test]
+    fn convs_on_a_team_match_naive_reference() -> Result<()> {
+        on_pool(fast_convs_match_naive_reference)?;
+        on_pool(fused_depthwise_pointwise_matches_separate_ops)?;
+        on_pool(blocked_depthwise_matches_naive_reference)
+    }
+
+    #[test]
+    fn team_runs_every_part_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for parts in [1, 2, 3, 8, 33] {
+            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            team::engaged(|| fork(parts, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            }));
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{parts} parts");
+            let (a, b) = team::engaged(|| join(|| parts + 1, || parts * 2));
+            assert_eq!((a, b), (parts + 1, parts * 2));
+        }
+    }
+
     #[test]
     fn fused_conv_matches_separate_ops() -> Result<()> {
         // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
@@ -2605,8 +2632,9 @@ impl Conv2d {
     }
 }
 
-/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads when
-/// called from outside the pool with more than one thread. The kernels' parallel sections then
+/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads, with
+/// the pass's spinning team engaged on an idle machine (see `team`), when called from outside the
+/// pool with more than one thread. The kernels' parallel sections then
 /// start from a pool thread, which hands work to the others through its own queue and keeps
 /// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
 /// and blocking the caller: one hand-off per forward pass instead of one per layer.
@@ -2813,8 +2841,7 @@ mod team {
     /// a tenth of the pass, the next passes run without the team (rayon's sleeping workers, which
     /// cost nothing while waiting).
     pub(super) fn engaged<R>(f: impl FnOnce() -> R) -> R {
-        static OFF: OnceLock<bool> = OnceLock::new();
-        if rayon::current_num_threads() < 2 || owned() || is_helper() || *OFF.get_or_init(|| std::env::var_os("XX_NO_TEAM").is_some()) {
+        if rayon::current_num_threads() < 2 || owned() || is_helper() {
             return f();
         }
         if COOLDOWN.load(Ordering::Relaxed) > 0 {
@@ -2930,7 +2957,7 @@ fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
     if team::owned() {
         // Parts of at least half the threshold: small enough that the two threads finish
         // together, big enough that taking one (an atomic add) costs nothing.
-        return if work >= team_split_work() { (work / (team_split_work() / 2)).clamp(2, 8).min(max) } else { 1 };
+        return if work >= TEAM_SPLIT_WORK { (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(max) } else { 1 };
     }
     let threads = rayon::current_num_threads();
     if threads > 1 && work >= rayon_min {
@@ -2942,7 +2969,7 @@ fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
 
 /// Multiply-adds of a layer from which a split over the team pays (a hand-off to a spinning
 /// helper costs well under a microsecond; this is a few microseconds of one core's work).
-fn team_split_work() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("XX_TSW").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 16)) }
+const TEAM_SPLIT_WORK: usize = 1 << 16;
 
 /// `(a(), b())`, `b` on the pass's helper when this thread holds a team, else on rayon's pool.
 pub(crate) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
