@@ -35,11 +35,7 @@
 //! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
 //! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
 //! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
-//! each parallel layer is a local hand-off rather than an injection from outside the pool. On an
-//! idle machine [`on_pool`] also engages a team of two for the pass (`team`, at the end): a helper
-//! thread that spins while the pass lasts and shares every layer of 64k+ multiply-adds in 2-8 parts,
-//! without rayon's wake-up per layer; a pass that finds the cores contended (this thread waited for
-//! one) turns it off for the next 64 passes.
+//! each parallel layer is a local hand-off rather than an injection from outside the pool.
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
@@ -172,25 +168,7 @@ fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usiz
     if chunk == 0 {
         return;
     }
-    if team::is_helper() || out.len() <= chunk {
-        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-    } else if team::owned() {
-        if work < TEAM_SPLIT_WORK {
-            out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-            return;
-        }
-        // Groups of whole chunks shared by this thread and the pass's helper.
-        let chunks = out.len().div_ceil(chunk);
-        let groups = (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(chunks);
-        let per = chunks.div_ceil(groups);
-        let parts: Vec<std::sync::Mutex<&mut [T]>> = out.chunks_mut(per * chunk).map(std::sync::Mutex::new).collect();
-        let f = &f;
-        team::run(parts.len(), &|g| {
-            if let Some(Ok(mut part)) = parts.get(g).map(|m| m.lock()) {
-                part.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(g * per + i, c));
-            }
-        });
-    } else if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 {
+    if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 && out.len() > chunk {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     } else {
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
@@ -995,8 +973,9 @@ mod pointwise {
         }
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
+        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -1007,12 +986,20 @@ mod pointwise {
         let panels = (p / NR).div_ceil(parts);
         let shared = SendPost(ptrs, op);
         let band = |t: usize| ((t * panels * NR).min(p), if t + 1 == parts { p } else { ((t + 1) * panels * NR).min(p) });
-        super::fork(parts, &|t| {
-            let shared = shared;
-            let (js, je) = band(t);
-            // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the `&mut`
-            // borrow keeps alive and unaliased until `fork` returns.
-            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
+        // This thread takes the first band itself: one hand-off per extra band, not one per band.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let (js, je) = band(t);
+                s.spawn(move |_| {
+                    let shared = shared;
+                    // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
+                    // `&mut` borrow keeps alive and unaliased until the scope ends.
+                    unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
+                });
+            }
+            let (js, je) = band(0);
+            // SAFETY: as above.
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, js, je) };
         });
         true
     }
@@ -1071,15 +1058,22 @@ mod pointwise {
                 });
             }
         };
-        let parts = super::split_parts((m + kk) * k * p, bands, SPLIT_WORK);
+        let threads = rayon::current_num_threads();
+        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
             return true;
         }
         let per = bands.div_ceil(parts);
-        // Tasks write disjoint output pixels.
-        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
+        // This thread takes the first bands itself; tasks write disjoint output pixels.
+        rayon::in_place_scope(|s| {
+            for t in 1..parts {
+                let run_bands = &run_bands;
+                s.spawn(move |_| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
+            }
+            run_bands(0, per.min(bands), shared);
+        });
         true
     }
 
@@ -2063,29 +2057,6 @@ mod tests {
         Ok(())
     }
 
-    /// The same kernels with their layers split over a pass's spinning team (`on_pool` engages
-    /// it; a test holding it elsewhere leaves these on rayon, also correct).
-    #[test]
-    fn convs_on_a_team_match_naive_reference() -> Result<()> {
-        on_pool(fast_convs_match_naive_reference)?;
-        on_pool(fused_depthwise_pointwise_matches_separate_ops)?;
-        on_pool(blocked_depthwise_matches_naive_reference)
-    }
-
-    #[test]
-    fn team_runs_every_part_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        for parts in [1, 2, 3, 8, 33] {
-            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
-            team::engaged(|| fork(parts, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            }));
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{parts} parts");
-            let (a, b) = team::engaged(|| join(|| parts + 1, || parts * 2));
-            assert_eq!((a, b), (parts + 1, parts * 2));
-        }
-    }
-
     #[test]
     fn fused_conv_matches_separate_ops() -> Result<()> {
         // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
@@ -2632,9 +2603,8 @@ impl Conv2d {
     }
 }
 
-/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads, with
-/// the pass's spinning team engaged on an idle machine (see `team`), when called from outside the
-/// pool with more than one thread. The kernels' parallel sections then
+/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads when
+/// called from outside the pool with more than one thread. The kernels' parallel sections then
 /// start from a pool thread, which hands work to the others through its own queue and keeps
 /// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
 /// and blocking the caller: one hand-off per forward pass instead of one per layer.
@@ -2642,7 +2612,7 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
         return f();
     }
-    rayon::scope(|_| team::engaged(f))
+    rayon::scope(|_| f())
 }
 
 /// The logistic sigmoid `1 / (1 + exp(-x))` written over a contiguous f32 tensor.
@@ -2695,290 +2665,5 @@ mod sigmoid_tests {
         let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-6, "sigmoid: {err}");
         Ok(())
-    }
-}
-
-/// A team of two for one forward pass: the thread running a small network's pass and one helper
-/// thread that spins, for the length of the pass, waiting for the other half of a layer. Rayon's
-/// workers sleep between jobs and take several microseconds to wake, a cost paid at each of a
-/// pass's ~100 layers (most of them 0.05-2M multiply-adds, a few microseconds of work each); a
-/// spinning helper picks a half up within a fraction of a microsecond. Outside a pass the helper
-/// is parked, so no core burns between photos; it also parks after a short idle spell inside one.
-/// If the helper has not taken its half by the time the caller finishes its own (a busy machine),
-/// the caller takes it back and runs it: a descheduled helper never delays a layer.
-mod team {
-    use std::any::Any;
-    use std::cell::Cell;
-    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-    use std::sync::{Mutex, OnceLock};
-    use std::thread::{self, Thread};
-    use std::time::{Duration, Instant};
-
-    /// How long the helper spins without work before it parks (a layer between two split ones
-    /// takes less; the gap between passes far more).
-    const IDLE_SPIN: Duration = Duration::from_micros(500);
-
-    /// One posted job: `f(0..n)`, its lifetime erased; each thread takes the next part from
-    /// `next` until none is left, so a helper slowed down mid-layer costs at most its one part.
-    struct Slot {
-        f: *const (dyn Fn(usize) + Sync + 'static),
-        n: usize,
-        next: AtomicUsize,
-        /// The helper took the slot and has finished with it.
-        left: AtomicBool,
-        panic: Mutex<Option<Box<dyn Any + Send>>>,
-    }
-
-    impl Slot {
-        /// Runs parts until none is left (or one panics: the payload is kept for the poster).
-        fn work(&self) {
-            // SAFETY: the poster keeps `f` and its borrows alive until the slot is taken back or
-            // the helper has `left` it (see `run`).
-            let f = unsafe { &*self.f };
-            let r = catch_unwind(AssertUnwindSafe(|| loop {
-                let i = self.next.fetch_add(1, Ordering::AcqRel);
-                if i >= self.n {
-                    break;
-                }
-                f(i);
-            }));
-            if let Err(e) = r {
-                self.next.store(self.n, Ordering::Release);
-                if let Ok(mut g) = self.panic.lock() {
-                    *g = Some(e);
-                }
-            }
-        }
-    }
-
-    /// The helper's mailbox: `POSTED` is the slot waiting for it (null when none); the helper
-    /// swaps it out to join in, or the poster swaps it back once all parts are taken.
-    static ENGAGED: AtomicBool = AtomicBool::new(false);
-    static POSTED: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
-    static HELPER: OnceLock<Option<Thread>> = OnceLock::new();
-
-    thread_local! {
-        /// This thread holds the team (it engaged it for its pass).
-        static OWNER: Cell<bool> = const { Cell::new(false) };
-        /// This thread is the helper: whatever it runs stays on it.
-        static IS_HELPER: Cell<bool> = const { Cell::new(false) };
-    }
-
-    fn helper() -> Option<&'static Thread> {
-        HELPER
-            .get_or_init(|| {
-                thread::Builder::new()
-                    .name("likeness-team".into())
-                    .spawn(helper_loop)
-                    .ok()
-                    .map(|h| h.thread().clone())
-            })
-            .as_ref()
-    }
-
-    fn helper_loop() {
-        IS_HELPER.with(|h| h.set(true));
-        loop {
-            if !ENGAGED.load(Ordering::Acquire) {
-                thread::park();
-                continue;
-            }
-            let mut idle_since = Instant::now();
-            let mut spins = 0u32;
-            loop {
-                let p = POSTED.swap(std::ptr::null_mut(), Ordering::AcqRel);
-                if !p.is_null() {
-                    // SAFETY: the poster keeps the slot alive until it sees `left` (it cannot
-                    // take it back: the swap above took it); the slot is not used after that.
-                    let slot = unsafe { &*p };
-                    slot.work();
-                    slot.left.store(true, Ordering::Release);
-                    idle_since = Instant::now();
-                    continue;
-                }
-                if !ENGAGED.load(Ordering::Acquire) {
-                    break;
-                }
-                spins = spins.wrapping_add(1);
-                if spins % 64 == 0 && idle_since.elapsed() > IDLE_SPIN {
-                    // A poster unparks after posting, so a job posted meanwhile is not missed.
-                    thread::park();
-                    idle_since = Instant::now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-    }
-
-    /// Whether this thread holds the team (splits of its layers go to the helper).
-    pub(super) fn owned() -> bool {
-        OWNER.with(|o| o.get())
-    }
-
-    /// Whether this thread is the helper (it runs what it is given whole).
-    pub(super) fn is_helper() -> bool {
-        IS_HELPER.with(|h| h.get())
-    }
-
-    /// Passes left to run without the team after one that found the machine busy.
-    static COOLDOWN: AtomicU32 = AtomicU32::new(0);
-    /// How many passes a busy one switches the team off for (then it is tried again).
-    const BUSY_PASSES: u32 = 64;
-
-    /// Nanoseconds this thread has spent runnable but waiting for a core (Linux's schedstat);
-    /// `None` where that is not available.
-    fn runqueue_wait_ns() -> Option<u64> {
-        let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        s.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// Runs `f` with the team engaged by this thread when more than one thread is allowed, nobody
-    /// else holds it and the machine was not found busy lately; else just runs `f`. A spinning
-    /// helper only pays on an idle machine: where cores are contended it takes time from the
-    /// thread it should help. So each pass measures how long this thread waited for a core; past
-    /// a tenth of the pass, the next passes run without the team (rayon's sleeping workers, which
-    /// cost nothing while waiting).
-    pub(super) fn engaged<R>(f: impl FnOnce() -> R) -> R {
-        if rayon::current_num_threads() < 2 || owned() || is_helper() {
-            return f();
-        }
-        if COOLDOWN.load(Ordering::Relaxed) > 0 {
-            COOLDOWN.fetch_sub(1, Ordering::Relaxed);
-            return f();
-        }
-        let Some(wait0) = runqueue_wait_ns() else { return f() };
-        let Some(h) = helper() else { return f() };
-        if ENGAGED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            return f();
-        }
-        OWNER.with(|o| o.set(true));
-        h.unpark();
-        let start = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(f));
-        OWNER.with(|o| o.set(false));
-        ENGAGED.store(false, Ordering::Release);
-        let wall = start.elapsed().as_nanos() as u64;
-        if runqueue_wait_ns().is_some_and(|w| w.saturating_sub(wait0) * 10 > wall) {
-            COOLDOWN.store(BUSY_PASSES, Ordering::Relaxed);
-        }
-        match r {
-            Ok(v) => v,
-            Err(e) => resume_unwind(e),
-        }
-    }
-
-    /// Runs `f(0..n)`, each part once, on this thread and (when this thread holds the team) the
-    /// helper; returns when all have run, re-raising a panic of either thread.
-    pub(super) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let Some(h) = HELPER.get().and_then(|h| h.as_ref()).filter(|_| owned() && n > 1) else {
-            (0..n).for_each(f);
-            return;
-        };
-        let f: *const (dyn Fn(usize) + Sync + '_) = f;
-        // SAFETY: only the lifetime is erased; this function returns only after the slot was
-        // taken back untouched or the helper has left it, so `f` outlives every use.
-        let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-        let slot = Slot { f, n, next: AtomicUsize::new(0), left: AtomicBool::new(false), panic: Mutex::new(None) };
-        let sp = &slot as *const Slot as *mut Slot;
-        POSTED.store(sp, Ordering::Release);
-        h.unpark();
-        slot.work();
-        if POSTED.compare_exchange(sp, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_err() {
-            // The helper joined in: wait for its last part.
-            let mut spins = 0u32;
-            while !slot.left.load(Ordering::Acquire) {
-                spins = spins.wrapping_add(1);
-                if spins < 1 << 14 {
-                    std::hint::spin_loop();
-                } else {
-                    thread::yield_now();
-                }
-            }
-        }
-        if let Some(e) = slot.panic.lock().ok().and_then(|mut g| g.take()) {
-            resume_unwind(e);
-        }
-    }
-
-    /// `(a(), b())`, `b` offered to the helper (see [`run`]).
-    pub(super) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
-        let (fa, fb) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
-        let (ra, rb) = (Mutex::new(None), Mutex::new(None));
-        run(2, &|i| {
-            if i == 0 {
-                if let Some(a) = fa.lock().ok().and_then(|mut g| g.take()) {
-                    let v = a();
-                    if let Ok(mut g) = ra.lock() {
-                        *g = Some(v);
-                    }
-                }
-            } else if let Some(b) = fb.lock().ok().and_then(|mut g| g.take()) {
-                let v = b();
-                if let Ok(mut g) = rb.lock() {
-                    *g = Some(v);
-                }
-            }
-        });
-        match (ra.into_inner().ok().flatten(), rb.into_inner().ok().flatten()) {
-            (Some(a), Some(b)) => (a, b),
-            // Unreachable: `run` ran both parts or re-raised their panic.
-            _ => resume_unwind(Box::new("team join: a part did not run")),
-        }
-    }
-}
-
-/// Splits `parts` tasks `f(0..parts)` over threads: over the pass's team (two halves) when this
-/// thread holds one, else on rayon's pool (this thread taking task 0 itself).
-fn fork(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 || team::is_helper() {
-        (0..parts).for_each(f);
-        return;
-    }
-    if team::owned() {
-        team::run(parts, f);
-        return;
-    }
-    rayon::in_place_scope(|s| {
-        for t in 1..parts {
-            s.spawn(move |_| f(t));
-        }
-        f(0);
-    });
-}
-
-/// How many parts a layer of `work` multiply-adds is split into, at most `max` (its bands): two
-/// over a pass's spinning team from [`TEAM_SPLIT_WORK`], one per rayon thread from `rayon_min`.
-fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
-    if team::is_helper() {
-        return 1;
-    }
-    if team::owned() {
-        // Parts of at least half the threshold: small enough that the two threads finish
-        // together, big enough that taking one (an atomic add) costs nothing.
-        return if work >= TEAM_SPLIT_WORK { (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(max) } else { 1 };
-    }
-    let threads = rayon::current_num_threads();
-    if threads > 1 && work >= rayon_min {
-        threads.min(max)
-    } else {
-        1
-    }
-}
-
-/// Multiply-adds of a layer from which a split over the team pays (a hand-off to a spinning
-/// helper costs well under a microsecond; this is a few microseconds of one core's work).
-const TEAM_SPLIT_WORK: usize = 1 << 16;
-
-/// `(a(), b())`, `b` on the pass's helper when this thread holds a team, else on rayon's pool.
-pub(crate) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
-    if team::owned() {
-        team::join(a, b)
-    } else if team::is_helper() {
-        let ra = a();
-        (ra, b())
-    } else {
-        rayon::join(a, b)
     }
 }
