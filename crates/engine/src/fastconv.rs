@@ -232,15 +232,7 @@ thread_local! {
 }
 
 fn with_band<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    BAND.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
+    crate::nn::with_buffer(&BAND, len, f)
 }
 
 /// The output pointer shared by the tasks; each writes only its own rows.

@@ -233,7 +233,12 @@ thread_local! {
 /// Runs `f` with a scratch buffer of `len` floats (contents unspecified). The thread's buffer is
 /// reused; if it is already in use (a nested call on a rayon worker), a fresh one is allocated.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    with_buffer(&SCRATCH, len, f)
+}
+
+/// A thread's reusable buffer `key`, grown to `len` floats; a fresh one when already borrowed.
+pub(crate) fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
@@ -362,15 +367,7 @@ thread_local! {
 /// [`with_scratch`] on the depthwise kernels' own buffer, so a depthwise band can run inside a
 /// caller that holds the im2col scratch (the fused depthwise + pointwise kernel).
 fn with_pad_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
+    with_buffer(&PAD_SCRATCH, len, f)
 }
 
 /// The zero-padded input of output rows `oy0..oy0 + rows`, split into `stride` column phases:
