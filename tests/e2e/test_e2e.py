@@ -343,7 +343,7 @@ def main(app):
             )
             # Portrait 4:5, shown next to the 512x512 original.
             assert abs(sizes[1] / sizes[0] - 1.25) < 0.02 and sizes[2] == 512, sizes
-            expiry = driver.find_element(By.CSS_SELECTOR, "#outputs [data-role='expiry']").text
+            expiry = driver.execute_script("return document.querySelector(\"#outputs [data-role='expiry']\").textContent")
             assert "30 days" in expiry, expiry
             shot(driver, "07-gallery")
 
@@ -372,8 +372,9 @@ def main(app):
             t.join(90)
             assert not errors, errors
             wait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 1)
-            name = driver.find_element(By.CSS_SELECTOR, "#staged li .name").get_attribute("title")
-            assert name == PHOTO.name, name
+            # Read in one script: the list is re-rendered when the photo's preview arrives.
+            title = "const e = document.querySelector('#staged li .name'); return e && e.title"
+            wait(driver).until(lambda d: d.execute_script(title) == PHOTO.name, f"staged name: {driver.execute_script(title)}")
 
         step("choose a photo with the native open dialog", pick_with_dialog)
 
@@ -491,9 +492,13 @@ def main(app):
             # The bar goes once the list and the Create options are refreshed.
             wait(driver, 30).until(lambda d: not d.find_element(By.ID, "import-run").is_displayed())
             wait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-list li[data-model='tiny'][data-state='ok']"))
+            sha, actions = driver.execute_script(
+                "const r = document.querySelector(\"#model-list li[data-model='tiny']\");"
+                " return [r.querySelector(\"[data-role='sha']\").textContent, [...r.querySelectorAll('[data-action]')].map(b => b.dataset.action)]"
+            )
+            assert "unknown file" in sha, sha
+            assert "remove" in actions and "verify" in actions, actions
             row = driver.find_element(By.CSS_SELECTOR, "#model-list li[data-model='tiny']")
-            assert "unknown file" in row.find_element(By.CSS_SELECTOR, "[data-role='sha']").text
-            assert row.find_elements(By.CSS_SELECTOR, "[data-action='remove']") and row.find_elements(By.CSS_SELECTOR, "[data-action='verify']")
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
             shot(driver, "15-models-imported")
 
@@ -532,7 +537,8 @@ def main(app):
             wait(driver).until(lambda d: d.find_element(By.ID, "queue").is_displayed())
             row = "#jobs li.job:last-child"
             wait(driver, 240).until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") in ("done", "failed"))
-            assert driver.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "done", driver.find_element(By.CSS_SELECTOR, row).text
+            state, text = driver.execute_script(f"const r = document.querySelector('{row}'); return [r.dataset.state, r.textContent]")
+            assert state == "done", text
             seen = driver.execute_script("return window.__steps")
             assert any("Generating backdrop and attire, step" in s for s in seen), seen
             shot(driver, "17-queue-generative-done")
