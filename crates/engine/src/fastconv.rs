@@ -26,7 +26,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use candle_core::{bail, CpuStorage, DType, Module, Result, Storage, Tensor};
+use candle_core::{bail, DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -166,12 +166,8 @@ impl Conv3x3 {
         let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
         let mut srcs: Vec<Src> = Vec::with_capacity(guards.len());
         for (t, (storage, layout)) in owned.iter().zip(&guards) {
-            let data = match &**storage {
-                Storage::Cpu(CpuStorage::F32(v)) => v.as_slice(),
-                _ => bail!("3x3 conv: expected an f32 CPU tensor"),
-            };
-            let Some((start, end)) = layout.contiguous_offsets() else { bail!("3x3 conv: expected a contiguous tensor") };
-            let Some(data) = data.get(start..end) else { bail!("3x3 conv: storage shorter than its layout") };
+            let Storage::Cpu(cpu) = &**storage else { bail!("3x3 conv: expected a CPU tensor") };
+            let data = crate::nn::cpu_slice(cpu, layout, "3x3 conv")?;
             srcs.push(Src { data, c: t.dim(1)? });
         }
         let out = conv_cpu(packed, &srcs, Geom { n, h, w, up2 });

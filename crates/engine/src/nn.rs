@@ -147,7 +147,7 @@ fn fast_cpu(x: &Tensor) -> bool {
 }
 
 /// Contiguous f32 view of a CPU storage under `layout`, or an error naming the op.
-fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match storage {
         CpuStorage::F32(v) => v.as_slice(),
         _ => bail!("{op}: expected an f32 tensor"),
@@ -158,6 +158,18 @@ fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
             None => bail!("{op}: storage shorter than its layout"),
         },
         None => bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// [`cpu_slice`], writable (in-place ops).
+pub(crate) fn cpu_slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("{op}: expected a contiguous tensor") };
+    match storage {
+        CpuStorage::F32(v) => match v.get_mut(start..end) {
+            Some(s) => Ok(s),
+            None => bail!("{op}: storage shorter than its layout"),
+        },
+        _ => bail!("{op}: expected an f32 tensor"),
     }
 }
 
@@ -1859,17 +1871,7 @@ struct ScaleAddInPlace<'a> {
 
 impl ScaleAddInPlace<'_> {
     fn run(&self, storage: &mut CpuStorage, layout: &Layout, add: Option<&[f32]>) -> Result<()> {
-        let (start, end) = match layout.contiguous_offsets() {
-            Some(r) => r,
-            None => bail!("scale-add in place: expected a contiguous tensor"),
-        };
-        let x = match storage {
-            CpuStorage::F32(v) => match v.get_mut(start..end) {
-                Some(x) => x,
-                None => bail!("scale-add in place: storage shorter than its layout"),
-            },
-            _ => bail!("scale-add in place: expected an f32 tensor"),
-        };
+        let x = cpu_slice_mut(storage, layout, "scale-add in place")?;
         let plane = self.plane.max(1);
         if add.is_some_and(|a| a.len() != x.len()) || self.scale.is_some_and(|s| s.len() * plane != x.len()) {
             bail!("scale-add in place: operand sizes disagree");
@@ -2322,16 +2324,7 @@ impl candle_core::InplaceOp1 for LeakyReluOp {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("leaky relu in place: expected a contiguous tensor");
-        };
-        let x = match storage {
-            CpuStorage::F32(v) => match v.get_mut(start..end) {
-                Some(x) => x,
-                None => bail!("leaky relu in place: storage shorter than its layout"),
-            },
-            _ => bail!("leaky relu in place: expected an f32 tensor"),
-        };
+        let x = cpu_slice_mut(storage, layout, "leaky relu in place")?;
         let slope = self.0;
         let work = x.len();
         for_chunks(x, 1 << 16, work, |_, o| o.iter_mut().for_each(|v| *v = if *v >= 0.0 { *v } else { *v * slope }));
@@ -2621,16 +2614,7 @@ impl candle_core::InplaceOp1 for SigmoidInPlace {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("sigmoid in place: expected a contiguous tensor");
-        };
-        let x = match storage {
-            CpuStorage::F32(v) => match v.get_mut(start..end) {
-                Some(x) => x,
-                None => bail!("sigmoid in place: storage shorter than its layout"),
-            },
-            _ => bail!("sigmoid in place: expected an f32 tensor"),
-        };
+        let x = cpu_slice_mut(storage, layout, "sigmoid in place")?;
         let work = x.len() * 8;
         for_chunks(x, 1 << 14, work, |_, o| o.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())));
         Ok(())

@@ -46,15 +46,6 @@ struct Fused {
     heads: usize,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { bail!("attention: {what} must be f32") };
-    let Some((start, end)) = l.contiguous_offsets() else { bail!("attention: {what} must be contiguous") };
-    match data.get(start..end) {
-        Some(x) => Ok(x),
-        None => bail!("attention: {what} storage is shorter than its layout"),
-    }
-}
-
 impl CustomOp3 for Fused {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -69,7 +60,8 @@ impl CustomOp3 for Fused {
         if self.heads == 0 || c % self.heads != 0 {
             bail!("attention: {c} channels do not split into {} heads", self.heads);
         }
-        let (q, k, v) = (f32_slice(s1, l1, "q")?, f32_slice(s2, l2, "k")?, f32_slice(s3, l3, "v")?);
+        let slice = crate::nn::cpu_slice;
+        let (q, k, v) = (slice(s1, l1, "attention q")?, slice(s2, l2, "attention k")?, slice(s3, l3, "attention v")?);
         let dims = Dims { b, n, m, heads: self.heads, d: c / self.heads };
         Ok((CpuStorage::F32(sdpa(q, k, v, dims, simd_available())), l1.shape().clone()))
     }

@@ -134,12 +134,7 @@ impl CustomOp1 for GroupNormOp<'_> {
         let dims = layout.shape().dims();
         let (Some(&n), Some(&c)) = (dims.first(), dims.get(1)) else { bail!("group norm: rank below 2") };
         let hw: usize = dims.iter().skip(2).product();
-        let data = match storage {
-            CpuStorage::F32(v) => v.as_slice(),
-            _ => bail!("group norm: expected f32"),
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("group norm: expected a contiguous tensor") };
-        let Some(src) = data.get(start..end) else { bail!("group norm: storage shorter than its layout") };
+        let src = crate::nn::cpu_slice(storage, layout, "group norm")?;
         if self.groups == 0 || c % self.groups != 0 || self.weight.len() != c || self.bias.len() != c {
             bail!("group norm: {c} channels do not split into {} groups", self.groups);
         }
@@ -410,9 +405,7 @@ impl CustomOp1 for GegluOp {
         if inner == 0 || dims.last() != Some(&(2 * inner)) {
             bail!("geglu: expected a last dimension of {}, got {dims:?}", 2 * inner);
         }
-        let CpuStorage::F32(data) = storage else { bail!("geglu: expected f32") };
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("geglu: expected a contiguous tensor") };
-        let Some(src) = data.get(start..end) else { bail!("geglu: storage shorter than its layout") };
+        let src = crate::nn::cpu_slice(storage, layout, "geglu")?;
         let mut out = vec![0f32; src.len() / 2];
         out.par_chunks_mut(inner).zip(src.par_chunks(2 * inner)).for_each(|(o, h)| {
             let (hidden, gate) = h.split_at(inner);

@@ -156,20 +156,6 @@ enum InPlaceKind {
 
 const PAR_CHUNK: usize = 1 << 16;
 
-fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
-    let (start, end) = match layout.contiguous_offsets() {
-        Some(r) => r,
-        None => candle_core::bail!("in-place op: expected a contiguous tensor"),
-    };
-    match storage {
-        CpuStorage::F32(v) => match v.get_mut(start..end) {
-            Some(s) => Ok(s),
-            None => candle_core::bail!("in-place op: storage shorter than its layout"),
-        },
-        _ => candle_core::bail!("in-place op: expected an f32 tensor"),
-    }
-}
-
 impl candle_core::InplaceOp2 for InPlace {
     fn name(&self) -> &'static str {
         "likeness-scale-add"
@@ -177,7 +163,7 @@ impl candle_core::InplaceOp2 for InPlace {
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let InPlaceKind::ScaleAdd(s) = self.kind;
-        let x = slice_mut(s1, l1)?;
+        let x = crate::nn::cpu_slice_mut(s1, l1, "in-place op")?;
         let other = match (s2, l2.contiguous_offsets()) {
             (CpuStorage::F32(v), Some((a, b))) => v.get(a..b).unwrap_or(&[]),
             _ => candle_core::bail!("scale-add: expected a contiguous f32 addend"),
