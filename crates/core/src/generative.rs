@@ -225,6 +225,37 @@ pub fn read_installed(inst: &InstalledDiffusion) -> Result<(DiffusionFiles, Samp
     Ok((files, sampling))
 }
 
+/// Where a diffusion model is.
+enum Source {
+    Imported(InstalledDiffusion),
+    /// A diffusers folder or a single-file checkpoint given by path.
+    Path(PathBuf),
+}
+
+impl Source {
+    fn read(&self) -> Result<(DiffusionFiles, Sampling)> {
+        match self {
+            Source::Imported(inst) => read_installed(inst),
+            Source::Path(p) => read_model(p),
+        }
+    }
+
+    /// The weight files the model loads (nothing is read).
+    fn weight_paths(&self) -> Result<Vec<PathBuf>> {
+        Ok(match self {
+            Source::Imported(inst) => match &inst.files {
+                ImportedFiles::Diffusers { unet, vae, text_encoder, text_encoder_2, .. } => [Some(unet), Some(vae), Some(text_encoder), text_encoder_2.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c.weights.iter().cloned())
+                    .collect(),
+                ImportedFiles::SingleFile { path } => vec![path.clone()],
+            },
+            Source::Path(p) => path_weights(p)?.into_iter().map(|(_, file)| file).collect(),
+        })
+    }
+}
+
 /// Loads (once) and hands out diffusion models: an id imported with `likeness models import`
 /// (through the store's record, sizes and link times checked), or the path of a diffusers folder
 /// or single-file checkpoint.
@@ -240,66 +271,37 @@ impl DiffusionCache {
         Self { store, device, loaded: Mutex::new(HashMap::new()) }
     }
 
-    /// Where model `id` is and how to sample it; fails with what to do when it is not installed.
-    pub fn locate(&self, id: &str) -> Result<(DiffusionFiles, Sampling)> {
+    /// Where model `id` is: an imported model (its record checked) or a path to a model; fails with
+    /// what to do when it is neither.
+    fn source(&self, id: &str) -> Result<Source> {
         if let Some(store) = &self.store {
             match store.diffusion(id) {
-                Ok(inst) => return read_installed(&inst),
-                Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
-                Err(e) => return Err(invalid(e.to_string())),
-            }
-        }
-        let p = PathBuf::from(id);
-        if !id.is_empty() && p.exists() {
-            return read_model(&p);
-        }
-        Err(invalid(format!(
-            "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
-        )))
-    }
-
-    /// Checks that `id` can be found, without reading its weights.
-    pub fn check(&self, id: &str) -> Result<()> {
-        if let Some(store) = &self.store {
-            match store.diffusion(id) {
-                Ok(_) => return Ok(()),
+                Ok(inst) => return Ok(Source::Imported(inst)),
                 Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
                 Err(e) => return Err(invalid(e.to_string())),
             }
         }
         if !id.is_empty() && Path::new(id).exists() {
-            return Ok(());
+            return Ok(Source::Path(PathBuf::from(id)));
         }
         Err(invalid(format!(
             "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"
         )))
     }
 
-    /// The weight files model `id` would load (nothing is read but their headers' paths).
-    fn weight_paths(&self, id: &str) -> Result<Vec<PathBuf>> {
-        if let Some(store) = &self.store {
-            match store.diffusion(id) {
-                Ok(inst) => {
-                    return Ok(match inst.files {
-                        ImportedFiles::Diffusers { unet, vae, text_encoder, text_encoder_2, .. } => [Some(unet), Some(vae), Some(text_encoder), text_encoder_2]
-                            .into_iter()
-                            .flatten()
-                            .flat_map(|c| c.weights)
-                            .collect(),
-                        ImportedFiles::SingleFile { path } => vec![path],
-                    })
-                }
-                Err(ImportError::NotImported { .. } | ImportError::NoImportDir) => {}
-                Err(e) => return Err(invalid(e.to_string())),
-            }
-        }
-        Ok(path_weights(Path::new(id))?.into_iter().map(|(_, file)| file).collect())
+    /// Model `id`'s files for the engine and how to sample it; fails with what to do when it is not installed.
+    pub fn locate(&self, id: &str) -> Result<(DiffusionFiles, Sampling)> {
+        self.source(id)?.read()
+    }
+
+    /// Checks that `id` can be found, without reading its weights.
+    pub fn check(&self, id: &str) -> Result<()> {
+        self.source(id).map(|_| ())
     }
 
     /// Refuses, before anything is read, a model this machine cannot hold (see [`crate::memory`]).
-    fn check_memory(&self, id: &str) -> Result<()> {
-        self.check(id)?;
-        let paths = self.weight_paths(id)?;
+    fn check_memory(&self, id: &str, source: &Source) -> Result<()> {
+        let paths = source.weight_paths()?;
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let need = memory::estimate(&refs, self.device.is_cpu()).map_err(invalid)?;
         let available = memory::available().map_err(invalid)?;
@@ -311,8 +313,9 @@ impl DiffusionCache {
         if let Some((m, s)) = loaded.get(id) {
             return Ok((m.clone(), *s));
         }
-        self.check_memory(id)?;
-        let (files, sampling) = self.locate(id)?;
+        let source = self.source(id)?;
+        self.check_memory(id, &source)?;
+        let (files, sampling) = source.read()?;
         let model = DiffusionModel::load(files, &self.device).map_err(|e| invalid(format!("model '{id}': {e}")))?;
         let model = Arc::new(model);
         loaded.insert(id.to_owned(), (model.clone(), sampling));
