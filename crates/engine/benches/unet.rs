@@ -12,6 +12,7 @@
 //! `tools/bench_unet_reference.py` with `$LIKENESS_BENCH_PYTHON` (default `.venv/bin/python`, else `python3`);
 //! it needs torch and diffusers. It runs in its own process (so the two peaks are separate) and serves one
 //! call per request: the timed calls alternate, theirs then ours, so both see the same machine load.
+//! `LIKENESS_BENCH_OURS_ONLY=1` skips the reference and times ours alone (for profiling under `perf`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -65,7 +66,7 @@ fn cpu_seconds() -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The reference process: one JSON line per request (see `tools/bench_unet_reference.py`).
@@ -105,10 +106,13 @@ fn main() {
     let latent: usize = std::env::var("LIKENESS_BENCH_LATENT").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
     let runs: usize = std::env::var("LIKENESS_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
 
+    let ours_only = std::env::var("LIKENESS_BENCH_OURS_ONLY").is_ok_and(|v| v == "1");
     // The reference loads and warms up first, so that its build-time peak does not overlap ours.
-    let mut reference = Reference::start(latent);
-    let info = reference.reply();
-    assert_eq!(info["ready"].as_bool(), Some(true), "reference not ready: {info}");
+    let mut reference = (!ours_only).then(|| Reference::start(latent));
+    let info = reference.as_mut().map(Reference::reply).unwrap_or_default();
+    if reference.is_some() {
+        assert_eq!(info["ready"].as_bool(), Some(true), "reference not ready: {info}");
+    }
 
     let dev = Device::Cpu;
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone());
@@ -122,17 +126,25 @@ fn main() {
     // Calls alternate (theirs, ours, theirs, ...) so that both sides see the same load on a shared machine.
     let (mut times, mut cpu, mut ref_times, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let r = reference.request("run");
-        ref_times.push(r["wall_s"].as_f64().expect("reference wall time"));
-        ref_cpu.push(r["cpu_s"].as_f64().unwrap_or(f64::NAN));
+        if let Some(reference) = reference.as_mut() {
+            let r = reference.request("run");
+            ref_times.push(r["wall_s"].as_f64().expect("reference wall time"));
+            ref_cpu.push(r["cpu_s"].as_f64().unwrap_or(f64::NAN));
+        }
         let (t, c) = (Instant::now(), cpu_seconds());
         drop(unet.forward(&x, 500.0, &ctx, None).expect("forward"));
         times.push(t.elapsed().as_secs_f64());
         cpu.push(cpu_seconds() - c);
     }
-    let ref_mib = reference.request("done")["peak_mib"].as_f64().unwrap_or(f64::NAN);
-    drop(reference.input);
-    let _ = reference.child.wait();
+    let ref_mib = match reference {
+        Some(mut reference) => {
+            let mib = reference.request("done")["peak_mib"].as_f64().unwrap_or(f64::NAN);
+            drop(reference.input);
+            let _ = reference.child.wait();
+            mib
+        }
+        None => f64::NAN,
+    };
 
     let (ours, ours_cpu, ref_s, ref_c) = (median(times.clone()), median(cpu), median(ref_times.clone()), median(ref_cpu));
     let ours_mib = vm_hwm_mib();
@@ -143,8 +155,10 @@ fn main() {
         "  diffusers median {ref_s:.2} s/call  {ref_times:.2?}  CPU {ref_c:.1} s/call  peak {ref_mib:.0} MiB (torch {}, {} threads)",
         info["torch"], info["threads"]
     );
+    // Each call against the reference call just before it: steadier than the ratio of medians when the load drifts.
+    let pairs = median(times.iter().zip(&ref_times).map(|(o, r)| o / r).collect());
     println!(
-        "  ratio ours/diffusers: time {:.2}x, CPU time {:.2}x, peak memory {:.2}x  (load average at the end: {})",
+        "  ratio ours/diffusers: time {:.2}x (median of pairs {pairs:.2}x), CPU time {:.2}x, peak memory {:.2}x  (load average at the end: {})",
         ours / ref_s,
         ours_cpu / ref_c,
         ours_mib / ref_mib,

@@ -304,12 +304,12 @@ impl ResnetBlock {
         let h = self.conv1.forward(&self.norm1.forward_act(x, true)?)?;
         let t = self.time_emb_proj.forward(temb_silu)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward_act(&h, true)?)?;
         let skip = match &self.conv_shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        let y = (skip + h)?;
+        // The skip is added in conv2's store where the kernel allows (no extra pass over the output).
+        let y = self.conv2.forward_add(&self.norm2.forward_act(&h, true)?, &skip)?;
         if self.output_scale == 1.0 {
             Ok(y)
         } else {
