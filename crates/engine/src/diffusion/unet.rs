@@ -173,7 +173,7 @@ impl CustomOp1 for GroupNormOp<'_> {
     }
 }
 
-struct GroupNorm {
+pub(super) struct GroupNorm {
     weight: Tensor,
     bias: Tensor,
     cpu: Option<(Vec<f32>, Vec<f32>)>,
@@ -182,7 +182,7 @@ struct GroupNorm {
 }
 
 impl GroupNorm {
-    fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         if groups == 0 || channels % groups != 0 {
             bail!("group norm: {channels} channels do not split into {groups} groups");
         }
@@ -197,7 +197,7 @@ impl GroupNorm {
     }
 
     /// The norm, followed by SiLU when `silu` (the resnets' and the output's `norm -> SiLU`).
-    fn forward_act(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+    pub(super) fn forward_act(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if let Some((w, b)) = self.cpu.as_ref().filter(|_| x.device().is_cpu() && x.dtype() == DType::F32) {
             let op = GroupNormOp { groups: self.groups, eps: self.eps, weight: w, bias: b, silu };
             return x.contiguous()?.apply_op1_no_bwd(&op);
@@ -221,11 +221,11 @@ impl GroupNorm {
     }
 }
 
-fn conv3x3(vb: VarBuilder, i: usize, o: usize, stride: usize, pad: usize) -> Result<LeanConv2d> {
+pub(super) fn conv3x3(vb: VarBuilder, i: usize, o: usize, stride: usize, pad: usize) -> Result<LeanConv2d> {
     LeanConv2d::new(Conv2d::new(vb, i, o, 3, stride, Padding::Explicit { top: pad, bottom: pad, left: pad, right: pad }, true)?)
 }
 
-fn conv1x1(vb: VarBuilder, i: usize, o: usize) -> Result<LeanConv2d> {
+pub(super) fn conv1x1(vb: VarBuilder, i: usize, o: usize) -> Result<LeanConv2d> {
     LeanConv2d::new(Conv2d::new(vb, i, o, 1, 1, Padding::Valid, true)?)
 }
 
@@ -323,7 +323,7 @@ impl ResnetBlock {
 
 /// Scaled dot-product attention over `[B, N, heads * d]` queries and `[B, M, heads * d]` keys / values,
 /// queries in chunks so at most about `ATTN_CHUNK_BYTES` of scores exist at once.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         return super::attention::fused(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, heads);
     }
