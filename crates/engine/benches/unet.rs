@@ -18,31 +18,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use likeness_engine::diffusion::unet::{Config, UNet2DConditionModel};
 
 mod common;
-use common::{python, root};
-
-/// Every weight drawn from N(0, 0.02) (norm scales: 1), like a freshly initialised model.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        if name.contains("norm") && name.ends_with("weight") {
-            return Tensor::ones(s, dtype, dev);
-        }
-        (Tensor::randn(0f32, 0.02, s, dev)?).to_dtype(dtype)
-    }
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random weights have no shape for {name}")
-    }
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
+use common::{median, python, root, RandomWeights};
 
 fn vm_hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -62,11 +43,6 @@ fn cpu_seconds() -> f64 {
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
         })
         .unwrap_or(f64::NAN)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The reference process: one JSON line per request (see `tools/bench_unet_reference.py`).

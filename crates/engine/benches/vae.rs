@@ -11,37 +11,12 @@
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use likeness_engine::diffusion::{config, vae::Vae};
 
 mod common;
-use common::{python, root};
-
-/// Every weight drawn from N(0, 0.02) (norm scales: 1), like a freshly initialised model.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        if name.contains("norm") && name.ends_with("weight") {
-            return Tensor::ones(s, dtype, dev);
-        }
-        (Tensor::randn(0f32, 0.02, s, dev)?).to_dtype(dtype)
-    }
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random weights have no shape for {name}")
-    }
-    // diffusers' attention names (`to_q` ...), not the older `query` / `proj_attn`.
-    fn contains_tensor(&self, name: &str) -> bool {
-        !name.contains("query")
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
+use common::{median, python, root, RandomWeights};
 
 fn main() {
     let runs: usize = std::env::var("LIKENESS_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);

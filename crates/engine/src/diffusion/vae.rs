@@ -121,9 +121,45 @@ struct Stage {
     resample: Option<LeanConv2d>,
 }
 
-/// A stage's `layers` resnets, `i` channels in and `o` out.
-fn resnets(vb: &VarBuilder, groups: usize, i: usize, o: usize, layers: usize) -> Result<Vec<Resnet>> {
-    (0..layers).map(|j| Resnet::new(vb.pp("resnets").pp(j), groups, if j == 0 { i } else { o }, o)).collect()
+impl Stage {
+    /// The resnets, then the resampling convolution (after a nearest x2 upsampling when `up`).
+    fn forward(&self, x: &Tensor, up: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for r in &self.resnets {
+            x = r.forward(&x)?;
+        }
+        match &self.resample {
+            Some(conv) if up => {
+                let (_, _, h, w) = x.dims4()?;
+                conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+            }
+            Some(conv) => conv.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// One stage per entry of `widths` (its output channels; a stage takes the previous one's, the first its
+/// own), `layers` resnets each under `vb.<i>`, and `resample(stage's vb, width)` after all but the last.
+fn stages(
+    vb: VarBuilder,
+    groups: usize,
+    widths: &[usize],
+    layers: usize,
+    resample: impl Fn(VarBuilder, usize) -> Result<LeanConv2d>,
+) -> Result<Vec<Stage>> {
+    let mut inc = widths.first().copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(widths.len());
+    for (i, &o) in widths.iter().enumerate() {
+        let vb = vb.pp(i);
+        let resnets = (0..layers)
+            .map(|j| Resnet::new(vb.pp("resnets").pp(j), groups, if j == 0 { inc } else { o }, o))
+            .collect::<Result<_>>()?;
+        let resample = if i + 1 < widths.len() { Some(resample(vb, o)?) } else { None };
+        out.push(Stage { resnets, resample });
+        inc = o;
+    }
+    Ok(out)
 }
 
 /// The encoder (diffusers `Encoder` + `quant_conv`), giving the latent distribution's mean.
@@ -143,22 +179,11 @@ impl Encoder {
         let first = ch.first().copied().unwrap_or(128);
         let last = ch.last().copied().unwrap_or(512);
         let e = vb.pp("encoder");
-        let down = ch
-            .iter()
-            .enumerate()
-            .map(|(i, &out)| {
-                let vb = e.pp("down_blocks").pp(i);
-                let inc = if i == 0 { first } else { ch.get(i - 1).copied().unwrap_or(out) };
-                // Downsample2D with padding 0 pads right and bottom by one, then a stride-2 conv.
-                let pad = Padding::Explicit { top: 0, bottom: 1, left: 0, right: 1 };
-                let resample = if i + 1 < ch.len() {
-                    Some(LeanConv2d::new(Conv2d::new(vb.pp("downsamplers").pp(0).pp("conv"), out, out, 3, 2, pad, true)?)?)
-                } else {
-                    None
-                };
-                Ok(Stage { resnets: resnets(&vb, groups, inc, out, k.layers_per_block)?, resample })
-            })
-            .collect::<Result<_>>()?;
+        // Downsample2D with padding 0 pads right and bottom by one, then a stride-2 conv.
+        let pad = Padding::Explicit { top: 0, bottom: 1, left: 0, right: 1 };
+        let down = stages(e.pp("down_blocks"), groups, ch, k.layers_per_block, |vb, c| {
+            LeanConv2d::new(Conv2d::new(vb.pp("downsamplers").pp(0).pp("conv"), c, c, 3, 2, pad, true)?)
+        })?;
         let lc = 2 * k.latent_channels;
         Ok(Self {
             conv_in: conv3x3(e.pp("conv_in"), c.in_channels, first, 1, 1)?,
@@ -174,12 +199,7 @@ impl Encoder {
     fn mean(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv_in.forward(xs)?;
         for stage in &self.down {
-            for r in &stage.resnets {
-                xs = r.forward(&xs)?;
-            }
-            if let Some(d) = &stage.resample {
-                xs = d.forward(&xs)?;
-            }
+            xs = stage.forward(&xs, false)?;
         }
         let xs = self.norm.forward_act(&self.mid.forward(&xs)?, true)?;
         let mut xs = self.conv_out.forward(&xs)?;
@@ -208,16 +228,9 @@ impl Decoder {
         let rev: Vec<usize> = k.block_out_channels.iter().rev().copied().collect();
         let (last, first) = (rev.first().copied().unwrap_or(512), rev.last().copied().unwrap_or(128));
         let d = vb.pp("decoder");
-        let up = rev
-            .iter()
-            .enumerate()
-            .map(|(i, &out)| {
-                let vb = d.pp("up_blocks").pp(i);
-                let inc = if i == 0 { last } else { rev.get(i - 1).copied().unwrap_or(out) };
-                let resample = if i + 1 < rev.len() { Some(conv3x3(vb.pp("upsamplers").pp(0).pp("conv"), out, out, 1, 1)?) } else { None };
-                Ok(Stage { resnets: resnets(&vb, groups, inc, out, k.layers_per_block + 1)?, resample })
-            })
-            .collect::<Result<_>>()?;
+        let up = stages(d.pp("up_blocks"), groups, &rev, k.layers_per_block + 1, |vb, c| {
+            conv3x3(vb.pp("upsamplers").pp(0).pp("conv"), c, c, 1, 1)
+        })?;
         let lc = k.latent_channels;
         Ok(Self {
             post_quant_conv: if k.use_post_quant_conv { Some(conv1x1(vb.pp("post_quant_conv"), lc, lc)?) } else { None },
@@ -236,13 +249,7 @@ impl Decoder {
         };
         let mut xs = self.mid.forward(&self.conv_in.forward(&z)?)?;
         for stage in &self.up {
-            for r in &stage.resnets {
-                xs = r.forward(&xs)?;
-            }
-            if let Some(u) = &stage.resample {
-                let (_, _, h, w) = xs.dims4()?;
-                xs = u.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)?;
-            }
+            xs = stage.forward(&xs, true)?;
         }
         self.conv_out.forward(&self.norm.forward_act(&xs, true)?)
     }
