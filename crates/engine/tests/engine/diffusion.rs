@@ -92,6 +92,13 @@ fn unet_parity(name: &str) {
     let e = rel_err(&out, &f["out"]);
     println!("{name}: rel err {e:.2e} (stock diffusers)");
     assert!(e < TOL, "{name}: rel err {e}");
+    // The 16x16 latent: enough tiles that the first level's 3x3 convolutions run on Winograd.
+    if let Some(sample) = f.get("in.sample16") {
+        let out = unet.forward(sample, t, &f["in.context"], added.as_ref()).expect("forward 16x16");
+        let e = rel_err(&out, &f["out16"]);
+        println!("{name}, 16x16 latent: rel err {e:.2e}");
+        assert!(e < TOL, "{name} 16x16: rel err {e}");
+    }
 }
 
 #[test]
