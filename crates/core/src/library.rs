@@ -269,12 +269,21 @@ fn lock_file(paths: &DataPaths) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| CoreError::io("open", &path, e))?;
-    // SAFETY: flock on a file descriptor we own; it has no memory-safety preconditions.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(CoreError::Locked { data_dir: paths.root.clone() });
+    // A lock just released can still be held for a moment by a duplicate of its descriptor: a child
+    // process forked by another thread keeps one until its exec closes it (close-on-exec). So a busy
+    // lock is tried again for up to a second before the library counts as open elsewhere.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        // SAFETY: flock on a file descriptor we own; it has no memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CoreError::Locked { data_dir: paths.root.clone() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    Ok(file)
 }
 
 #[cfg(not(unix))]
