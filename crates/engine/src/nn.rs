@@ -1153,6 +1153,21 @@ impl DenseOp<'_> {
         Ok(Some(out))
     }
 
+    /// The whole batch on Winograd, `act(conv + bias + residual)` (`residual` of the output's shape);
+    /// `None` when [`winograd::run`] refuses the shape or sizes.
+    fn winograd(&self, x: &[f32], residual: Option<&[f32]>) -> Result<Option<Vec<f32>>> {
+        let g = self.g;
+        let len = g.n * g.c_out * g.oh * g.ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
+        if !winograd::run(&g, x, self.weight, self.bias, self.act, residual, spare) {
+            return Ok(None);
+        }
+        // SAFETY: `winograd::run` wrote all `len` values.
+        unsafe { out.set_len(len) };
+        Ok(Some(out))
+    }
+
     fn pointwise(&self) -> bool {
         let g = &self.g;
         g.kh == 1 && g.kw == 1 && g.stride == 1 && g.oh == g.h && g.ow == g.w
@@ -1229,12 +1244,7 @@ impl CustomOp1 for DenseOp<'_> {
             return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
         }
         if winograd::takes(&g) {
-            let len = g.n * out_img;
-            let mut out: Vec<f32> = Vec::with_capacity(len);
-            let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d: allocation too small") };
-            if winograd::run(&g, x, self.weight, self.bias, self.act, None, spare) {
-                // SAFETY: `winograd::run` wrote all `len` values.
-                unsafe { out.set_len(len) };
+            if let Some(out) = self.winograd(x, None)? {
                 return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))));
             }
         }
@@ -2504,15 +2514,10 @@ impl CustomOp2 for WinogradAddOp<'_> {
         if l2.shape().dims() != [g.n, g.c_out, g.oh, g.ow] {
             bail!("conv2d + residual: residual {:?} is not the output's shape", l2.shape());
         }
-        let len = g.n * g.c_out * g.oh * g.ow;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("conv2d + residual: allocation too small") };
-        if !winograd::run(&g, x, op.weight, op.bias, op.act, Some(r), spare) {
-            bail!("conv2d + residual: input / weight sizes disagree");
+        match op.winograd(x, Some(r))? {
+            Some(out) => Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow)))),
+            None => bail!("conv2d + residual: input / weight sizes disagree"),
         }
-        // SAFETY: `winograd::run` wrote all `len` values.
-        unsafe { out.set_len(len) };
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 }
 
