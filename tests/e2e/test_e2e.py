@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,7 +321,6 @@ def main(app):
         step("drop the sample photo: preview with face and crop", drop_photo)
 
         def generate():
-            Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
             Select(driver.find_element(By.ID, "preset")).select_by_value("portrait")
             Select(driver.find_element(By.ID, "backdrop")).select_by_value("navy")
             click(driver, "#start")
@@ -383,7 +383,6 @@ def main(app):
             star = click(driver, "#outputs [data-action='favourite']")
             wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, "#outputs li.output").get_attribute("class").find("favourite") >= 0)
             assert driver.execute_script("return document.querySelector(\"#outputs [data-action='favourite']\").getAttribute('aria-pressed')") == "true"
-            Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
             for sel, value in [("export-format", "jpg"), ("export-size", "1024")]:
                 # A native option menu that was just closed can leave the next select busy a moment.
                 for attempt in range(5):
@@ -412,6 +411,11 @@ def main(app):
 
         step("favourite a headshot; export several with format, size and name", favourite_and_export_several)
 
+        def job_list(d):
+            return d.execute_async_script(
+                "const done = arguments[arguments.length - 1]; window.__TAURI__.core.invoke('list_jobs').then(j => done(j.map(x => ({id: x.id, state: x.state, cancel: x.cancel_requested, outputs: x.outputs.length}))))"
+            )
+
         def cancel_job():
             click(driver, "#tab-create")
             b64 = base64.b64encode(PHOTO.read_bytes()).decode()
@@ -419,24 +423,66 @@ def main(app):
                 driver.execute_async_script(DROP_JS, b64, f"cancel-{n}.jpg")
             wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#staged li")) == 3)
             before = len(driver.execute_script("return [...document.querySelectorAll('#outputs li.output')]"))
+            known = {j["id"] for j in job_list(driver)}
+            # 4096 px: Real-ESRGAN enlarges each crop for minutes, so the job cannot end before the click.
+            Select(driver.find_element(By.ID, "out-size")).select_by_value("4096")
             click(driver, "#start")
             wait(driver).until(lambda d: d.find_element(By.ID, "queue").is_displayed())
-            row = "#jobs li.job:last-child"
-            click(driver, f"{row} button")
-            wait(driver, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "cancelled")
+            job_id = wait(driver).until(lambda d: next((j["id"] for j in job_list(d) if j["id"] not in known), None))
+            row = f'#jobs li.job[data-job="{job_id}"]'
+
+            def state():
+                return next((j for j in job_list(driver) if j["id"] == job_id), None)
+
+            # A double-click, as an impatient user gives it: the first click cancels; the second may land
+            # on the Delete that replaced Cancel, which must not delete the job it just cancelled.
+            for attempt in range(5):
+                try:
+                    button = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, f"{row} button")))
+                    ActionChains(driver).double_click(button).perform()
+                    break
+                except StaleElementReferenceException:
+                    # Re-rendered before the pointer reached it: no click was made unless the job shows it.
+                    s = state()
+                    if attempt == 4 or (s and (s["cancel"] or s["state"] == "cancelled")):
+                        break
+            try:
+                wait(driver, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "cancelled")
+            except Exception:
+                shot(driver, "08c-queue-not-cancelled")
+                rows = driver.execute_script("return [...document.querySelectorAll('#jobs li.job')].map(e => [e.dataset.job, e.dataset.state, e.textContent])")
+                raise AssertionError(f"job {job_id} was not cancelled in 120 s; jobs: {job_list(driver)}; rows: {rows}")
             shot(driver, "08c-queue-cancelled")
             assert "Cancelled" in driver.execute_script(f"return document.querySelector('{row} .state').textContent")
-            job_id = driver.execute_script(f"return document.querySelector('{row}').dataset.job")
-            outs = driver.execute_async_script(
-                "const done = arguments[arguments.length - 1]; window.__TAURI__.core.invoke('list_jobs').then(j => done(j.find(x => x.id === arguments[0]).outputs.length))",
-                job_id,
-            )
-            assert outs == 0, f"a cancelled job left {outs} outputs"
+            time.sleep(1)
+            s = state()
+            assert s is not None, "the second click of a double-click on Cancel deleted the job"
+            assert s["outputs"] == 0, f"a cancelled job left {s['outputs']} outputs"
             click(driver, "#tab-gallery")
             after = count(driver, "#outputs li.output")
             assert after == before, (before, after)
 
-        step("cancel a job from the Queue: cancelled, no output", cancel_job)
+            # Delete: a job without headshots goes at once; one with headshots asks first.
+            click(driver, "#tab-queue")
+            click(driver, f'{row} button[aria-label^="Delete job"]')
+            wait(driver).until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+            assert state() is None
+            done = next(j for j in job_list(driver) if j["state"] == "done" and j["outputs"] > 0)
+            click(driver, f'#jobs li.job[data-job="{done["id"]}"] button[aria-label^="Delete job"]')
+            wait(driver).until(lambda d: d.execute_script("return document.getElementById('confirm-job-delete').open"))
+            body = driver.find_element(By.ID, "job-delete-body").text
+            assert "headshot" in body and "cannot be undone" in body, body
+            assert driver.execute_script("return document.activeElement.id") == "job-delete-no"
+            shot(driver, "08c-queue-delete-confirm")
+            driver.switch_to.active_element.send_keys(Keys.ENTER)
+            wait(driver).until(lambda d: not d.execute_script("return document.getElementById('confirm-job-delete').open"))
+            assert any(j["id"] == done["id"] for j in job_list(driver)), "Keep it deleted the job"
+            click(driver, "#tab-gallery")
+            assert count(driver, "#outputs li.output") == before
+            click(driver, "#tab-create")
+            Select(driver.find_element(By.ID, "out-size")).select_by_value("")
+
+        step("cancel a job from the Queue by a double-click: cancelled, kept, no output; Delete asks first for headshots", cancel_job)
 
         def batch():
             click(driver, "#tab-batch")
@@ -505,7 +551,6 @@ def main(app):
         step("import the tiny diffusers model through the Models screen's native folder dialog", import_model)
 
         def generative_job():
-            Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
             click(driver, "#tab-create")
             b64 = base64.b64encode(PHOTO.read_bytes()).decode()
             driver.execute_async_script(DROP_JS, b64, PHOTO.name)

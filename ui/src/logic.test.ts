@@ -6,8 +6,10 @@ import {
   batchStateLabel,
   createJobSettings,
   DAY,
+  DELETE_GRACE_MS,
   daysLeft,
   daysLeftLabel,
+  deleteArmed,
   errorText,
   exportMessage,
   exportSize,
@@ -18,6 +20,7 @@ import {
   imageUrl,
   importLine,
   importMessage,
+  jobDeleteQuestion,
   managedHint,
   outputPhoto,
   parseSeed,
@@ -303,5 +306,20 @@ describe("model import", () => {
   it("gives import errors a plain lead", () => {
     expect(errorText({ code: "corrupt", message: "x is truncated" })).toBe("The model file is damaged or incomplete. x is truncated");
     expect(errorText({ code: "policy", message: "p" })).toBe("Your organisation does not allow this. p");
+  });
+});
+
+describe("deleting a job", () => {
+  it("keeps a Delete that just replaced Cancel inert for the second click of a double-click", () => {
+    expect(deleteArmed(undefined, 5)).toBe(true);
+    expect(deleteArmed(1000, 1000)).toBe(false);
+    expect(deleteArmed(1000, 1000 + DELETE_GRACE_MS - 1)).toBe(false);
+    expect(deleteArmed(1000, 1000 + DELETE_GRACE_MS)).toBe(true);
+  });
+  it("asks first only when headshots would be lost", () => {
+    expect(jobDeleteQuestion(0)).toBeNull();
+    expect(jobDeleteQuestion(1)).toContain("its headshot is deleted");
+    expect(jobDeleteQuestion(3)).toContain("its 3 headshots are deleted");
+    expect(jobDeleteQuestion(2)).toContain("Files you exported stay");
   });
 });

@@ -16,6 +16,22 @@ export function daysLeftLabel(expiresAt: number, nowSec: number): string {
   return `Deleted automatically in ${d} days`;
 }
 
+/** How long a job's Delete stays inert after it took the place of Cancel under the pointer: the
+ * second click of a double-click on Cancel must not delete the job it just cancelled. */
+export const DELETE_GRACE_MS = 800;
+
+/** Whether a job's Delete may act now; `endedAt` is when this view saw the job stop (ms), if it did. */
+export function deleteArmed(endedAt: number | undefined, nowMs: number): boolean {
+  return endedAt === undefined || nowMs - endedAt >= DELETE_GRACE_MS;
+}
+
+/** The question asked before a job with headshots is deleted; null when there is nothing to lose. */
+export function jobDeleteQuestion(outputs: number): string | null {
+  if (outputs <= 0) return null;
+  const what = outputs === 1 ? "its headshot is" : `its ${outputs} headshots are`;
+  return `The job and ${what} deleted now. Files you exported stay where you saved them. This cannot be undone.`;
+}
+
 /** "42 s", "3 min 05 s", "1 h 02 min". */
 export function formatDuration(seconds: number): string {
   const s = Math.max(0, Math.round(seconds));

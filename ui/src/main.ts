@@ -9,6 +9,8 @@ import {
   batchProgress,
   batchStateLabel,
   daysLeftLabel,
+  deleteArmed,
+  jobDeleteQuestion,
   errorText,
   exportMessage,
   exportSize,
@@ -426,7 +428,7 @@ function renderJob(j: JobView): HTMLElement {
       h("button", { type: "button", disabled: j.cancel_requested, onclick: () => void act(() => api.cancelJob(j.id), "Job cancelled"), "aria-label": `Cancel job ${jobTitle(j)}` }, j.cancel_requested ? "Cancelling…" : "Cancel"),
     );
   } else {
-    actions.append(h("button", { type: "button", onclick: () => void act(() => api.deleteJob(j.id), "Job deleted"), "aria-label": `Delete job ${jobTitle(j)}` }, "Delete"));
+    actions.append(h("button", { type: "button", onclick: () => askDeleteJob(j), "aria-label": `Delete job ${jobTitle(j)}` }, "Delete"));
   }
   const stage = j.state === "running" ? stageLabel(j.stage, steps.get(j.id) ?? j.step) : "";
   const li = h(
@@ -446,10 +448,48 @@ function renderJob(j: JobView): HTMLElement {
 /** Jobs made on the Create screen (a batch's jobs show on the Batch screen). */
 const ownJobs = () => jobs.filter((j) => !j.group_id);
 
+// When this view saw each job stop (performance.now()): its Delete replaces its Cancel in place.
+const shownActive = new Set<string>();
+const endedAt = new Map<string, number>();
+
+let deletingJob: JobView | null = null;
+function askDeleteJob(j: JobView) {
+  if (!deleteArmed(endedAt.get(j.id), performance.now())) return;
+  const question = jobDeleteQuestion(j.outputs.length);
+  if (!question) return void act(() => api.deleteJob(j.id), "Job deleted");
+  deletingJob = j;
+  $("job-delete-body").textContent = question;
+  $dialog("confirm-job-delete").showModal();
+}
+
+function setupJobDelete() {
+  const d = $dialog("confirm-job-delete");
+  $("job-delete-no").addEventListener("click", () => d.close());
+  $("job-delete-yes").addEventListener("click", () => {
+    const j = deletingJob;
+    deletingJob = null;
+    d.close();
+    if (j) void act(() => api.deleteJob(j.id), "Job and its headshots deleted");
+  });
+  // Focus goes back to the job's Delete when it is kept, else to the list's first button.
+  d.addEventListener("close", () => {
+    const kept = deletingJob?.id;
+    deletingJob = null;
+    const back = kept ? $("jobs").querySelector(`[data-job="${CSS.escape(kept)}"] button`) : null;
+    ((back ?? $("jobs").querySelector("[data-job] button") ?? $("tab-queue")) as HTMLElement).focus();
+  });
+}
+
 function renderJobs() {
   const list = $("jobs");
   const focusedJob = (document.activeElement?.closest("[data-job]") as HTMLElement | null)?.dataset.job;
   const mine = ownJobs();
+  const now = performance.now();
+  for (const j of mine) {
+    const active = j.state === "queued" || j.state === "running";
+    if (active) shownActive.add(j.id);
+    else if (shownActive.delete(j.id)) endedAt.set(j.id, now);
+  }
   list.replaceChildren(...mine.map(renderJob));
   $("queue-empty").hidden = mine.length > 0;
   const active = mine.filter((j) => j.state === "queued" || j.state === "running").length;
@@ -1014,6 +1054,7 @@ async function start() {
   setupTabs();
   setupCreate();
   setupGallery();
+  setupJobDelete();
   setupBatch();
   setupPrefs();
   // Keep elapsed / remaining times and days left current.
