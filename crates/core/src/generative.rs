@@ -145,7 +145,20 @@ fn single_file_inpainting(bytes: &[u8]) -> Result<bool> {
 /// Reads a model given by path (diffusers folder or single-file checkpoint) into the engine's input.
 pub fn read_model(path: &Path) -> Result<(DiffusionFiles, Sampling)> {
     let record = std::fs::read_to_string(path.join("likeness-model.toml")).unwrap_or_default();
-    let sampling = if record.contains("sd-turbo") || record.contains("sdxl-turbo") { Sampling::Turbo } else { Sampling::Standard };
+    let sampling = if record.contains("sd-turbo") || record.contains("sdxl-turbo") {
+        Sampling::Turbo
+    } else if record.is_empty() && path.join("unet").join("config.json").is_file() {
+        // Not imported: tell SD-Turbo from SD 2.1 as an import would (else a Turbo folder ran
+        // 40 guided steps at 640 px, SD 2.1's settings, which it was never trained for).
+        match crate::import::diffusers_arch_in_place(path) {
+            Ok(Some(Arch::SdTurbo)) => Sampling::Turbo,
+            Err(e @ ImportError::AmbiguousSd2 { .. }) => return Err(invalid(e.to_string())),
+            // Shapes the import table does not know are left to the loader, which names what is wrong.
+            Ok(_) | Err(_) => Sampling::Standard,
+        }
+    } else {
+        Sampling::Standard
+    };
     let mut weights = path_weights(path)?;
     if let [(None, file)] = weights.as_slice() {
         let checkpoint = read(file)?;

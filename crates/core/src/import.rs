@@ -701,6 +701,17 @@ fn scan_diffusers(dir: &Path, opts: &ImportOptions) -> IResult<Plan> {
     Ok(plan)
 }
 
+/// The architecture of a diffusers folder used where it is (`generate --model PATH`, not imported),
+/// told as an import tells it but without hashing: an SD 2.x-family folder is SD-Turbo only by its
+/// name (folder or `_name_or_path`), else [`ImportError::AmbiguousSd2`] (import it with `--arch`).
+pub fn diffusers_arch_in_place(dir: &Path) -> IResult<Option<Arch>> {
+    let plan = scan_diffusers(dir, &ImportOptions::default())?;
+    if plan.sd2_pending {
+        return Err(ImportError::AmbiguousSd2 { path: dir.into() });
+    }
+    Ok(plan.arch)
+}
+
 /// The weight files of one component: the fp16 variant when present, else the plain files
 /// (sharded `-0000N-of-0000M` parts count as plain); `.non_ema` / `.ema` variants are skipped.
 fn pick_weights(names: &[String]) -> Vec<String> {

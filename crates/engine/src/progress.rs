@@ -65,7 +65,7 @@ impl<F: Fn(Stage, f32) + Send + Sync> ProgressSink for F {
     }
 }
 
-/// Shared cancellation flag, checked at stage boundaries.
+/// Shared cancellation flag, checked at stage boundaries and inside long forward passes.
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::imgops::{self, Affine, Border};
-use crate::models::gfpgan::{self, Config, Gfpgan};
+use crate::models::gfpgan::{Config, Gfpgan};
 use crate::progress::{CancelToken, ProgressSink, Stage};
 use crate::pth;
 
@@ -225,10 +225,7 @@ impl FaceRestorer {
         cancel.check()?;
         progress.stage(Stage::Composite, 0.0);
         let out = restore_with(img, five, strength, self.size(), &self.device, |x| {
-            self.model.forward_cancellable(x, Some(cancel)).map_err(|e| match e {
-                candle_core::Error::Msg(m) if m == gfpgan::CANCELLED => EngineError::Cancelled,
-                e => EngineError::from(e),
-            })
+            self.model.forward_cancellable(x, Some(cancel)).map_err(crate::models::engine_error)
         })?;
         cancel.check()?;
         progress.stage(Stage::Composite, 1.0);

@@ -163,14 +163,20 @@ impl Upscaler {
 
     /// The network on one NCHW tensor in [0, 1], untiled.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match &self.net {
-            UpscaleNet::RealEsrgan(n) => n.forward(x)?,
-            UpscaleNet::Compact(n) => n.forward(x)?,
-        })
+        self.forward_cancellable(x, None)
+    }
+
+    /// [`Upscaler::forward`] that stops inside the network once `cancel` is set (RRDBNet checks
+    /// between its blocks; the compact net is a fraction of a second a tile and is not split).
+    fn forward_cancellable(&self, x: &Tensor, cancel: Option<&CancelToken>) -> Result<Tensor> {
+        match &self.net {
+            UpscaleNet::RealEsrgan(n) => n.forward_cancellable(x, cancel).map_err(crate::models::engine_error),
+            UpscaleNet::Compact(n) => Ok(n.forward(x)?),
+        }
     }
 
     /// Enlarges `image` by `factor`. Progress goes to `progress` as [`Stage::Upscale`] with the
-    /// fraction of tiles done; `cancel` is checked between tiles.
+    /// fraction of tiles done; `cancel` is checked between tiles and inside RRDBNet between blocks.
     pub fn upscale(&self, image: &RgbImage, factor: Factor, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<RgbImage> {
         let (w, h) = (image.width() as usize, image.height() as usize);
         if w == 0 || h == 0 {
@@ -254,7 +260,7 @@ impl Upscaler {
                 let ix0 = kx0.saturating_sub(t.context);
                 let ix1 = (kx1 + t.context).min(w);
                 let x = tile_tensor(image, ix0, iy0, ix1 - ix0, iy1 - iy0, &self.device)?;
-                let y = self.forward(&x)?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+                let y = self.forward_cancellable(&x, Some(cancel))?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
                 let tw = (ix1 - ix0) * s;
                 let y = y.flatten_all()?.to_vec1::<f32>()?;
                 let plane = tw * (iy1 - iy0) * s;

@@ -76,3 +76,17 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub fn raw_db(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join("likeness.db")).expect("open db")
 }
+
+/// Copies a folder tree (a fixture model) so a test can change the copy.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}

@@ -14,7 +14,7 @@ use likeness_engine::diffusion::Device;
 use likeness_engine::pipeline::StudioModels;
 use likeness_engine::progress::Stage;
 
-use crate::common::{open, photo, tmp, vault_files};
+use crate::common::{copy_dir, open, photo, tmp, vault_files};
 
 fn models() -> &'static StudioModels {
     static MODELS: OnceLock<StudioModels> = OnceLock::new();
@@ -97,4 +97,27 @@ fn cancel_during_denoising_stops_before_the_next_step_and_keeps_nothing() {
     assert_eq!(job.state, JobState::Cancelled);
     assert!(job.outputs.is_empty());
     assert!(vault_files(dir.path()).is_empty(), "no output stored, the photo released");
+}
+
+#[test]
+fn a_model_used_from_its_folder_is_told_sd_turbo_as_an_import_would() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd_import/sd_turbo_tiny");
+    let cache = DiffusionCache::new(None, Device::Cpu);
+    // Its folder name and model_index.json say SD-Turbo: 1-4 unguided steps, not SD 2.1's 40 guided ones.
+    let (_, sampling) = cache.locate(&fixture.to_string_lossy()).expect("locate");
+    assert_eq!(sampling, likeness_engine::generative::Sampling::Turbo);
+
+    // The same weights under a neutral name: SD-Turbo or SD 2.1 cannot be told, so it is refused with
+    // what to do, as the import refuses it (SD 2.1 is not supported).
+    let dir = tmp();
+    let src = dir.path().join("mystery");
+    copy_dir(&fixture, &src);
+    std::fs::write(src.join("model_index.json"), "{\"_class_name\": \"StableDiffusionPipeline\"}").unwrap();
+    let err = cache.locate(&src.to_string_lossy()).err().expect("an SD 2.x folder of unknown kind is refused");
+    assert!(err.to_string().contains("--arch sd-turbo"), "{err}");
+
+    // SD 1.5 (the engine's tiny fixture) keeps the ordinary guided sampling.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/sd/tiny");
+    let (_, sampling) = cache.locate(&tiny.to_string_lossy()).expect("locate tiny");
+    assert_eq!(sampling, likeness_engine::generative::Sampling::Standard);
 }

@@ -20,6 +20,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::fastconv::{Activation, Conv3x3};
 use crate::nn::{resize_bilinear, scale_add_in_place, Conv2d, Padding};
+use crate::models::cancel_point;
 use crate::progress::CancelToken;
 
 /// Hyper-parameters, named as upstream's `GFPGANv1Clean.__init__`.
@@ -320,7 +321,7 @@ impl Decoder {
         let mut out = self.conv1.forward(&self.constant, &code(0)?)?;
         let mut skip = self.to_rgb1.forward(&out, &code(1)?, None)?;
         for (j, (up, conv, to_rgb)) in self.levels.iter().enumerate() {
-            check(cancel)?;
+            cancel_point(cancel)?;
             let i = 1 + 2 * j;
             out = up.forward(&out, &code(i)?)?;
             if let Some((scale, shift)) = conditions.get(j) {
@@ -340,16 +341,6 @@ impl Decoder {
         Ok(skip)
     }
 }
-
-fn check(cancel: Option<&CancelToken>) -> Result<()> {
-    match cancel {
-        Some(c) if c.is_cancelled() => Err(candle_core::Error::Msg(CANCELLED.into())),
-        _ => Ok(()),
-    }
-}
-
-/// The message a cancelled forward pass fails with (mapped back to `EngineError::Cancelled`).
-pub(crate) const CANCELLED: &str = "gfpgan: cancelled";
 
 /// GFPGAN v1 clean: `[1, 3, S, S]` face in [-1, 1] -> restored face (roughly [-1, 1]).
 pub struct Gfpgan {
@@ -424,7 +415,7 @@ impl Gfpgan {
         let mut feat = lrelu(self.conv_body_first.forward(&x)?)?;
         let mut skips = Vec::with_capacity(self.conv_body_down.len());
         for block in &self.conv_body_down {
-            check(cancel)?;
+            cancel_point(cancel)?;
             feat = block.forward(&feat)?;
             skips.push(feat.clone());
         }
@@ -440,7 +431,7 @@ impl Gfpgan {
 
         let mut conditions = Vec::with_capacity(self.conv_body_up.len());
         for (i, block) in self.conv_body_up.iter().enumerate() {
-            check(cancel)?;
+            cancel_point(cancel)?;
             // Skips are added deepest first (upstream inserts them at the front of its list).
             if let Some(skip) = skips.get(skips.len().wrapping_sub(1 + i)) {
                 // `feat` is a fresh output here (never one of the stored skips).

@@ -18,6 +18,9 @@
 //! read inside the kernel, never built, and its scratch is a few MB per thread whatever the size.
 
 use candle_core::{CpuStorage, DType, Layout, Module, Result, Tensor};
+
+use crate::models::cancel_point;
+use crate::progress::CancelToken;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -128,18 +131,32 @@ impl RrdbNet {
     pub const SCALE: usize = 4;
 }
 
-impl Module for RrdbNet {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl RrdbNet {
+    /// [`Module::forward`] that stops between RRDB blocks and between the 4x-resolution convs once
+    /// `cancel` is set (a 128-pixel tile is seconds of work on a CPU).
+    pub fn forward_cancellable(&self, x: &Tensor, cancel: Option<&CancelToken>) -> Result<Tensor> {
         let feat = self.conv_first.forward(x)?;
         let mut y = feat.clone();
         for block in &self.body {
+            cancel_point(cancel)?;
             y = block.forward(&y)?;
         }
+        cancel_point(cancel)?;
         let y = scale_add_in_place(self.conv_body.forward(&y)?, 1.0, &feat)?;
         // Nearest x2 upsampling is read inside the convolution (the 4x tensor is never built).
         let y = self.conv_up1.forward_up2(&y)?;
+        cancel_point(cancel)?;
         let y = self.conv_up2.forward_up2(&y)?;
-        self.conv_last.forward(&self.conv_hr.forward(&y)?)
+        cancel_point(cancel)?;
+        let y = self.conv_hr.forward(&y)?;
+        cancel_point(cancel)?;
+        self.conv_last.forward(&y)
+    }
+}
+
+impl Module for RrdbNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_cancellable(x, None)
     }
 }
 

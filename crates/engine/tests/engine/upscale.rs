@@ -248,3 +248,22 @@ fn x2_is_the_x4_result_downscaled_and_cancel_stops() {
     assert_eq!("x4".parse::<Factor>().ok(), Some(Factor::X4));
     assert!(up.clone().with_tiling(Tiling { tile: 4, context: 0, blend: 0 }).is_err());
 }
+
+#[test]
+fn cancel_stops_inside_a_real_esrgan_tile() {
+    // One 128-pixel tile: the check between tiles never runs after the start, so only the checks
+    // between RRDB blocks can stop it (a whole tile is seconds of work on a CPU).
+    let img = noise_image(128, 128, 3);
+    let up = real();
+    let cancel = CancelToken::new();
+    let stopper = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            cancel.cancel();
+        })
+    };
+    let out = up.upscale(&img, Factor::X4, &NoProgress, &cancel);
+    stopper.join().expect("stopper thread");
+    assert!(matches!(out, Err(EngineError::Cancelled)), "not cancelled inside the tile: {:?}", out.map(|i| i.dimensions()));
+}
