@@ -496,7 +496,7 @@ fn valid_id(id: &str) -> bool {
 fn scan_single(path: &Path, store: &ModelStore, opts: &ImportOptions) -> IResult<Plan> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let folder = canonical(parent)?;
-    let real = file_inside(path, &folder)?;
+    let real = file_inside(path, &hf_repo_of_snapshot(&folder).unwrap_or_else(|| folder.clone()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let bytes = std::fs::metadata(&real).map_err(|e| ImportError::io("read", &real, e))?.len();
     let ext = ext_of(path);
@@ -612,13 +612,61 @@ const COMPONENTS: [(&str, bool, bool); 7] = [
     ("scheduler", false, false),
 ];
 
+/// The Hugging Face cache keeps a downloaded repository as `models--ORG--NAME/` with the files in
+/// `blobs/` and each revision as `snapshots/REV/`, a tree of symbolic links into `../../blobs/`.
+/// For a snapshot folder this is its `models--...` folder: links may lead there (into its own
+/// blobs), nowhere else.
+fn hf_repo_of_snapshot(folder: &Path) -> Option<PathBuf> {
+    let snapshots = folder.parent()?;
+    let repo = snapshots.parent()?;
+    let is_repo = repo.file_name()?.to_str()?.starts_with("models--");
+    (snapshots.file_name()? == "snapshots" && is_repo && repo.join("blobs").is_dir()).then(|| repo.to_path_buf())
+}
+
+/// A Hugging Face cache repository folder (`models--ORG--NAME/`) chosen for import: the snapshot
+/// `refs/main` names, or its only snapshot. `None` for any other path.
+fn hf_snapshot(path: &Path) -> IResult<Option<PathBuf>> {
+    let is_repo = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("models--"));
+    let snapshots = path.join("snapshots");
+    if !is_repo || !snapshots.is_dir() {
+        return Ok(None);
+    }
+    let unusable = |reason: String| ImportError::Unrecognised { path: path.into(), reason };
+    if let Ok(rev) = std::fs::read_to_string(path.join("refs").join("main")) {
+        let rev = rev.trim();
+        let plain = !rev.is_empty() && rev.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') && !rev.starts_with('.');
+        let dir = snapshots.join(rev);
+        if !plain || !dir.is_dir() {
+            return Err(unusable(format!("its refs/main names snapshot '{rev}', which is not in snapshots/; download the model again or import a snapshot folder")));
+        }
+        return Ok(Some(dir));
+    }
+    let mut revs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .map_err(|e| ImportError::io("list", &snapshots, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    revs.sort();
+    match revs.as_slice() {
+        [one] => Ok(Some(one.clone())),
+        [] => Err(unusable("a Hugging Face cache folder with no downloaded snapshot".into())),
+        many => Err(unusable(format!(
+            "a Hugging Face cache folder with {} snapshots and no refs/main; import one of its snapshots/ folders",
+            many.len()
+        ))),
+    }
+}
+
 fn scan_diffusers(dir: &Path, opts: &ImportOptions) -> IResult<Plan> {
     let folder = canonical(dir)?;
+    // Where the files may really be: the folder, or for a Hugging Face cache snapshot its repository.
+    let hf_repo = hf_repo_of_snapshot(&folder);
+    let within = hf_repo.clone().unwrap_or_else(|| folder.clone());
     let mut files = Vec::new();
     let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
     let mut all_tensors: Vec<TensorInfo> = Vec::new();
     let side = |rel: String, p: &Path, files: &mut Vec<SourceFile>| -> IResult<()> {
-        let real = file_inside(p, &folder)?;
+        let real = file_inside(p, &within)?;
         let bytes = std::fs::metadata(&real).map_err(|e| ImportError::io("read", &real, e))?.len();
         if bytes > MAX_SIDE_FILE {
             return Err(ImportError::Unrecognised { path: p.into(), reason: format!("a {bytes}-byte config file is not plausible") });
@@ -669,7 +717,7 @@ fn scan_diffusers(dir: &Path, opts: &ImportOptions) -> IResult<Plan> {
         }
         for n in chosen {
             let p = cdir.join(&n);
-            let real = file_inside(&p, &folder)?;
+            let real = file_inside(&p, &within)?;
             let bytes = std::fs::metadata(&real).map_err(|e| ImportError::io("read", &real, e))?.len();
             let header = read_safetensors_header(&real)?;
             shapes.extend(header.iter().map(|t| (format!("{comp}/{}", t.name), t.shape.clone())));
@@ -678,7 +726,11 @@ fn scan_diffusers(dir: &Path, opts: &ImportOptions) -> IResult<Plan> {
         }
     }
     let det = detect(&shapes).map_err(|err| ImportError::Detect { path: dir.into(), err })?;
-    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // A snapshot's own name is a commit hash: name it after the repository (`models--ORG--NAME`: NAME).
+    let name = match &hf_repo {
+        Some(repo) => repo.file_name().map(|n| n.to_string_lossy().rsplit("--").next().unwrap_or_default().to_string()).unwrap_or_default(),
+        None => folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
     let index_name = std::fs::read_to_string(&index)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -1058,6 +1110,8 @@ impl ModelStore {
                 return Err(ImportError::BadId { id: id.clone() });
             }
         }
+        let snapshot = hf_snapshot(path)?;
+        let path = snapshot.as_deref().unwrap_or(path);
         let meta = std::fs::metadata(path).map_err(|_| ImportError::NotFound { path: path.into() })?;
         let mut plan = if meta.is_dir() {
             scan_diffusers(path, opts)?

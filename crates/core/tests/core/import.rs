@@ -69,7 +69,6 @@ impl Env {
     }
 }
 
-
 fn sha_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -310,6 +309,83 @@ fn links_leading_outside_the_folder_are_refused() {
     let err = env.import(&single.join("m.safetensors"), &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::LinkOutside { .. }), "{err}");
     assert_clean(&env);
+}
+
+/// `src` laid out as the Hugging Face hub cache keeps a download, under `repo` (`models--ORG--NAME`):
+/// each file in `blobs/` under its sha256, `snapshots/REV/` a tree of relative links into
+/// `../../blobs/`, and `refs/main` naming REV.
+fn hf_cache(src: &Path, repo: &Path, rev: &str) {
+    fn walk(dir: &Path, rel: &Path, repo: &Path, snap: &Path) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(snap.join(&rel)).unwrap();
+                walk(&e.path(), &rel, repo, snap);
+            } else {
+                let sha = sha_of(&e.path());
+                std::fs::copy(e.path(), repo.join("blobs").join(&sha)).unwrap();
+                let up = "../".repeat(rel.components().count() + 1);
+                std::os::unix::fs::symlink(format!("{up}blobs/{sha}"), snap.join(&rel)).unwrap();
+            }
+        }
+    }
+    let snap = repo.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    walk(src, Path::new(""), repo, &snap);
+}
+
+#[test]
+fn hugging_face_cache_downloads_import_from_the_repository_or_a_snapshot() {
+    let env = Env::plain();
+    let repo = env.root.join("hub/models--someone--sd15_tiny");
+    hf_cache(&fixture("sd15_tiny"), &repo, "0123abcd");
+    let snapshot = repo.join("snapshots/0123abcd");
+    assert!(std::fs::symlink_metadata(snapshot.join("unet/diffusion_pytorch_model.safetensors")).unwrap().file_type().is_symlink());
+
+    // The repository folder: the snapshot refs/main names, links into its own blobs followed.
+    let out = env.import(&repo, &ImportOptions::default()).unwrap();
+    assert_eq!((out.id.as_str(), out.arch.as_deref()), ("sd15_tiny", Some("sd15")));
+    env.store.diffusion("sd15_tiny").expect("the copy loads");
+
+    // A snapshot folder: named after the repository, not the commit hash; linked where it is, it
+    // loads through the snapshot's links.
+    let env2 = Env::plain();
+    assert_eq!(env2.import(&snapshot, &ImportOptions::default()).unwrap().id, "sd15_tiny");
+    let env3 = Env::plain();
+    let out = env3.import(&snapshot, &ImportOptions { link: true, ..Default::default() }).unwrap();
+    assert_eq!((out.id.as_str(), out.arch.as_deref()), ("sd15_tiny", Some("sd15")));
+    env3.store.diffusion("sd15_tiny").expect("the linked snapshot loads");
+
+    // A link in a snapshot that leaves the repository is still refused.
+    let outside = env.root.join("elsewhere.safetensors");
+    let vae = snapshot.join("vae/diffusion_pytorch_model.safetensors");
+    std::fs::copy(&vae, &outside).unwrap();
+    std::fs::remove_file(&vae).unwrap();
+    std::os::unix::fs::symlink(&outside, &vae).unwrap();
+    let err = env2.import(&snapshot, &ImportOptions { id: Some("escape".into()), ..Default::default() }).unwrap_err();
+    assert!(matches!(err, ImportError::LinkOutside { .. }), "{err}");
+
+    // The same layout under a folder that is not a cache repository: links out of the folder refused.
+    let fake = env2.root.join("not-a-cache");
+    hf_cache(&fixture("sd15_tiny"), &fake, "rev");
+    let err = env2.import(&fake.join("snapshots/rev"), &ImportOptions::default()).unwrap_err();
+    assert!(matches!(err, ImportError::LinkOutside { .. }), "{err}");
+
+    // Two snapshots and no refs/main: which one is not guessed.
+    let two = env2.root.join("models--someone--two");
+    hf_cache(&fixture("sd15_tiny"), &two, "aaaa");
+    hf_cache(&fixture("sd15_tiny"), &two, "bbbb");
+    std::fs::remove_file(two.join("refs/main")).unwrap();
+    let err = env2.import(&two, &ImportOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("2 snapshots"), "{err}");
+    // refs/main naming a snapshot that is not there.
+    std::fs::write(two.join("refs/main"), "cccc").unwrap();
+    let err = env2.import(&two, &ImportOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("refs/main"), "{err}");
 }
 
 fn fault_at(step: ImportStep, nth: usize, errno: i32) -> likeness_core::import::ImportFault {
