@@ -295,7 +295,9 @@ impl DiffusionCache {
             }
         }
         if !id.is_empty() && Path::new(id).exists() {
-            return Ok(Source::Path(PathBuf::from(id)));
+            // A Hugging Face cache repository folder is used through its snapshot, as an import would.
+            let snapshot = crate::import::hf_snapshot(Path::new(id)).map_err(|e| invalid(e.to_string()))?;
+            return Ok(Source::Path(snapshot.unwrap_or_else(|| PathBuf::from(id))));
         }
         Err(invalid(format!(
             "no model '{id}' is installed; import it with `likeness models import PATH` (a diffusers folder or a .safetensors checkpoint)"

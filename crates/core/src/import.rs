@@ -625,7 +625,7 @@ fn hf_repo_of_snapshot(folder: &Path) -> Option<PathBuf> {
 
 /// A Hugging Face cache repository folder (`models--ORG--NAME/`) chosen for import: the snapshot
 /// `refs/main` names, or its only snapshot. `None` for any other path.
-fn hf_snapshot(path: &Path) -> IResult<Option<PathBuf>> {
+pub fn hf_snapshot(path: &Path) -> IResult<Option<PathBuf>> {
     let is_repo = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("models--"));
     let snapshots = path.join("snapshots");
     if !is_repo || !snapshots.is_dir() {

@@ -90,3 +90,30 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// `src` laid out as the Hugging Face hub cache keeps a download, under `repo` (`models--ORG--NAME`):
+/// each file in `blobs/` under its sha256, `snapshots/REV/` a tree of relative links into
+/// `../../blobs/`, and `refs/main` naming REV.
+pub fn hf_cache(src: &Path, repo: &Path, rev: &str) {
+    fn walk(dir: &Path, rel: &Path, repo: &Path, snap: &Path) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(snap.join(&rel)).unwrap();
+                walk(&e.path(), &rel, repo, snap);
+            } else {
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(e.path()).unwrap()));
+                std::fs::copy(e.path(), repo.join("blobs").join(&sha)).unwrap();
+                let up = "../".repeat(rel.components().count() + 1);
+                std::os::unix::fs::symlink(format!("{up}blobs/{sha}"), snap.join(&rel)).unwrap();
+            }
+        }
+    }
+    let snap = repo.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    walk(src, Path::new(""), repo, &snap);
+}

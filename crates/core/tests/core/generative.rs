@@ -14,7 +14,7 @@ use likeness_engine::diffusion::Device;
 use likeness_engine::pipeline::StudioModels;
 use likeness_engine::progress::Stage;
 
-use crate::common::{copy_dir, open, photo, tmp, vault_files};
+use crate::common::{copy_dir, hf_cache, open, photo, tmp, vault_files};
 
 fn models() -> &'static StudioModels {
     static MODELS: OnceLock<StudioModels> = OnceLock::new();
@@ -120,4 +120,10 @@ fn a_model_used_from_its_folder_is_told_sd_turbo_as_an_import_would() {
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/sd/tiny");
     let (_, sampling) = cache.locate(&tiny.to_string_lossy()).expect("locate tiny");
     assert_eq!(sampling, likeness_engine::generative::Sampling::Standard);
+
+    // A Hugging Face cache repository folder is used through the snapshot its refs/main names.
+    let repo = dir.path().join("models--stabilityai--sd-turbo");
+    hf_cache(&fixture, &repo, "rev1");
+    let (_, sampling) = cache.locate(&repo.to_string_lossy()).expect("locate the cache repository");
+    assert_eq!(sampling, likeness_engine::generative::Sampling::Turbo);
 }

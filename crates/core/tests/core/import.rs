@@ -11,7 +11,7 @@ use likeness_core::import::{
 use likeness_core::models::{ModelState, ModelStore};
 use sha2::{Digest, Sha256};
 
-use crate::common::{copy_dir, tmp};
+use crate::common::{copy_dir, hf_cache, tmp};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd_import").join(name)
@@ -309,33 +309,6 @@ fn links_leading_outside_the_folder_are_refused() {
     let err = env.import(&single.join("m.safetensors"), &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::LinkOutside { .. }), "{err}");
     assert_clean(&env);
-}
-
-/// `src` laid out as the Hugging Face hub cache keeps a download, under `repo` (`models--ORG--NAME`):
-/// each file in `blobs/` under its sha256, `snapshots/REV/` a tree of relative links into
-/// `../../blobs/`, and `refs/main` naming REV.
-fn hf_cache(src: &Path, repo: &Path, rev: &str) {
-    fn walk(dir: &Path, rel: &Path, repo: &Path, snap: &Path) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                std::fs::create_dir_all(snap.join(&rel)).unwrap();
-                walk(&e.path(), &rel, repo, snap);
-            } else {
-                let sha = sha_of(&e.path());
-                std::fs::copy(e.path(), repo.join("blobs").join(&sha)).unwrap();
-                let up = "../".repeat(rel.components().count() + 1);
-                std::os::unix::fs::symlink(format!("{up}blobs/{sha}"), snap.join(&rel)).unwrap();
-            }
-        }
-    }
-    let snap = repo.join("snapshots").join(rev);
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), rev).unwrap();
-    walk(src, Path::new(""), repo, &snap);
 }
 
 #[test]
