@@ -348,6 +348,15 @@ fn hugging_face_cache_downloads_import_from_the_repository_or_a_snapshot() {
     let err = env2.import(&fake.join("snapshots/rev"), &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::LinkOutside { .. }), "{err}");
 
+    // A single-file checkpoint in a snapshot: a link into the repository's blobs.
+    let single = env2.root.join("models--someone--inpaint");
+    let one = env2.root.join("one-file");
+    std::fs::create_dir(&one).unwrap();
+    std::fs::copy(fixture("sd15_inpaint_tiny.safetensors"), one.join("inpaint.safetensors")).unwrap();
+    hf_cache(&one, &single, "r1");
+    let out = env2.import(&single.join("snapshots/r1/inpaint.safetensors"), &ImportOptions::default()).unwrap();
+    assert_eq!(out.arch.as_deref(), Some("sd15-inpaint"));
+
     // Two snapshots and no refs/main: which one is not guessed.
     let two = env2.root.join("models--someone--two");
     hf_cache(&fixture("sd15_tiny"), &two, "aaaa");
