@@ -71,6 +71,38 @@ fn import_list_verify_a_diffusers_folder_and_a_single_file() {
 }
 
 #[test]
+fn remove_takes_an_imported_model_away_and_says_what_an_unused_request_was() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let o = run(&["models", "import", s(&fixture("sd15_tiny"))], data.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The same files under another id, or as a link: nothing imported twice, and the unused part said.
+    let o = run(&["models", "import", s(&fixture("sd15_tiny")), "--id", "other", "--link"], data.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--id other was not used") && stderr(&o).contains("--link was not used"), "{}", stderr(&o));
+    assert_eq!(imported(data.path()), vec!["sd15_tiny"]);
+
+    // Without --yes nothing happens; bundled and unknown models are refused by name.
+    let o = run(&["models", "remove", "sd15_tiny"], data.path());
+    assert!(!o.status.success() && stderr(&o).contains("--yes"), "{}", stderr(&o));
+    assert_eq!(imported(data.path()), vec!["sd15_tiny"]);
+    let o = run(&["models", "remove", "blazeface-front-128", "--yes"], data.path());
+    assert!(!o.status.success() && stderr(&o).contains("cannot be removed"), "{}", stderr(&o));
+    let o = run(&["models", "remove", "nope", "--yes"], data.path());
+    assert!(!o.status.success() && stderr(&o).contains("nope"), "{}", stderr(&o));
+
+    let o = run(&["models", "remove", "sd15_tiny", "--yes"], data.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed 'sd15_tiny'"), "{}", stdout(&o));
+    assert!(imported(data.path()).is_empty());
+    let o = run(&["models", "list", "--json"], data.path());
+    assert!(json(&o)["models"].as_array().expect("models").iter().all(|m| m["id"] != "sd15_tiny"));
+    // It can be imported again.
+    let o = run(&["models", "import", s(&fixture("sd15_tiny"))], data.path());
+    assert!(o.status.success() && stdout(&o).contains("imported 'sd15_tiny'"), "{}", stdout(&o));
+}
+
+#[test]
 fn bad_imports_fail_clearly_and_leave_nothing() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -47,6 +47,14 @@ pub enum ModelsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove an imported model: its copied files (a linked model's own files stay where they are).
+    Remove {
+        /// The imported model's id (see `likeness models list`).
+        id: String,
+        /// Required: the copy is deleted, and getting it back means importing it again.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// The models folder, knowing the user's imported models when a data folder resolves.
@@ -79,6 +87,7 @@ pub fn models(global: &Global, cmd: ModelsCmd) -> Result<ExitCode> {
             Ok(exit_for(&rows))
         }
         ModelsCmd::Import { path, link, id, arch, json } => import(global, path, link, id, arch, json),
+        ModelsCmd::Remove { id, yes } => remove(global, &id, yes),
     }
 }
 
@@ -119,6 +128,26 @@ fn print_rows(store: &ModelStore, rows: &[ModelListing], json: bool) {
             println!("    {d}");
         }
     }
+}
+
+fn remove(global: &Global, id: &str, yes: bool) -> Result<ExitCode> {
+    // The same gate as imports: on a managed machine IT decides which models are there.
+    likeness_core::policy::Policy::machine().check_import()?;
+    let store = model_store(global)?;
+    if store.manifest().models.iter().any(|m| m.id == id && m.bundled) {
+        bail!("'{id}' comes with Likeness and cannot be removed");
+    }
+    let record = store.record(id)?;
+    let what = match &record.linked_source {
+        Some(src) => format!("the link to {} (those files stay)", src.display()),
+        None => format!("{} copied file(s), {} bytes", record.files.len(), record.bytes()),
+    };
+    if !yes {
+        bail!("this removes model '{id}': {what}; pass --yes to remove it");
+    }
+    likeness_core::models_runtime::remove_imported(&store, id)?;
+    println!("removed '{id}': {what}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn import(global: &Global, path: PathBuf, link: bool, id: Option<String>, arch: Option<String>, json: bool) -> Result<ExitCode> {

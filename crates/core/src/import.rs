@@ -1143,7 +1143,19 @@ impl ModelStore {
                 let mut theirs: Vec<String> = r.files.iter().map(|f| f.sha256.to_ascii_lowercase()).collect();
                 theirs.sort();
                 if theirs == sorted {
-                    return Ok(outcome(r, &root, true, plan.warnings));
+                    // Nothing is imported twice; say what of the request that leaves unused.
+                    let mut warnings = plan.warnings;
+                    if let Some(id) = opts.id.as_deref().filter(|id| *id != r.id) {
+                        warnings.push(format!(
+                            "these files are already imported as '{}', so --id {id} was not used; remove '{}' first (`likeness models remove {}`) to import them under another id",
+                            r.id, r.id, r.id
+                        ));
+                    }
+                    if opts.link != r.linked_source.is_some() {
+                        let (was, asked) = if opts.link { ("a copy", "--link was not used") } else { ("a link to its folder", "no copy was made") };
+                        warnings.push(format!("these files are already imported as '{}', {was}; {asked}", r.id));
+                    }
+                    return Ok(outcome(r, &root, true, warnings));
                 }
             }
             hashes = Some(v);
