@@ -164,7 +164,7 @@ pub fn import_error(e: ImportError) -> IpcError {
         | ImportError::Unrecognised { .. }
         | ImportError::NotDiffusion { .. } => "unsupported",
         ImportError::NotFound { .. } | ImportError::NotImported { .. } | ImportError::Missing { .. } => "not_found",
-        ImportError::IdTaken { .. } | ImportError::BadId { .. } => "invalid_input",
+        ImportError::IdTaken { .. } | ImportError::BadId { .. } | ImportError::Bundled { .. } => "invalid_input",
         ImportError::LinkOutside { .. } | ImportError::ChangedDuringImport { .. } | ImportError::Io { .. } | ImportError::Known { .. } => "io",
         ImportError::NoImportDir => "io",
     };
@@ -301,9 +301,6 @@ pub fn cancel_import(state: State<'_, AppState>) -> bool {
 pub fn remove(state: &AppState, id: &str) -> Res<()> {
     state.policy().check_import()?;
     let store = state.store()?;
-    if store.manifest().models.iter().any(|m| m.id == id && m.bundled) {
-        return Err(IpcError::invalid(format!("'{id}' comes with Likeness and cannot be removed")));
-    }
     if lock(&state.import).is_some() {
         return Err(IpcError::new("busy", "a model is being imported; wait for it to finish first"));
     }

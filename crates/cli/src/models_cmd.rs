@@ -134,10 +134,7 @@ fn remove(global: &Global, id: &str, yes: bool) -> Result<ExitCode> {
     // The same gate as imports: on a managed machine IT decides which models are there.
     likeness_core::policy::Policy::machine().check_import()?;
     let store = model_store(global)?;
-    if store.manifest().models.iter().any(|m| m.id == id && m.bundled) {
-        bail!("'{id}' comes with Likeness and cannot be removed");
-    }
-    let record = store.record(id)?;
+    let record = likeness_core::models_runtime::removable(&store, id)?;
     let what = match &record.linked_source {
         Some(src) => format!("the link to {} (those files stay)", src.display()),
         None => format!("{} copied file(s), {} bytes", record.files.len(), record.bytes()),

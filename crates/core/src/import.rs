@@ -224,6 +224,8 @@ pub enum ImportError {
     NoImportDir,
     #[error("no imported model '{id}'; see `likeness models list`, or import it with `likeness models import PATH`")]
     NotImported { id: String },
+    #[error("'{id}' comes with Likeness and cannot be removed")]
+    Bundled { id: String },
     #[error("model '{id}' is a {kind}, not a Stable Diffusion model")]
     NotDiffusion { id: String, kind: String },
     #[error("model '{id}': {path} is missing; import the model again (`likeness models import`)")]
@@ -634,9 +636,9 @@ pub fn hf_snapshot(path: &Path) -> IResult<Option<PathBuf>> {
     let unusable = |reason: String| ImportError::Unrecognised { path: path.into(), reason };
     if let Ok(rev) = std::fs::read_to_string(path.join("refs").join("main")) {
         let rev = rev.trim();
-        let plain = !rev.is_empty() && rev.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') && !rev.starts_with('.');
+        // A revision is one plain folder name, the rule a model id follows (no '/', no "..").
         let dir = snapshots.join(rev);
-        if !plain || !dir.is_dir() {
+        if !valid_id(rev) || !dir.is_dir() {
             return Err(unusable(format!("its refs/main names snapshot '{rev}', which is not in snapshots/; download the model again or import a snapshot folder")));
         }
         return Ok(Some(dir));

@@ -125,10 +125,19 @@ pub fn diffusion_models(store: &ModelStore) -> Vec<DiffusionChoice> {
     out
 }
 
+/// The record of imported model `id`, the one [`remove_imported`] would remove; a bundled model is
+/// refused by name (front ends show what will go before asking to confirm).
+pub fn removable(store: &ModelStore, id: &str) -> std::result::Result<crate::import::ModelRecord, ImportError> {
+    if store.manifest().models.iter().any(|m| m.id == id && m.bundled) {
+        return Err(ImportError::Bundled { id: id.into() });
+    }
+    store.record(id)
+}
+
 /// Removes imported model `id` (its folder; a linked model's own files stay where they are).
 /// The record goes first, so an interrupted removal leaves no model that looks installed.
 pub fn remove_imported(store: &ModelStore, id: &str) -> std::result::Result<(), ImportError> {
-    store.record(id)?;
+    removable(store, id)?;
     let root = store.imported_dir().ok_or(ImportError::NoImportDir)?;
     let folder = root.join(id);
     let io = |action: &'static str, path: &Path, err: std::io::Error| ImportError::Io { action, path: path.to_path_buf(), err };

@@ -19,8 +19,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::fastconv::{Activation, Conv3x3};
-use crate::nn::{resize_bilinear, scale_add_in_place, Conv2d, Padding};
 use crate::models::cancel_point;
+use crate::nn::{resize_bilinear, scale_add_in_place, Conv2d, Padding};
 use crate::progress::CancelToken;
 
 /// Hyper-parameters, named as upstream's `GFPGANv1Clean.__init__`.

@@ -18,13 +18,12 @@
 //! read inside the kernel, never built, and its scratch is a few MB per thread whatever the size.
 
 use candle_core::{CpuStorage, DType, Layout, Module, Result, Tensor};
-
-use crate::models::cancel_point;
-use crate::progress::CancelToken;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::fastconv::{Activation, Conv3x3};
+use crate::models::cancel_point;
+use crate::progress::CancelToken;
 
 /// Hyper-parameters, as BasicSR's `RRDBNet.__init__` names them (scale 4 only).
 #[derive(Debug, Clone, PartialEq, Eq)]
