@@ -697,6 +697,8 @@ fn dw_simd() -> bool {
 struct DepthwiseOp<'a> {
     weight: &'a [f32],
     bias: &'a [f32],
+    /// [`dwcv::pack`]ed weights (empty: the row kernels only).
+    packed: &'a [f32],
     act: Activation,
     g: Geom,
 }
@@ -717,6 +719,13 @@ impl CustomOp1 for DepthwiseOp<'_> {
         // Every value is written by `dw_rows`: no zeroing pass over a fresh map.
         let mut out: Vec<f32> = Vec::with_capacity(len);
         let Some(spare) = out.spare_capacity_mut().get_mut(..len) else { bail!("depthwise conv: allocation too small") };
+        #[cfg(target_arch = "x86_64")]
+        if !self.packed.is_empty() && dwcv::takes(&g) && dw_simd() {
+            dwcv_planes(x, &g, self.packed, self.act, spare)?;
+            // SAFETY: `dwcv_planes` wrote every value of every image (or failed above).
+            unsafe { out.set_len(len) };
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))));
+        }
         let simd = dw_simd();
         let run = |p: usize, o: &mut [MaybeUninit<f32>]| {
             let c = p % g.c_in;
@@ -737,6 +746,53 @@ impl CustomOp1 for DepthwiseOp<'_> {
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))))
     }
 }
+
+/// A whole depthwise layer through [`dwcv::band`]: each image in bands of output rows (about
+/// 64 KiB of output each), the bands shared over rayon's threads when the layer is big enough.
+#[cfg(target_arch = "x86_64")]
+fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+    let (c, p, img) = (g.c_in, g.oh * g.ow, g.c_in * g.h * g.w);
+    if out.len() != g.n * c * p || c == 0 || p == 0 {
+        bail!("depthwise conv: output size disagrees");
+    }
+    let rows = (16384 / (dwcv::lanes(c) * g.ow)).clamp(1, g.oh);
+    let bands = g.oh.div_ceil(rows);
+    let jobs = g.n * bands;
+    let base = SendMut(out.as_mut_ptr());
+    let ok = std::sync::atomic::AtomicBool::new(true);
+    let job = |j: usize| {
+        let (b, oy0) = (j / bands, (j % bands) * rows);
+        let r = rows.min(g.oh - oy0);
+        let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
+        let base = base;
+        // SAFETY: image `b`'s output is the `c * p` values from `b * c * p` (`out` holds `n * c * p`,
+        // checked by the caller), and the band's `(c - 1) * p + r * ow` values from its first pixel
+        // end inside it; this job writes only its own band's pixels of each channel row, disjoint
+        // from every other job's, and `out` outlives the jobs.
+        let done = with_pad_scratch(dwcv::input_len(g, r), |buf| unsafe {
+            dwcv::band(xi, g, packed, act, oy0, r, buf, base.0.add(b * c * p + oy0 * g.ow) as *mut f32, (c - 1) * p + r * g.ow, p)
+        });
+        if !done {
+            ok.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    if jobs > 1 && c * p * g.kh * g.kw >= 1 << 18 && rayon::current_num_threads() > 1 {
+        (0..jobs).into_par_iter().for_each(job);
+    } else {
+        (0..jobs).for_each(job);
+    }
+    if !ok.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("depthwise conv: input / weight sizes disagree");
+    }
+    Ok(())
+}
+
+/// An output pointer shared by jobs that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendMut<T>(*mut T);
+// SAFETY: users write disjoint elements and keep the buffer alive for the jobs (see uses).
+unsafe impl<T> Send for SendMut<T> {}
+unsafe impl<T> Sync for SendMut<T> {}
 
 /// Direct 1x1 convolution (also the product of a KxK conv's im2col matrix): `out[m, p] =
 /// act(bias[m] + sum_k w[m, k] * x[k, p])` with bias and activation applied in registers, so
@@ -1020,6 +1076,8 @@ mod pointwise {
     pub(super) struct Depthwise<'a> {
         pub weight: &'a [f32],
         pub bias: &'a [f32],
+        /// [`super::dwcv::pack`]ed weights (empty: the row kernels only).
+        pub packed: &'a [f32],
         pub act: Activation,
         pub g: super::Geom,
     }
@@ -1050,19 +1108,33 @@ mod pointwise {
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let op = out.as_mut_ptr() as *mut f32;
+        let cv = !dw.packed.is_empty() && super::dwcv::takes(g);
         let run_bands = move |b0: usize, b1: usize, shared: SendPost| {
             for bi in b0..b1 {
                 let oy0 = bi * band;
                 let rows = band.min(oh - oy0);
                 let bpx = rows * ow;
                 super::with_scratch(k * bpx, |scratch| {
-                    for (c, dst) in scratch.chunks_exact_mut(bpx).enumerate() {
+                    if cv {
+                        // SAFETY: the scratch holds `k` rows of `bpx` values, written by this
+                        // thread only.
+                        let done = super::with_pad_scratch(super::dwcv::input_len(g, rows), |buf| unsafe {
+                            super::dwcv::band(x, g, dw.packed, dw.act, oy0, rows, buf, scratch.as_mut_ptr(), k * bpx, bpx)
+                        });
+                        if !done {
+                            // Unreachable by construction (sizes checked above); never feed
+                            // unwritten values on.
+                            scratch.fill(f32::NAN);
+                        }
+                    } else {
+                        for (c, dst) in scratch.chunks_exact_mut(bpx).enumerate() {
                         let (Some(plane), Some(kw), Some(&b)) =
                             (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c))
                         else {
                             return;
                         };
                         super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true);
+                        }
                     }
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
@@ -1107,6 +1179,10 @@ mod pointwise {
 }
 
 mod winograd;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_op_in_unsafe_fn)]
+mod dwcv;
 
 /// Dense convolution: the direct kernel, Winograd (big 3x3 "same" layers), or `gemm` on the input
 /// (1x1, stride 1, no padding) or on its im2col matrix.
@@ -1273,6 +1349,9 @@ impl CustomOp1 for DenseOp<'_> {
 struct CpuWeights {
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// A depthwise 3x3 / 5x5 layer's weights and bias for the channel-vector kernel
+    /// ([`dwcv::pack`]); empty for other layers.
+    dw_packed: Vec<f32>,
 }
 
 impl CpuWeights {
@@ -1289,7 +1368,7 @@ impl CpuWeights {
         if b.len() != bias_len {
             bail!("bias has {} values, expected {bias_len}", b.len());
         }
-        Ok(Some(Self { weight: w, bias: b }))
+        Ok(Some(Self { weight: w, bias: b, dw_packed: Vec::new() }))
     }
 }
 
@@ -1330,7 +1409,12 @@ impl Conv2d {
         if depthwise && in_c != 1 {
             bail!("depthwise conv2d: weight must be [c, 1, kh, kw], got {:?}", weight.dims());
         }
-        let cpu = CpuWeights::of(&weight, bias.as_ref(), out_c)?.map(std::sync::Arc::new);
+        let mut cpu = CpuWeights::of(&weight, bias.as_ref(), out_c)?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(c) = cpu.as_mut().filter(|_| depthwise && kh == kw && matches!(kh, 3 | 5)) {
+            c.dw_packed = dwcv::pack(&c.weight, &c.bias, out_c, kh * kw);
+        }
+        let cpu = cpu.map(std::sync::Arc::new);
         Ok(Self { weight, bias, stride, padding, depthwise, kernel: (kh, kw), activation: Activation::Identity, cpu })
     }
 
@@ -1384,7 +1468,7 @@ impl Module for Conv2d {
         let x = x.contiguous()?;
         let (weight, bias, act) = (cpu.weight.as_slice(), cpu.bias.as_slice(), self.activation);
         if self.depthwise {
-            x.apply_op1_no_bwd(&DepthwiseOp { weight, bias, act, g })
+            x.apply_op1_no_bwd(&DepthwiseOp { weight, bias, packed: &cpu.dw_packed, act, g })
         } else {
             x.apply_op1_no_bwd(&DenseOp { weight, bias, act, g })
         }
@@ -2210,6 +2294,55 @@ mod tests {
         Ok(())
     }
 
+    /// The channel-vector depthwise kernel (small and strided maps), whole layers through
+    /// `Conv2d::forward` and fused with a 1x1 conv, against the naive reference: channel counts
+    /// off the 8-lane blocks, maps narrower than 8 pixels (groups spanning rows), odd sizes,
+    /// asymmetric pads, two images.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn channel_vector_depthwise_matches_naive_reference() -> Result<()> {
+        let explicit = |top, bottom, left, right| Padding::Explicit { top, bottom, left, right };
+        let cases = [
+            (8, 12, 12, 3, 1, Padding::Same),
+            (13, 6, 6, 3, 1, Padding::Same),
+            (16, 3, 3, 3, 1, Padding::Same),
+            (24, 24, 24, 3, 2, Padding::Same),
+            (9, 13, 11, 5, 2, Padding::Same),
+            (20, 7, 5, 5, 1, Padding::Same),
+            (16, 33, 35, 3, 2, Padding::Same),
+            (12, 10, 9, 3, 1, explicit(0, 2, 1, 0)),
+            (17, 16, 16, 5, 2, explicit(2, 0, 1, 3)),
+            (8, 4, 4, 3, 2, Padding::Valid),
+            (40, 2, 3, 3, 1, Padding::Same),
+            (64, 96, 96, 3, 2, Padding::Same),
+        ];
+        for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
+            let seed = 5100 + i as u64 * 10;
+            let x = rand_tensor(&[2, c, h, w], seed)?;
+            let wt = rand_tensor(&[c, 1, k, k], seed + 1)?;
+            let b = rand_tensor(&[c], seed + 2)?;
+            let conv = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?;
+            let g = conv.geometry(&x)?;
+            assert!(dwcv::takes(&g) || !has_avx2_fma(), "case {i} should take the channel-vector kernel");
+            for act in ACTS {
+                let want = naive_conv(&x, &wt, Some(&b), stride, padding.pads(h, w, k, k, stride), true, act)?;
+                let got = conv.clone().with_activation(act).forward(&x)?;
+                let e = rel(&got, &want)?;
+                assert!(e < 1e-5, "case {i} {act:?}: rel err {e}");
+            }
+            // Fused with a 1x1 conv (bands of rows fed to the pointwise kernel), ReLU after.
+            let m = 2 * c + 3;
+            let pw = Conv2d::from_tensors(rand_tensor(&[m, c, 1, 1], seed + 3)?, Some(rand_tensor(&[m], seed + 4)?), 1, Padding::Valid, false)?;
+            if conv.fuses_with(&pw, &x) {
+                let want = pw.forward(&naive_conv(&x, &wt, Some(&b), stride, padding.pads(h, w, k, k, stride), true, Activation::Identity)?)?.relu()?;
+                let got = conv.forward_dw_fused(&pw, &x, None, FusedActivation::Relu)?;
+                let e = rel(&got, &want)?;
+                assert!(e < 1e-5, "case {i} fused: rel err {e}");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn fast_conv_accepts_strided_input() -> Result<()> {
         // A transposed view is not contiguous: the kernel must see the logical values.
@@ -2672,7 +2805,7 @@ impl Conv2d {
             if let (Some(dwc), Some(pwc), true) = (self.cpu.as_deref(), pw.cpu.as_deref(), matches!(act, FusedActivation::Relu) || alpha.is_some()) {
                 let g = self.geometry(x)?;
                 let op = DwPwOp {
-                    dw: pointwise::Depthwise { weight: &dwc.weight, bias: &dwc.bias, act: self.activation, g },
+                    dw: pointwise::Depthwise { weight: &dwc.weight, bias: &dwc.bias, packed: &dwc.dw_packed, act: self.activation, g },
                     weight: &pwc.weight,
                     bias: &pwc.bias,
                     act: if alpha.is_some() { Activation::Identity } else { Activation::Relu },
