@@ -38,7 +38,11 @@
 //! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
 //! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
 //! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
-//! each parallel layer is a local hand-off rather than an injection from outside the pool.
+//! each parallel layer is a local hand-off rather than an injection from outside the pool. On an
+//! idle machine [`on_pool`] also engages a team of two for the pass (`team`, at the end): a helper
+//! thread that spins while the pass lasts and shares every layer of 64k+ multiply-adds in 2-8 parts,
+//! without rayon's wake-up per layer; a pass that finds the cores contended (this thread waited for
+//! one) turns it off for the next 64 passes.
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
@@ -183,7 +187,25 @@ fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usiz
     if chunk == 0 {
         return;
     }
-    if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 && out.len() > chunk {
+    if team::is_helper() || out.len() <= chunk {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else if team::owned() {
+        if work < TEAM_SPLIT_WORK {
+            out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+            return;
+        }
+        // Groups of whole chunks shared by this thread and the pass's helper.
+        let chunks = out.len().div_ceil(chunk);
+        let groups = (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(chunks);
+        let per = chunks.div_ceil(groups);
+        let parts: Vec<std::sync::Mutex<&mut [T]>> = out.chunks_mut(per * chunk).map(std::sync::Mutex::new).collect();
+        let f = &f;
+        team::run(parts.len(), &|g| {
+            if let Some(Ok(mut part)) = parts.get(g).map(|m| m.lock()) {
+                part.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(g * per + i, c));
+            }
+        });
+    } else if work >= PAR_MIN_WORK && rayon::current_num_threads() > 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     } else {
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
@@ -764,23 +786,20 @@ fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [
         let (b, oy0) = (j / bands, (j % bands) * rows);
         let r = rows.min(g.oh - oy0);
         let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
-        let base = base;
         // SAFETY: image `b`'s output is the `c * p` values from `b * c * p` (`out` holds `n * c * p`,
         // checked by the caller), and the band's `(c - 1) * p + r * ow` values from its first pixel
         // end inside it; this job writes only its own band's pixels of each channel row, disjoint
         // from every other job's, and `out` outlives the jobs.
         let done = with_pad_scratch(dwcv::input_len(g, r), |buf| unsafe {
-            dwcv::band(xi, g, packed, act, oy0, r, buf, base.0.add(b * c * p + oy0 * g.ow) as *mut f32, (c - 1) * p + r * g.ow, p)
+            dwcv::band(xi, g, packed, act, oy0, r, buf, base.get().add(b * c * p + oy0 * g.ow) as *mut f32, (c - 1) * p + r * g.ow, p)
         });
         if !done {
             ok.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     };
-    if jobs > 1 && c * p * g.kh * g.kw >= 1 << 18 && rayon::current_num_threads() > 1 {
-        (0..jobs).into_par_iter().for_each(job);
-    } else {
-        (0..jobs).for_each(job);
-    }
+    let parts = split_parts(g.n * c * p * g.kh * g.kw, jobs, 1 << 18);
+    let per = jobs.div_ceil(parts.max(1));
+    fork(parts, &|t| (t * per..((t + 1) * per).min(jobs)).for_each(job));
     if !ok.load(std::sync::atomic::Ordering::Relaxed) {
         bail!("depthwise conv: input / weight sizes disagree");
     }
@@ -793,6 +812,13 @@ struct SendMut<T>(*mut T);
 // SAFETY: users write disjoint elements and keep the buffer alive for the jobs (see uses).
 unsafe impl<T> Send for SendMut<T> {}
 unsafe impl<T> Sync for SendMut<T> {}
+
+impl<T> SendMut<T> {
+    /// The pointer (a method, so that closures capture the whole wrapper, not its field).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
 
 /// Direct 1x1 convolution (also the product of a KxK conv's im2col matrix): `out[m, p] =
 /// act(bias[m] + sum_k w[m, k] * x[k, p])` with bias and activation applied in registers, so
@@ -1041,9 +1067,8 @@ mod pointwise {
         }
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
-        let threads = rayon::current_num_threads();
         let op = out.as_mut_ptr() as *mut f32;
-        let parts = if threads > 1 && m * k * p >= SPLIT_WORK { threads.min(p / NR) } else { 1 };
+        let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
@@ -1054,20 +1079,12 @@ mod pointwise {
         let panels = (p / NR).div_ceil(parts);
         let shared = SendPost(ptrs, op);
         let band = |t: usize| ((t * panels * NR).min(p), if t + 1 == parts { p } else { ((t + 1) * panels * NR).min(p) });
-        // This thread takes the first band itself: one hand-off per extra band, not one per band.
-        rayon::in_place_scope(|s| {
-            for t in 1..parts {
-                let (js, je) = band(t);
-                s.spawn(move |_| {
-                    let shared = shared;
-                    // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the
-                    // `&mut` borrow keeps alive and unaliased until the scope ends.
-                    unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
-                });
-            }
-            let (js, je) = band(0);
-            // SAFETY: as above.
-            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, js, je) };
+        super::fork(parts, &|t| {
+            let shared = shared;
+            let (js, je) = band(t);
+            // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the `&mut`
+            // borrow keeps alive and unaliased until `fork` returns.
+            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
         });
         true
     }
@@ -1142,22 +1159,15 @@ mod pointwise {
                 });
             }
         };
-        let threads = rayon::current_num_threads();
-        let parts = if threads > 1 && (m + kk) * k * p >= SPLIT_WORK { threads.min(bands) } else { 1 };
+        let parts = super::split_parts((m + kk) * k * p, bands, SPLIT_WORK);
         let shared = SendPost(ptrs, op);
         if parts <= 1 {
             run_bands(0, bands, shared);
             return true;
         }
         let per = bands.div_ceil(parts);
-        // This thread takes the first bands itself; tasks write disjoint output pixels.
-        rayon::in_place_scope(|s| {
-            for t in 1..parts {
-                let run_bands = &run_bands;
-                s.spawn(move |_| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
-            }
-            run_bands(0, per.min(bands), shared);
-        });
+        // Tasks write disjoint output pixels.
+        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
         true
     }
 
@@ -2166,6 +2176,43 @@ mod tests {
         Ok(())
     }
 
+    /// The same kernels with their layers split over a pass's spinning team (`on_pool` engages
+    /// it; a test holding it elsewhere leaves these on rayon, also correct).
+    #[test]
+    fn convs_on_a_team_match_naive_reference() -> Result<()> {
+        on_pool(fast_convs_match_naive_reference)?;
+        on_pool(fused_depthwise_pointwise_matches_separate_ops)?;
+        #[cfg(target_arch = "x86_64")]
+        on_pool(channel_vector_depthwise_matches_naive_reference)?;
+        on_pool(blocked_depthwise_matches_naive_reference)
+    }
+
+    #[test]
+    fn team_runs_every_part_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for parts in [1, 2, 3, 8, 33] {
+            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            on_pool(|| {
+                fork(parts, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{parts} parts");
+            let (a, b) = on_pool(|| join(|| parts + 1, || parts * 2));
+            assert_eq!((a, b), (parts + 1, parts * 2));
+        }
+        // A panicking part reaches the pass's caller, and the team is free for the next pass.
+        let r = std::panic::catch_unwind(|| on_pool(|| fork(4, &|i| assert!(i != 3, "part 3 fails"))));
+        assert!(r.is_err());
+        let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        on_pool(|| {
+            fork(8, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
     #[test]
     fn fused_conv_matches_separate_ops() -> Result<()> {
         // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
@@ -2822,16 +2869,20 @@ impl Conv2d {
     }
 }
 
-/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads when
-/// called from outside the pool with more than one thread. The kernels' parallel sections then
+/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads, with
+/// the pass's spinning team engaged on an idle machine (see `team`), when called from outside the
+/// pool with more than one thread. The kernels' parallel sections then
 /// start from a pool thread, which hands work to the others through its own queue and keeps
 /// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
 /// and blocking the caller: one hand-off per forward pass instead of one per layer.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+    if rayon::current_num_threads() <= 1 {
         return f();
     }
-    rayon::scope(|_| f())
+    if rayon::current_thread_index().is_some() {
+        return team::engaged(f);
+    }
+    rayon::scope(|_| team::engaged(f))
 }
 
 /// The logistic sigmoid `1 / (1 + exp(-x))` written over a contiguous f32 tensor.
@@ -2875,5 +2926,243 @@ mod sigmoid_tests {
         let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-6, "sigmoid: {err}");
         Ok(())
+    }
+}
+
+/// A team of two for one forward pass: the rayon worker running a small network's pass and its
+/// sibling worker, which spins for the length of the pass waiting for the other half of a layer.
+/// Rayon's workers sleep between jobs and take several microseconds to wake, a cost paid at each
+/// of a pass's ~100 layers (most of them 0.05-2M multiply-adds, a few microseconds of work
+/// each); a spinning helper picks a part up within a fraction of a microsecond. The helper is a
+/// rayon job of the pass itself (not a thread of its own), so the pass never has more runnable
+/// threads than rayon has workers, and nothing spins between passes. If the sibling is busy
+/// (another job, a busy machine), nobody takes the posted parts and the owner runs them all:
+/// a missing helper never delays a layer.
+mod team {
+    use std::any::Any;
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// One posted job: `f(0..n)`, its lifetime erased; each thread takes the next part from
+    /// `next` until none is left, so a helper slowed down mid-layer costs at most its one part.
+    struct Slot {
+        f: *const (dyn Fn(usize) + Sync + 'static),
+        n: usize,
+        next: AtomicUsize,
+        /// The helper took the slot and has finished with it.
+        left: AtomicBool,
+        panic: Mutex<Option<Box<dyn Any + Send>>>,
+    }
+
+    impl Slot {
+        /// Runs parts until none is left (or one panics: the payload is kept for the poster).
+        fn work(&self) {
+            // SAFETY: the poster keeps `f` and its borrows alive until the slot is taken back or
+            // the helper has `left` it (see `run`).
+            let f = unsafe { &*self.f };
+            let r = catch_unwind(AssertUnwindSafe(|| loop {
+                let i = self.next.fetch_add(1, Ordering::AcqRel);
+                if i >= self.n {
+                    break;
+                }
+                f(i);
+            }));
+            if let Err(e) = r {
+                self.next.store(self.n, Ordering::Release);
+                if let Ok(mut g) = self.panic.lock() {
+                    *g = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The pass holding the team (0: none). A helper serves the pass it was started for and
+    /// leaves when that pass ends.
+    static PASS: AtomicU64 = AtomicU64::new(0);
+    static NEXT_PASS: AtomicU64 = AtomicU64::new(1);
+    /// The slot waiting for the helper (null when none); the helper swaps it out to join in,
+    /// or the poster swaps it back once all parts are taken.
+    static POSTED: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+
+    thread_local! {
+        /// This thread holds the team (it engaged it for its pass).
+        static OWNER: Cell<bool> = const { Cell::new(false) };
+        /// This thread is the helper: whatever it runs stays on it.
+        static IS_HELPER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The helper's side of pass `pass`: take posted slots until the pass ends.
+    fn help(pass: u64) {
+        if PASS.load(Ordering::Acquire) != pass {
+            // Not stolen: the owner runs this after its pass, and there is nothing left to do.
+            return;
+        }
+        IS_HELPER.with(|h| h.set(true));
+        loop {
+            let p = POSTED.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if !p.is_null() {
+                // SAFETY: the poster keeps the slot alive until it sees `left` (it cannot take
+                // it back: the swap above took it); the slot is not used after that.
+                let slot = unsafe { &*p };
+                slot.work();
+                slot.left.store(true, Ordering::Release);
+                continue;
+            }
+            if PASS.load(Ordering::Acquire) != pass {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        IS_HELPER.with(|h| h.set(false));
+    }
+
+    /// Whether this thread holds the team (splits of its layers go to the helper).
+    pub(super) fn owned() -> bool {
+        OWNER.with(|o| o.get())
+    }
+
+    /// Whether this thread is the helper (it runs what it is given whole).
+    pub(super) fn is_helper() -> bool {
+        IS_HELPER.with(|h| h.get())
+    }
+
+    /// Runs `f` (on a rayon worker) with the team engaged when rayon has more than one thread
+    /// and no other pass holds the team; else just runs `f`.
+    pub(super) fn engaged<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_num_threads() < 2 || rayon::current_thread_index().is_none() || owned() || is_helper() {
+            return f();
+        }
+        let pass = NEXT_PASS.fetch_add(1, Ordering::Relaxed);
+        if PASS.compare_exchange(0, pass, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return f();
+        }
+        OWNER.with(|o| o.set(true));
+        let (r, ()) = rayon::join(
+            || {
+                let r = catch_unwind(AssertUnwindSafe(f));
+                OWNER.with(|o| o.set(false));
+                PASS.store(0, Ordering::Release);
+                r
+            },
+            || help(pass),
+        );
+        match r {
+            Ok(v) => v,
+            Err(e) => resume_unwind(e),
+        }
+    }
+
+    /// Runs `f(0..n)`, each part once, on this thread and (when this thread holds the team) the
+    /// helper; returns when all have run, re-raising a panic of either thread.
+    pub(super) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
+        if !owned() || n <= 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        let f: *const (dyn Fn(usize) + Sync + '_) = f;
+        // SAFETY: only the lifetime is erased; this function returns only after the slot was
+        // taken back untouched or the helper has left it, so `f` outlives every use.
+        let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
+        let slot = Slot { f, n, next: AtomicUsize::new(0), left: AtomicBool::new(false), panic: Mutex::new(None) };
+        let sp = &slot as *const Slot as *mut Slot;
+        POSTED.store(sp, Ordering::Release);
+        slot.work();
+        if POSTED.compare_exchange(sp, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_err() {
+            // The helper joined in: wait for its last part.
+            let mut spins = 0u32;
+            while !slot.left.load(Ordering::Acquire) {
+                spins = spins.wrapping_add(1);
+                if spins < 1 << 14 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        if let Some(e) = slot.panic.lock().ok().and_then(|mut g| g.take()) {
+            resume_unwind(e);
+        }
+    }
+
+    /// `(a(), b())`, `b` offered to the helper (see [`run`]).
+    pub(super) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+        let (fa, fb) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+        let (ra, rb) = (Mutex::new(None), Mutex::new(None));
+        run(2, &|i| {
+            if i == 0 {
+                if let Some(a) = fa.lock().ok().and_then(|mut g| g.take()) {
+                    let v = a();
+                    if let Ok(mut g) = ra.lock() {
+                        *g = Some(v);
+                    }
+                }
+            } else if let Some(b) = fb.lock().ok().and_then(|mut g| g.take()) {
+                let v = b();
+                if let Ok(mut g) = rb.lock() {
+                    *g = Some(v);
+                }
+            }
+        });
+        match (ra.into_inner().ok().flatten(), rb.into_inner().ok().flatten()) {
+            (Some(a), Some(b)) => (a, b),
+            // Unreachable: `run` ran both parts or re-raised their panic.
+            _ => resume_unwind(Box::new("team join: a part did not run")),
+        }
+    }
+}
+
+/// Splits `parts` tasks `f(0..parts)` over threads: over the pass's team (two halves) when this
+/// thread holds one, else on rayon's pool (this thread taking task 0 itself).
+fn fork(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    if parts <= 1 || team::is_helper() {
+        (0..parts).for_each(f);
+        return;
+    }
+    if team::owned() {
+        team::run(parts, f);
+        return;
+    }
+    rayon::in_place_scope(|s| {
+        for t in 1..parts {
+            s.spawn(move |_| f(t));
+        }
+        f(0);
+    });
+}
+
+/// How many parts a layer of `work` multiply-adds is split into, at most `max` (its bands): two
+/// over a pass's spinning team from [`TEAM_SPLIT_WORK`], one per rayon thread from `rayon_min`.
+fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
+    if team::is_helper() {
+        return 1;
+    }
+    if team::owned() {
+        // Parts of at least half the threshold: small enough that the two threads finish
+        // together, big enough that taking one (an atomic add) costs nothing.
+        return if work >= TEAM_SPLIT_WORK { (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(max) } else { 1 };
+    }
+    let threads = rayon::current_num_threads();
+    if threads > 1 && work >= rayon_min {
+        threads.min(max)
+    } else {
+        1
+    }
+}
+
+/// Multiply-adds of a layer from which a split over the team pays (a hand-off to a spinning
+/// helper costs well under a microsecond; this is a few microseconds of one core's work).
+const TEAM_SPLIT_WORK: usize = 1 << 16;
+
+/// `(a(), b())`, `b` on the pass's helper when this thread holds a team, else on rayon's pool.
+pub(crate) fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    if team::owned() {
+        team::join(a, b)
+    } else if team::is_helper() {
+        let ra = a();
+        (ra, b())
+    } else {
+        rayon::join(a, b)
     }
 }

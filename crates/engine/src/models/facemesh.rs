@@ -326,9 +326,10 @@ impl FaceMeshNet {
             h = block.forward(&h)?;
         }
         if h.device().is_cpu() && rayon::current_num_threads() > 1 {
-            // The two heads are independent: the second core takes the presence head while this
-            // one runs the mesh head (on a busy machine nobody steals it and this thread runs both).
-            let (mesh, presence) = rayon::join(|| self.mesh.forward(&h), || self.presence.forward(&h));
+            // The two heads are independent: the second core (the pass's team helper, or rayon's)
+            // takes the presence head while this one runs the mesh head (on a busy machine nobody
+            // steals it and this thread runs both).
+            let (mesh, presence) = crate::nn::join(|| self.mesh.forward(&h), || self.presence.forward(&h));
             return Ok((mesh?, presence?));
         }
         Ok((self.mesh.forward(&h)?, self.presence.forward(&h)?))
