@@ -1068,6 +1068,26 @@ mod pointwise {
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let op = out.as_mut_ptr() as *mut f32;
+        if p < 2 * NR {
+            // Maps of under two panels (the face mesh's 3x3 heads and its 1404-channel output,
+            // squeeze-excite gates): split over blocks of output rows instead of pixels.
+            let blocks = m.div_ceil(MR);
+            let parts = super::split_parts(m * k * p, blocks, SPLIT_WORK);
+            if parts > 1 {
+                let per = blocks.div_ceil(parts) * MR;
+                let shared = SendPost(ptrs, op);
+                super::fork(parts, &|t| {
+                    let shared = shared;
+                    let (r0, r1) = ((t * per).min(m), ((t + 1) * per).min(m));
+                    if let (Some(wr), Some(br)) = (w.get(r0 * k..r1 * k), bias.get(r0..r1)) {
+                        // SAFETY: as below; rows `r0..r1` of `out` (and of the residual and
+                        // slopes, shifted by `at_row`) belong to this task alone.
+                        unsafe { run_avx2((x.as_ptr(), p, 0), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
+                    }
+                });
+                return true;
+            }
+        }
         let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
@@ -2182,6 +2202,7 @@ mod tests {
     fn convs_on_a_team_match_naive_reference() -> Result<()> {
         on_pool(fast_convs_match_naive_reference)?;
         on_pool(fused_depthwise_pointwise_matches_separate_ops)?;
+        on_pool(fused_conv_matches_separate_ops)?;
         #[cfg(target_arch = "x86_64")]
         on_pool(channel_vector_depthwise_matches_naive_reference)?;
         on_pool(blocked_depthwise_matches_naive_reference)
@@ -2228,6 +2249,8 @@ mod tests {
             (2, 20, 13, 7, 3, 5, 1, 1),
             (1, 9, 30, 0, 1, 1, 1, 1),
             (1, 32, 1404, 0, 3, 3, 3, 3),
+            // Split over blocks of output rows on a team, the residual ending mid-way.
+            (1, 96, 130, 64, 3, 3, 1, 1),
         ];
         for (i, &(n, ci, co, rc, h, w, k, stride)) in cases.iter().enumerate() {
             let seed = 900 + i as u64 * 10;
