@@ -1071,22 +1071,9 @@ mod pointwise {
         if p < 2 * NR {
             // Maps of under two panels (the face mesh's 3x3 heads and its 1404-channel output,
             // squeeze-excite gates): split over blocks of output rows instead of pixels.
-            let blocks = m.div_ceil(MR);
-            let parts = super::split_parts(m * k * p, blocks, SPLIT_WORK);
-            if parts > 1 {
-                let per = blocks.div_ceil(parts) * MR;
-                let shared = SendPost(ptrs, op);
-                super::fork(parts, &|t| {
-                    let shared = shared;
-                    let (r0, r1) = ((t * per).min(m), ((t + 1) * per).min(m));
-                    if let (Some(wr), Some(br)) = (w.get(r0 * k..r1 * k), bias.get(r0..r1)) {
-                        // SAFETY: as below; rows `r0..r1` of `out` (and of the residual and
-                        // slopes, shifted by `at_row`) belong to this task alone.
-                        unsafe { run_avx2((x.as_ptr(), p, 0), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
-                    }
-                });
-                return true;
-            }
+            // SAFETY: AVX2 + FMA are present; the sizes were checked above.
+            unsafe { run_row_split((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op) };
+            return true;
         }
         let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
         if parts <= 1 {
@@ -1107,6 +1094,32 @@ mod pointwise {
             unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
         });
         true
+    }
+
+    /// All `p` pixels of `out` (`[m, p]` at `op`, `m = bias.len()`) from the input `xin` (as in
+    /// [`run_avx2`]), split over threads by blocks of output rows: the split for maps too small
+    /// to share by pixels. Safety: as [`run_avx2`], over all of `0..p`.
+    unsafe fn run_row_split(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], ptrs: PostPtr, op: *mut f32) {
+        let m = bias.len();
+        let blocks = m.div_ceil(MR);
+        let parts = super::split_parts(m * k * p, blocks, SPLIT_WORK);
+        if parts <= 1 {
+            run_avx2(xin, p, k, w, bias, ptrs, op, 0, p);
+            return;
+        }
+        let per = blocks.div_ceil(parts) * MR;
+        let shared = SendPost(ptrs, op);
+        let input = SendPost(ptrs, xin.0 as *mut f32);
+        let (xs, xoff) = (xin.1, xin.2);
+        super::fork(parts, &|t| {
+            let (shared, input) = (shared, input);
+            let (r0, r1) = ((t * per).min(m), ((t + 1) * per).min(m));
+            if let (Some(wr), Some(br)) = (w.get(r0 * k..r1 * k), bias.get(r0..r1)) {
+                // SAFETY: as the caller's; rows `r0..r1` of the output (and of the residual and
+                // slopes, shifted by `at_row`) belong to this task alone, the input is only read.
+                unsafe { run_avx2((input.1 as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
+            }
+        });
     }
 
     /// A depthwise conv feeding the 1x1 conv: its weights and geometry.
@@ -1181,6 +1194,33 @@ mod pointwise {
         };
         let parts = super::split_parts((m + kk) * k * p, bands, SPLIT_WORK);
         let shared = SendPost(ptrs, op);
+        if bands == 1 && p < 4 * NR {
+            // One band of a small map (6x6, 3x3): the depthwise output once, then the 1x1
+            // product shared by blocks of output rows.
+            super::with_scratch(k * p, |scratch| {
+                if cv {
+                    // SAFETY: the scratch holds `k` rows of `p` values, written by this thread only.
+                    let done = super::with_pad_scratch(super::dwcv::input_len(g, oh), |buf| unsafe {
+                        super::dwcv::band(x, g, dw.packed, dw.act, 0, oh, buf, scratch.as_mut_ptr(), k * p, p)
+                    });
+                    if !done {
+                        scratch.fill(f32::NAN);
+                    }
+                } else {
+                    for (c, dst) in scratch.chunks_exact_mut(p).enumerate() {
+                        match (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c)) {
+                            (Some(plane), Some(kw), Some(&b)) => super::dw_rows(plane, kw, b, dw.act, g, 0, super::as_uninit(dst), true),
+                            // Unreachable (sizes checked above); never feed stale values on.
+                            _ => dst.fill(f32::NAN),
+                        }
+                    }
+                }
+                // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds the `k x p` input;
+                // the sizes were checked above.
+                unsafe { run_row_split((scratch.as_ptr(), p, 0), p, k, w, bias, ptrs, op) };
+            });
+            return true;
+        }
         if parts <= 1 {
             run_bands(0, bands, shared);
             return true;
@@ -2289,6 +2329,12 @@ mod tests {
             (1, 64, 128, 64, 12, 12, 3, 2, Activation::Identity),
             (1, 128, 128, 128, 6, 6, 3, 2, Activation::Identity),
             (2, 32, 32, 32, 3, 3, 3, 1, Activation::Relu),
+            // One band of a small map, the 1x1 split by output rows on a team (a residual
+            // ending mid-way, channels off the 8-lane blocks, a 5x5 kernel).
+            (1, 128, 130, 100, 6, 6, 3, 1, Activation::Identity),
+            (1, 128, 128, 128, 6, 6, 3, 2, Activation::Relu),
+            (1, 90, 96, 0, 5, 7, 5, 1, Activation::HardSwish),
+            (1, 4, 160, 4, 6, 6, 3, 1, Activation::Identity),
         ];
         for (i, &(n, c, co, rc, h, w, k, stride, dw_act)) in cases.iter().enumerate() {
             let seed = 1900 + i as u64 * 10;
