@@ -20,29 +20,33 @@
 //! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
 //!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
 //!   residual and a PReLU) applied before the one store into an output that is never zeroed;
-//!   threads take bands of pixels; maps under 16 pixels (heads, squeeze-excite gates) as dot
-//!   products along the input channels. Without AVX2, one `gemm` call per image
+//!   threads take bands of pixels (maps under two panels: blocks of output rows); maps under
+//!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. Without AVX2, one `gemm` call per image
 //!   (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//! * depthwise 3x3 / 5x5 on maps up to 32 wide and at stride 2 (`dwcv`): the channels are the
+//!   vector lanes instead, over a zero-padded channel-interleaved copy of the band's rows, 8
+//!   pixels x 8 channels per register block (on a 12x12 or 6x6 map a row is too short for the
+//!   row kernels, and each of 128 planes pays its own setup: 2-15 GFLOPS there before);
 //! * depthwise (stride 1 or 2) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
 //!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
-//!   into the 1x1 kernel, so no feature map between them is written out or read back;
+//!   into the 1x1 kernel, so no feature map between them is written out or read back (a small
+//!   map's single band: the depthwise output once, the 1x1 shared by blocks of output rows);
 //! * 3x3 dense, stride 1, "same" padding, 32+ channels over 64+ output tiles of 2x2 (the UNet's
 //!   and VAE's layers; the direct kernel's shapes go to it first): Winograd F(2x2, 3x3)
 //!   ([`winograd`]), 16 `gemm` products on transformed tiles, 2.25x fewer multiply-adds;
 //! * other KxK dense: im2col into a reused buffer with the padding folded in (strided: copied row by
 //!   row from padded column-phase planes), then the direct kernel (or `gemm`, as for 1x1);
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
-//! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each.
+//! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each; the
+//!   in-place sigmoid 8 lanes at a time with a polynomial `exp`.
 //!
 //! Threads: the kernels use rayon's global pool, and `gemm` is given that same pool, never called
-//! inside one of our parallel loops, so the two never oversubscribe the cores. The direct kernels
-//! split a layer into one band of pixels (or of rows) per thread, and only layers of 2M+
-//! multiply-adds; the models run their whole forward pass on a pool thread ([`on_pool`]) so that
-//! each parallel layer is a local hand-off rather than an injection from outside the pool. On an
-//! idle machine [`on_pool`] also engages a team of two for the pass (`team`, at the end): a helper
-//! thread that spins while the pass lasts and shares every layer of 64k+ multiply-adds in 2-8 parts,
-//! without rayon's wake-up per layer; a pass that finds the cores contended (this thread waited for
-//! one) turns it off for the next 64 passes.
+//! inside one of our parallel loops, so the two never oversubscribe the cores. Outside a small
+//! net's pass the direct kernels split a layer into one band of pixels (or of rows) per thread,
+//! and only layers of 2M+ multiply-adds. The small nets (BlazeFace, face mesh, selfie) run their
+//! whole forward pass through [`on_pool`] on a pool thread with a team of two (`team`, at the
+//! end): the pass's rayon sibling spins while the pass lasts and takes parts of every layer of
+//! 64k+ multiply-adds (2-8 parts from an atomic counter), without rayon's wake-up per layer.
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
@@ -2938,12 +2942,11 @@ impl Conv2d {
     }
 }
 
-/// Runs `f` (a whole network's forward pass on CPU tensors) on one of rayon's pool threads, with
-/// the pass's spinning team engaged on an idle machine (see `team`), when called from outside the
-/// pool with more than one thread. The kernels' parallel sections then
-/// start from a pool thread, which hands work to the others through its own queue and keeps
-/// working while it waits, instead of each of the ~100 layers injecting its jobs from outside
-/// and blocking the caller: one hand-off per forward pass instead of one per layer.
+/// Runs `f` (a small network's whole forward pass on CPU tensors) on one of rayon's pool threads
+/// (this one, if it is one) with the pass's team of two engaged (see `team`) when rayon has more
+/// than one thread: one hand-off per forward pass instead of one per layer, and each layer's
+/// parts taken by a spinning sibling instead of a worker woken per layer. A pass that finds the
+/// team held by another pass splits its layers over rayon's pool as before.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_num_threads() <= 1 {
         return f();
