@@ -2278,6 +2278,54 @@ mod tests {
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 
+    /// A pass whose helper never comes (the sibling worker busy elsewhere) with splits nested in
+    /// the heads' join: the owner runs every part itself and returns. (A nested post used to
+    /// replace the join's still-waiting slot, and taking the join back then waited forever.)
+    #[test]
+    fn team_without_its_helper_finishes_nested_splits() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(2).build() else { return };
+            let (busy, release) = (AtomicBool::new(false), AtomicBool::new(false));
+            let hits: Vec<AtomicUsize> = (0..6).map(|_| AtomicUsize::new(0)).collect();
+            let r = pool.scope(|s| {
+                // Occupy the sibling until the pass is over.
+                s.spawn(|_| {
+                    busy.store(true, Ordering::Release);
+                    while !release.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
+                });
+                while !busy.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                let r = on_pool(|| {
+                    join(
+                        || {
+                            fork(4, &|i| {
+                                hits[i].fetch_add(1, Ordering::Relaxed);
+                            });
+                            1
+                        },
+                        || {
+                            fork(2, &|i| {
+                                hits[4 + i].fetch_add(1, Ordering::Relaxed);
+                            });
+                            2
+                        },
+                    )
+                });
+                release.store(true, Ordering::Release);
+                r
+            });
+            let once = hits.iter().all(|h| h.load(Ordering::Relaxed) == 1);
+            let _ = tx.send((r, once));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(got, Ok(((1, 2), true)), "the pass did not finish, or ran a part twice or never");
+    }
+
     #[test]
     fn fused_conv_matches_separate_ops() -> Result<()> {
         // (n, c_in, c_out, residual channels, h, w, k, stride): pixel tails, channel-padded
@@ -3197,7 +3245,16 @@ mod team {
         let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
         let slot = Slot { f, n, next: AtomicUsize::new(0), left: AtomicBool::new(false), panic: Mutex::new(None) };
         let sp = &slot as *const Slot as *mut Slot;
-        POSTED.store(sp, Ordering::Release);
+        // Posted only into an empty mailbox: a slot still waiting there is an outer part of this
+        // pass (the heads' join around a head's layers) and must stay findable, or taking it back
+        // below would fail as if the helper had it, and wait for a helper that never came.
+        if POSTED.compare_exchange(std::ptr::null_mut(), sp, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            slot.work();
+            if let Some(e) = slot.panic.lock().ok().and_then(|mut g| g.take()) {
+                resume_unwind(e);
+            }
+            return;
+        }
         slot.work();
         if POSTED.compare_exchange(sp, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_err() {
             // The helper joined in: wait for its last part.
