@@ -510,8 +510,15 @@ unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
-unsafe fn dw_rows_avx2<const T: usize>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, act: Activation, out: *mut f32, ostride: usize) {
+unsafe fn dw_rows_avx2<const T: usize, const A: u8>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, out: *mut f32, ostride: usize) {
     use std::arch::x86_64::*;
+    // The activation as a constant: its `match` folds away instead of running per 16 outputs.
+    let act = match A {
+        0 => Activation::Identity,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => Activation::HardSwish,
+    };
     let b = _mm256_set1_ps(bias);
     for i in 0..rows {
         let ptrs: [*const f32; T] = std::array::from_fn(|t| src.add(offs[t] + i * stride));
@@ -570,8 +577,16 @@ fn dw_rows_taps<const T: usize>(src: &[f32], offs: &[usize; T], stride: usize, r
     }
     #[cfg(target_arch = "x86_64")]
     if simd {
+        let o = out.as_mut_ptr() as *mut f32;
         // SAFETY: the caller checked AVX2 + FMA (`simd`); the bounds were checked above.
-        unsafe { dw_rows_avx2::<T>(src.as_ptr(), offs, stride, rows, n, k, bias, act, out.as_mut_ptr() as *mut f32, ostride) };
+        unsafe {
+            match act {
+                Activation::Identity => dw_rows_avx2::<T, 0>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                Activation::Relu => dw_rows_avx2::<T, 1>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                Activation::Relu6 => dw_rows_avx2::<T, 2>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                Activation::HardSwish => dw_rows_avx2::<T, 3>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+            }
+        }
         return true;
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -956,7 +971,9 @@ mod pointwise {
     unsafe fn run_avx2(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
         let (xp, xs, xoff) = xin;
         let m = bias.len();
-        let mut packed = [0f32; PACK];
+        // Not zeroed (a 32 KiB memset per call, and there are hundreds of calls in a pass): every
+        // packed value is written before the block kernels or the dot products read it.
+        let mut packed = [MaybeUninit::<f32>::uninit(); PACK];
         // Pixel tiles whose packed input (`k x tile`) stays in L1 across all the row blocks.
         let tile = ((PACK / k.max(1)) / NR * NR).max(NR);
         let (wp, bp) = (w.as_ptr(), bias.as_ptr());
@@ -965,7 +982,7 @@ mod pointwise {
         while j0 < full {
             let j1 = (j0 + tile).min(full);
             let panels = (j1 - j0) / NR;
-            let pk = packed.as_mut_ptr();
+            let pk = packed.as_mut_ptr() as *mut f32;
             for jb in 0..panels {
                 for i in 0..k {
                     let src = xp.add(i * xs + j0 + jb * NR - xoff);
@@ -994,7 +1011,7 @@ mod pointwise {
         // at a time, over the tail's inputs transposed to `[pixel][k]` (at most 15 x 512 floats).
         let tail = je - j0;
         if tail > 0 {
-            let pk = packed.as_mut_ptr();
+            let pk = packed.as_mut_ptr() as *mut f32;
             for t in 0..tail {
                 for i in 0..k {
                     *pk.add(t * k + i) = *xp.add(i * xs + j0 + t - xoff);
@@ -1334,9 +1351,10 @@ impl DenseOp<'_> {
             let (prows, pw) = pad_phase_dims(&g, g.oh);
             let chan = s * prows * pw;
             return with_pad_scratch(g.c_in * chan, |pad| {
-                for (ci, dst) in pad.chunks_exact_mut(chan.max(1)).enumerate().take(g.c_in) {
+                // One channel per task (a stem's 3 channels of a 192x192 or 256x256 input).
+                for_chunks(&mut pad[..g.c_in * chan], chan, g.c_in * chan, |ci, dst| {
                     fill_pad_phases(x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]), &g, 0, g.oh, dst);
-                }
+                });
                 let pad = &*pad;
                 for_chunks(col, plane_out, col.len(), |r, dst| {
                     let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
@@ -3179,7 +3197,9 @@ mod team {
         }
         IS_HELPER.with(|h| h.set(true));
         loop {
-            let p = POSTED.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            // Read before swapping: a spinning read-modify-write would take the mailbox's cache
+            // line from the owner on every turn.
+            let p = if POSTED.load(Ordering::Relaxed).is_null() { std::ptr::null_mut() } else { POSTED.swap(std::ptr::null_mut(), Ordering::AcqRel) };
             if !p.is_null() {
                 // SAFETY: the poster keeps the slot alive until it sees `left` (it cannot take
                 // it back: the swap above took it); the slot is not used after that.
