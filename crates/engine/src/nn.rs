@@ -2452,10 +2452,7 @@ mod tests {
             (3, 5, 24, 3, 1, Padding::Same),
         ];
         for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
-            let seed = 3100 + i as u64 * 10;
-            let x = rand_tensor(&[1, c, h, w], seed)?;
-            let wt = rand_tensor(&[c, 1, k, k], seed + 1)?;
-            let b = rand_tensor(&[c], seed + 2)?;
+            let (x, wt, b) = depthwise_case(1, c, h, w, k, 3100 + i as u64 * 10)?;
             let g = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?.geometry(&x)?;
             let (xv, wv, bv) = (x.flatten_all()?.to_vec1::<f32>()?, wt.flatten_all()?.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
             let (pin, pout) = (h * w, g.oh * g.ow);
@@ -2478,6 +2475,11 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// A depthwise test case's input `[n, c, h, w]`, weights `[c, 1, k, k]` and bias, seeded.
+    fn depthwise_case(n: usize, c: usize, h: usize, w: usize, k: usize, seed: u64) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((rand_tensor(&[n, c, h, w], seed)?, rand_tensor(&[c, 1, k, k], seed + 1)?, rand_tensor(&[c], seed + 2)?))
     }
 
     /// The channel-vector depthwise kernel (small and strided maps), whole layers through
@@ -2504,9 +2506,7 @@ mod tests {
         ];
         for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
             let seed = 5100 + i as u64 * 10;
-            let x = rand_tensor(&[2, c, h, w], seed)?;
-            let wt = rand_tensor(&[c, 1, k, k], seed + 1)?;
-            let b = rand_tensor(&[c], seed + 2)?;
+            let (x, wt, b) = depthwise_case(2, c, h, w, k, seed)?;
             let conv = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?;
             let g = conv.geometry(&x)?;
             assert!(dwcv::takes(&g) || !has_avx2_fma(), "case {i} should take the channel-vector kernel");
