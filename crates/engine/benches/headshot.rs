@@ -5,6 +5,8 @@
 //!     cargo bench -p likeness-engine --bench headshot
 //!
 //! `LIKENESS_BENCH_MODELS_ONLY=1` stops after the model table (quick iterations on the kernels);
+//! `LIKENESS_BENCH_ROUNDS=N` (default 1) alternates ours and the reference N times and reports medians
+//! over the rounds (a shared machine's slow spells then fall on both sides);
 //! `LIKENESS_BENCH_ONLY=<model id>` times only that model, without the reference (for `perf record`).
 //!
 //! The reference side runs `tools/bench_reference.py` with `$LIKENESS_BENCH_PYTHON` (default
@@ -129,29 +131,51 @@ fn main() {
         }
         return;
     }
-    let ours: Vec<(f64, f64, f64)> = inputs
-        .iter()
-        .map(|(id, x)| match *id {
-            "blazeface-front-128" => time_cpu(10, 50, || drop(front.forward(x).expect("fwd"))),
-            "blazeface-back-256" => time_cpu(10, 50, || drop(back.forward(x).expect("fwd"))),
-            "face-mesh-468" => time_cpu(10, 50, || drop(mesh.forward(x).expect("fwd"))),
-            _ => time_cpu(10, 50, || drop(seg.forward(x).expect("fwd"))),
-        })
-        .collect();
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let path = dir.join("model_inputs.safetensors");
     candle_core::safetensors::save(&inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), &path).expect("save");
-    let reference = reference_times(&path);
+    // Rounds alternate ours and the reference, so that a shared machine's slow spells fall on
+    // both sides; each figure is then the median over rounds of its per-round value.
+    let rounds = std::env::var("LIKENESS_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1usize).max(1);
+    let mut ours_rounds: Vec<Vec<(f64, f64, f64)>> = Vec::with_capacity(rounds);
+    let mut ref_rounds: Vec<serde_json::Value> = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        ours_rounds.push(
+            inputs
+                .iter()
+                .map(|(id, x)| match *id {
+                    "blazeface-front-128" => time_cpu(10, 50, || drop(front.forward(x).expect("fwd"))),
+                    "blazeface-back-256" => time_cpu(10, 50, || drop(back.forward(x).expect("fwd"))),
+                    "face-mesh-468" => time_cpu(10, 50, || drop(mesh.forward(x).expect("fwd"))),
+                    _ => time_cpu(10, 50, || drop(seg.forward(x).expect("fwd"))),
+                })
+                .collect(),
+        );
+        match reference_times(&path) {
+            Some(r) => ref_rounds.push(r),
+            None => break,
+        }
+    }
+    let mid = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
 
-    println!("\n== model forward, median wall ms, mean CPU ms per call and fastest call (candle CPU vs reference, 2 threads) ==");
+    println!(
+        "\n== model forward, median wall ms, mean CPU ms per call and fastest call (candle CPU vs reference, 2 threads; {} round{}, medians over rounds) ==",
+        ours_rounds.len(),
+        if ours_rounds.len() == 1 { "" } else { "s" }
+    );
     println!(
         "{:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}  reference",
         "model", "ours", "ours cpu", "ours min", "ref", "ref cpu", "ref min", "ratio", "cpu", "min"
     );
-    for ((id, _), (ms, cpu, fastest)) in inputs.iter().zip(&ours) {
-        let r = reference.as_ref().and_then(|v| v.get(*id));
-        let num = |k: &str| r.and_then(|r| r.get(k)).and_then(|m| m.as_f64());
+    for (i, (id, _)) in inputs.iter().enumerate() {
+        let ours_col = |f: fn(&(f64, f64, f64)) -> f64| mid(ours_rounds.iter().filter_map(|r| r.get(i)).map(f).collect()).unwrap_or(0.0);
+        let (ms, cpu, fastest) = (ours_col(|t| t.0), ours_col(|t| t.1), ours_col(|t| t.2));
+        let refs: Vec<&serde_json::Value> = ref_rounds.iter().filter_map(|v| v.get(*id)).collect();
+        let num = |k: &str| mid(refs.iter().filter_map(|r| r.get(k)).filter_map(|m| m.as_f64()).collect());
         let fmt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
         match (num("median_ms"), num("cpu_ms"), num("min_ms")) {
             (Some(rm), rc, rmin) => println!(
@@ -161,9 +185,13 @@ fn main() {
                 ms / rm,
                 fmt(rc.map(|c| cpu / c), 2),
                 fmt(rmin.map(|m| fastest / m), 2),
-                r.and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
+                refs.first().and_then(|r| r.get("runtime")).and_then(|s| s.as_str()).unwrap_or("")
             ),
-            _ => println!("{id:<26} {ms:>9.3} {cpu:>9.3} {fastest:>9.3} {:>9}  {}", "-", r.map(|v| v.to_string()).unwrap_or_else(|| "not run".into())),
+            _ => println!(
+                "{id:<26} {ms:>9.3} {cpu:>9.3} {fastest:>9.3} {:>9}  {}",
+                "-",
+                refs.first().map(|v| v.to_string()).unwrap_or_else(|| "not run".into())
+            ),
         }
     }
 

@@ -1791,9 +1791,7 @@ impl CustomOp1 for MaxPoolOp {
             if pairs {
                 for (orow, rows) in o.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
                     let (r0, r1) = rows.split_at(g.w);
-                    for ((d, a), b) in orow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-                        *d = a[0].max(a[1]).max(b[0].max(b[1]));
-                    }
+                    max_pool_pairs(orow, r0, r1);
                 }
                 return;
             }
@@ -1813,6 +1811,43 @@ impl CustomOp1 for MaxPoolOp {
         });
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))))
     }
+}
+
+/// `out[i] = max(r0[2i], r0[2i + 1], r1[2i], r1[2i + 1])` (a 2x2 stride-2 pool of two rows), 8
+/// outputs per step with AVX2 (the stride-2 skips of BlazeFace and the face mesh), as far as the
+/// rows reach.
+fn max_pool_pairs(out: &mut [f32], r0: &[f32], r1: &[f32]) {
+    let n = out.len().min(r0.len() / 2).min(r1.len() / 2);
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 (checked at run time); the body reads `r*[2i..2i + 16]` and
+        // writes `out[i..i + 8]` only while `i + 8 <= n`.
+        i = unsafe { max_pool_pairs_avx2(out, r0, r1, n) };
+    }
+    for j in i..n {
+        out[j] = r0[2 * j].max(r0[2 * j + 1]).max(r1[2 * j].max(r1[2 * j + 1]));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn max_pool_pairs_avx2(out: &mut [f32], r0: &[f32], r1: &[f32], n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 8 <= n {
+        let a = _mm256_max_ps(_mm256_loadu_ps(r0.as_ptr().add(2 * i)), _mm256_loadu_ps(r1.as_ptr().add(2 * i)));
+        let b = _mm256_max_ps(_mm256_loadu_ps(r0.as_ptr().add(2 * i + 8)), _mm256_loadu_ps(r1.as_ptr().add(2 * i + 8)));
+        // Even and odd columns per 128-bit lane (a0 a2 b0 b2 | a4 a6 b4 b6 and the odd ones),
+        // their maximum, then 64-bit pieces 0, 2, 1, 3 for the order.
+        let m = _mm256_max_ps(_mm256_shuffle_ps::<0x88>(a, b), _mm256_shuffle_ps::<0xDD>(a, b));
+        let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(m)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), m);
+        i += 8;
+    }
+    i
 }
 
 /// Max pooling with TensorFlow "SAME" or "VALID" padding (padding never wins the max).
@@ -2581,7 +2616,7 @@ mod tests {
 
     #[test]
     fn elementwise_and_pooling_match_candle() -> Result<()> {
-        for (i, shape) in [[1usize, 16, 96, 96], [2, 5, 7, 3], [1, 128, 3, 3]].iter().enumerate() {
+        for (i, shape) in [[1usize, 16, 96, 96], [2, 5, 7, 3], [1, 128, 3, 3], [1, 3, 10, 38]].iter().enumerate() {
             let x = (rand_tensor(shape, 400 + i as u64)? * 5.0)?;
             let alpha = rand_tensor(&[shape[1]], 500 + i as u64)?;
             let prelu = PRelu::from_tensor(alpha.clone())?;
