@@ -21,8 +21,8 @@
 //!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
 //!   residual and a PReLU) applied before the one store into an output that is never zeroed;
 //!   threads take bands of pixels (maps under two panels: blocks of output rows); maps under
-//!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. Without AVX2, one `gemm` call per image
-//!   (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. Without
+//!   AVX2, one `gemm` call per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
 //! * depthwise 3x3 / 5x5 on maps up to 32 wide and at stride 2 (`dwcv`): the channels are the
 //!   vector lanes instead, over a zero-padded channel-interleaved copy of the band's rows, 8
 //!   pixels x 8 channels per register block (on a 12x12 or 6x6 map a row is too short for the
