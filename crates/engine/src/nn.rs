@@ -3383,11 +3383,12 @@ fn split_parts(work: usize, max: usize, rayon_min: usize) -> usize {
     if team::owned() {
         // Parts of at least half the threshold: small enough that the two threads finish
         // together, big enough that taking one (an atomic add) costs nothing.
-        return if work >= TEAM_SPLIT_WORK { (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(max) } else { 1 };
+        return if work >= TEAM_SPLIT_WORK { (work / (TEAM_SPLIT_WORK / 2)).clamp(2, 8).min(max).max(1) } else { 1 };
     }
     let threads = rayon::current_num_threads();
     if threads > 1 && work >= rayon_min {
-        threads.min(max)
+        // At least one part: a caller that forks what this returns still runs its work.
+        threads.min(max).max(1)
     } else {
         1
     }
