@@ -825,10 +825,10 @@ fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [
     Ok(())
 }
 
-/// An output pointer shared by jobs that write disjoint parts of it.
+/// A buffer pointer shared by parallel jobs that write disjoint parts of it (or only read it).
 #[derive(Clone, Copy)]
 struct SendMut<T>(*mut T);
-// SAFETY: users write disjoint elements and keep the buffer alive for the jobs (see uses).
+// SAFETY: users write disjoint elements (or none) and keep the buffer alive for the jobs (see uses).
 unsafe impl<T> Send for SendMut<T> {}
 unsafe impl<T> Sync for SendMut<T> {}
 
@@ -1130,15 +1130,15 @@ mod pointwise {
         }
         let per = blocks.div_ceil(parts) * MR;
         let shared = SendPost(ptrs, op);
-        let input = SendPost(ptrs, xin.0 as *mut f32);
+        let input = super::SendMut(xin.0 as *mut f32);
         let (xs, xoff) = (xin.1, xin.2);
         super::fork(parts, &|t| {
-            let (shared, input) = (shared, input);
+            let shared = shared;
             let (r0, r1) = ((t * per).min(m), ((t + 1) * per).min(m));
             if let (Some(wr), Some(br)) = (w.get(r0 * k..r1 * k), bias.get(r0..r1)) {
                 // SAFETY: as the caller's; rows `r0..r1` of the output (and of the residual and
                 // slopes, shifted by `at_row`) belong to this task alone, the input is only read.
-                unsafe { run_avx2((input.1 as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
+                unsafe { run_avx2((input.get() as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
             }
         });
     }
@@ -1180,33 +1180,38 @@ mod pointwise {
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
         let op = out.as_mut_ptr() as *mut f32;
         let cv = !dw.packed.is_empty() && super::dwcv::takes(g);
+        // The depthwise output of rows `oy0..oy0 + rows` into `scratch` (`k` rows of
+        // `rows * ow` values): the channel-vector kernel or the row kernels.
+        let dw_band = |oy0: usize, rows: usize, scratch: &mut [f32]| {
+            let bpx = rows * ow;
+            let done = if cv {
+                // SAFETY: the scratch holds `k` rows of `bpx` values, written by this thread only.
+                super::with_pad_scratch(super::dwcv::input_len(g, rows), |buf| unsafe {
+                    super::dwcv::band(x, g, dw.packed, dw.act, oy0, rows, buf, scratch.as_mut_ptr(), k * bpx, bpx)
+                })
+            } else {
+                scratch.chunks_exact_mut(bpx).enumerate().all(|(c, dst)| {
+                    match (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c)) {
+                        (Some(plane), Some(kw), Some(&b)) => {
+                            super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true);
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+            };
+            if !done {
+                // Unreachable by construction (sizes checked above); never feed stale values on.
+                scratch.fill(f32::NAN);
+            }
+        };
         let run_bands = move |b0: usize, b1: usize, shared: SendPost| {
             for bi in b0..b1 {
                 let oy0 = bi * band;
                 let rows = band.min(oh - oy0);
                 let bpx = rows * ow;
                 super::with_scratch(k * bpx, |scratch| {
-                    if cv {
-                        // SAFETY: the scratch holds `k` rows of `bpx` values, written by this
-                        // thread only.
-                        let done = super::with_pad_scratch(super::dwcv::input_len(g, rows), |buf| unsafe {
-                            super::dwcv::band(x, g, dw.packed, dw.act, oy0, rows, buf, scratch.as_mut_ptr(), k * bpx, bpx)
-                        });
-                        if !done {
-                            // Unreachable by construction (sizes checked above); never feed
-                            // unwritten values on.
-                            scratch.fill(f32::NAN);
-                        }
-                    } else {
-                        for (c, dst) in scratch.chunks_exact_mut(bpx).enumerate() {
-                        let (Some(plane), Some(kw), Some(&b)) =
-                            (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c))
-                        else {
-                            return;
-                        };
-                        super::dw_rows(plane, kw, b, dw.act, g, oy0, super::as_uninit(dst), true);
-                        }
-                    }
+                    dw_band(oy0, rows, scratch);
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
                     unsafe { run_avx2((scratch.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
@@ -1219,23 +1224,7 @@ mod pointwise {
             // One band of a small map (6x6, 3x3): the depthwise output once, then the 1x1
             // product shared by blocks of output rows.
             super::with_scratch(k * p, |scratch| {
-                if cv {
-                    // SAFETY: the scratch holds `k` rows of `p` values, written by this thread only.
-                    let done = super::with_pad_scratch(super::dwcv::input_len(g, oh), |buf| unsafe {
-                        super::dwcv::band(x, g, dw.packed, dw.act, 0, oh, buf, scratch.as_mut_ptr(), k * p, p)
-                    });
-                    if !done {
-                        scratch.fill(f32::NAN);
-                    }
-                } else {
-                    for (c, dst) in scratch.chunks_exact_mut(p).enumerate() {
-                        match (x.get(c * g.h * g.w..(c + 1) * g.h * g.w), dw.weight.get(c * kk..(c + 1) * kk), dw.bias.get(c)) {
-                            (Some(plane), Some(kw), Some(&b)) => super::dw_rows(plane, kw, b, dw.act, g, 0, super::as_uninit(dst), true),
-                            // Unreachable (sizes checked above); never feed stale values on.
-                            _ => dst.fill(f32::NAN),
-                        }
-                    }
-                }
+                dw_band(0, oh, scratch);
                 // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds the `k x p` input;
                 // the sizes were checked above.
                 unsafe { run_row_split((scratch.as_ptr(), p, 0), p, k, w, bias, ptrs, op) };
