@@ -56,5 +56,15 @@ fn main() -> Result<()> {
             gf(pw_macs + dw_macs, t_fused)
         );
     }
+    // The stems: dense KxK stride-2 convs on the RGB input (im2col in bands + the 1x1 kernel).
+    println!("{:<24} {:>16}", "stem (k, m, side, kernel)", "conv us (GF)");
+    for (k, m, side, kernel) in [(3, 16, 192, 3), (3, 24, 128, 5), (3, 16, 256, 3)] {
+        let x = Tensor::rand(0f32, 1.0, (1, k, side, side), &dev)?;
+        let conv = Conv2d::from_tensors(Tensor::rand(-0.1f32, 0.1, (m, k, kernel, kernel), &dev)?, Some(Tensor::rand(-0.1f32, 0.1, m, &dev)?), 2, Padding::Same, false)?;
+        let act = PRelu::from_tensor(Tensor::rand(0f32, 0.2, m, &dev)?)?;
+        let t = median(|| conv.forward_fused(&x, None, FusedActivation::PRelu(&act)).map(drop), 2000)?;
+        let macs = m * k * kernel * kernel * (side / 2) * (side / 2);
+        println!("{:<24} {:>8.1} ({:>5.1})", format!("{k}, {m}, {side}, {kernel}x{kernel}"), t * 1e6, gf(macs, t));
+    }
     Ok(())
 }

@@ -16,13 +16,18 @@
 //!   call), reading a zero-padded copy of the rows split into stride column phases so that every
 //!   tap is a contiguous run (3x3 stride 1 with one pixel of padding reads the plane in place);
 //!   AVX2+FMA chosen at run time (installers never assume `target-cpu=native`), a portable loop
-//!   otherwise; other shapes take general row loops. Outputs are never zeroed first;
+//!   otherwise; other shapes take general row loops. Outputs are never zeroed first. With
+//!   AVX-512F, 16 lanes, masked row ends, and 3x3 layers four output rows per pass (each source
+//!   vector loaded once for all the rows that read it, 8 FMA chains in flight: one row's 9
+//!   dependent FMAs per vector were bound by the FMA latency);
 //! * 1x1 dense (AVX2 + FMA): a direct kernel, 6 output channels x 16 pixels in registers over
 //!   L1-sized packed panels of the input, bias / activation (and in [`Conv2d::forward_fused`] a
 //!   residual and a PReLU) applied before the one store into an output that is never zeroed;
 //!   threads take bands of pixels (maps under two panels: blocks of output rows); maps under
-//!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. Without
-//!   AVX2, one `gemm` call per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
+//!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. With
+//!   AVX-512F (Intel: twice AVX2's multiply-adds per cycle), 8 rows x 32 pixels, a map's last
+//!   8-31 pixels as one masked panel. Without AVX2, one `gemm` call per image (`[out, in] x
+//!   [in, h*w]`) and one bias+activation pass;
 //! * depthwise 3x3 / 5x5 on maps up to 32 wide and at stride 2 (`dwcv`): the channels are the
 //!   vector lanes instead, over a zero-padded channel-interleaved copy of the band's rows, 8
 //!   pixels x 8 channels per register block (on a 12x12 or 6x6 map a row is too short for the
@@ -34,8 +39,9 @@
 //! * 3x3 dense, stride 1, "same" padding, 32+ channels over 64+ output tiles of 2x2 (the UNet's
 //!   and VAE's layers; the direct kernel's shapes go to it first): Winograd F(2x2, 3x3)
 //!   ([`winograd`]), 16 `gemm` products on transformed tiles, 2.25x fewer multiply-adds;
-//! * other KxK dense: im2col into a reused buffer with the padding folded in (strided: copied row by
-//!   row from padded column-phase planes), then the direct kernel (or `gemm`, as for 1x1);
+//! * other KxK dense (the stems): im2col a band of output rows at a time (~64 KiB, still in cache
+//!   when the kernel packs it; bands shared over threads), padding folded in, into the direct
+//!   kernel; shapes it does not take: im2col of the whole map, then `gemm`;
 //! * transposed conv with kernel == stride: one `gemm` and one scatter pass with the bias;
 //! * PReLU, hard-swish, max pool (padding never copied), global average pool: one pass each; the
 //!   in-place sigmoid 8 lanes at a time with a polynomial `exp`.
@@ -332,6 +338,16 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// AVX-512F as well (the 1x1 kernel's 16-lane form): twice the multiply-adds per instruction and
+/// 32 registers, on Intel twice the FMA throughput of AVX2. `LIKENESS_NN_AVX512=0` keeps the
+/// AVX2 kernel (for side-by-side benchmarks).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| has_avx2_fma() && is_x86_feature_detected!("avx512f") && std::env::var("LIKENESS_NN_AVX512").map_or(true, |v| v != "0"))
+}
+
 /// `o += w * i` over two equal-length slices (fused multiply-add when `FMA`).
 #[inline(always)]
 fn axpy<const FMA: bool>(o: &mut [f32], i: &[f32], w: f32) {
@@ -502,6 +518,141 @@ unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::
     }
 }
 
+/// `act(v)` on 16 lanes (AVX-512F; inlined into its callers).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn act_z(act: Activation, v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    match act {
+        Activation::Identity => v,
+        Activation::Relu => _mm512_max_ps(v, zero),
+        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0)),
+        Activation::HardSwish => {
+            let g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0)), zero), _mm512_set1_ps(6.0));
+            _mm512_mul_ps(v, _mm512_mul_ps(g, _mm512_set1_ps(1.0 / 6.0)))
+        }
+    }
+}
+
+/// Whole groups of four output rows of a 3x3 depthwise layer for [`dw_rows_avx512`]: tap
+/// `(ky, kx)` of output row `i` at `src[cols[kx] + (i * S + ky) * rs + x]`. Each source vector is
+/// loaded once for every output row that reads it (stride 1: half the loads), and 8 accumulator
+/// chains run at once where one row's 9 dependent FMAs per vector would wait on the FMA latency.
+/// Returns the rows done (a multiple of 4). Safety: as [`dw_rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn dw3_rows4_z<const S: usize>(src: *const f32, cols: [usize; 3], rs: usize, rows: usize, n: usize, kv: &[std::arch::x86_64::__m512; 9], b: std::arch::x86_64::__m512, act: Activation, out: *mut f32, ostride: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut first = 0;
+    while first + 4 <= rows {
+        let o = out.add(first * ostride);
+        let base: [*const f32; 3] = std::array::from_fn(|kx| src.add(cols[kx] + first * S * rs));
+        let mut x = 0;
+        while x + 32 <= n {
+            let mut acc = [[b; 2]; 4];
+            for r in 0..3 * S + 3 {
+                for kx in 0..3 {
+                    let row = base[kx].add(r * rs + x);
+                    let v = [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))];
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        if r >= q * S && r - q * S < 3 {
+                            let w = kv[(r - q * S) * 3 + kx];
+                            a[0] = _mm512_fmadd_ps(v[0], w, a[0]);
+                            a[1] = _mm512_fmadd_ps(v[1], w, a[1]);
+                        }
+                    }
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(q * ostride + x), act_z(act, a[0]));
+                _mm512_storeu_ps(o.add(q * ostride + x + 16), act_z(act, a[1]));
+            }
+            x += 32;
+        }
+        while x < n {
+            // Lanes past `n` are neither read nor written.
+            let mask: __mmask16 = if n - x >= 16 { 0xffff } else { ((1u32 << (n - x)) - 1) as __mmask16 };
+            let mut acc = [b; 4];
+            for r in 0..3 * S + 3 {
+                for kx in 0..3 {
+                    let v = _mm512_maskz_loadu_ps(mask, base[kx].add(r * rs + x));
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        if r >= q * S && r - q * S < 3 {
+                            *a = _mm512_fmadd_ps(v, kv[(r - q * S) * 3 + kx], *a);
+                        }
+                    }
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(o.add(q * ostride + x), mask, act_z(act, *a));
+            }
+            x += 16;
+        }
+        first += 4;
+    }
+    first
+}
+
+/// [`dw_rows_avx2`] on 16 lanes: 32 outputs per step, a row's last 1-16 outputs as one masked
+/// step (no scalar or overlapping tail). Half the loads per output, which bound the 8-lane form.
+/// Safety: AVX-512F + AVX2 + FMA present; bounds as [`dw_rows_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn dw_rows_avx512<const T: usize, const A: u8>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, out: *mut f32, ostride: usize) {
+    use std::arch::x86_64::*;
+    let act = match A {
+        0 => Activation::Identity,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => Activation::HardSwish,
+    };
+    let b = _mm512_set1_ps(bias);
+    let mut first = 0;
+    // 3x3 whose kernel rows are source rows `rs` apart and whose output rows are 1 or 2 source
+    // rows apart (stride 1 in place, stride 2 on column phases): four output rows per pass.
+    if T == 9 && rows >= 4 {
+        let rs = offs[3].wrapping_sub(offs[0]);
+        let tiled = rs > 0 && (0..9).all(|t| offs[t] == offs[t % 3] + (t / 3) * rs);
+        let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t % 9]));
+        let cols = [offs[0], offs[1 % T], offs[2 % T]];
+        if tiled && stride == rs {
+            first = dw3_rows4_z::<1>(src, cols, rs, rows, n, &kv, b, act, out, ostride);
+        } else if tiled && stride == 2 * rs {
+            first = dw3_rows4_z::<2>(src, cols, rs, rows, n, &kv, b, act, out, ostride);
+        }
+    }
+    for i in first..rows {
+        let ptrs: [*const f32; T] = std::array::from_fn(|t| src.add(offs[t] + i * stride));
+        let o = out.add(i * ostride);
+        let mut x = 0;
+        while x + 32 <= n {
+            let (mut a0, mut a1) = (b, b);
+            for t in 0..T {
+                let w = _mm512_set1_ps(k[t]);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(ptrs[t].add(x)), w, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(ptrs[t].add(x + 16)), w, a1);
+            }
+            _mm512_storeu_ps(o.add(x), act_z(act, a0));
+            _mm512_storeu_ps(o.add(x + 16), act_z(act, a1));
+            x += 32;
+        }
+        while x < n {
+            // Lanes past `n` are neither read nor written.
+            let mask: __mmask16 = if n - x >= 16 { 0xffff } else { ((1u32 << (n - x)) - 1) as __mmask16 };
+            let mut a0 = b;
+            for t in 0..T {
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, ptrs[t].add(x)), _mm512_set1_ps(k[t]), a0);
+            }
+            _mm512_mask_storeu_ps(o.add(x), mask, act_z(act, a0));
+            x += 16;
+        }
+    }
+}
+
 /// `rows` depthwise output rows from a source where tap `t` of output row `i` at column `x` is
 /// `src[offs[t] + i * stride + x]`, output row `i` being `out[i * ostride..][..n]`: all taps in
 /// registers, 16 outputs at a time, each stored once with bias and activation applied. One call
@@ -578,8 +729,18 @@ fn dw_rows_taps<const T: usize>(src: &[f32], offs: &[usize; T], stride: usize, r
     #[cfg(target_arch = "x86_64")]
     if simd {
         let o = out.as_mut_ptr() as *mut f32;
-        // SAFETY: the caller checked AVX2 + FMA (`simd`); the bounds were checked above.
+        // SAFETY: the caller checked AVX2 + FMA (`simd`), AVX-512F is checked here; the bounds
+        // were checked above.
         unsafe {
+            if has_avx512() {
+                match act {
+                    Activation::Identity => dw_rows_avx512::<T, 0>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                    Activation::Relu => dw_rows_avx512::<T, 1>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                    Activation::Relu6 => dw_rows_avx512::<T, 2>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                    Activation::HardSwish => dw_rows_avx512::<T, 3>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
+                }
+                return true;
+            }
             match act {
                 Activation::Identity => dw_rows_avx2::<T, 0>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
                 Activation::Relu => dw_rows_avx2::<T, 1>(src.as_ptr(), offs, stride, rows, n, k, bias, o, ostride),
@@ -915,6 +1076,21 @@ mod pointwise {
             }
         }
 
+        /// [`Self::apply_v`] on 16 lanes, the residual read only in the lanes of `mask` (a
+        /// partial panel's end may be the end of the map).
+        #[inline(always)]
+        #[allow(unsafe_op_in_unsafe_fn)]
+        unsafe fn apply_z(self, r: usize, p: usize, j: usize, mut v: __m512, mask: __mmask16) -> __m512 {
+            if r < self.add_rows {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, self.add.add(r * p + j)));
+            }
+            if !self.alpha.is_null() {
+                let (a, zero) = (_mm512_set1_ps(*self.alpha.add(r)), _mm512_setzero_ps());
+                return _mm512_add_ps(_mm512_max_ps(v, zero), _mm512_mul_ps(a, _mm512_min_ps(v, zero)));
+            }
+            super::act_z(self.act, v)
+        }
+
         /// The scalar form of [`Self::apply_v`].
         #[inline(always)]
         unsafe fn apply(self, r: usize, p: usize, j: usize, mut v: f32) -> f32 {
@@ -1009,26 +1185,161 @@ mod pointwise {
         // Pixels past the last whole panel (all of a map under 16 pixels, such as the face mesh's
         // 3x3 heads or a squeeze-excite gate): each output is a dot product along `k`, 8 lanes
         // at a time, over the tail's inputs transposed to `[pixel][k]` (at most 15 x 512 floats).
+        if j0 < je {
+            dot_tail(xin, p, k, w, bias, post, op, j0, je, packed.as_mut_ptr() as *mut f32);
+        }
+    }
+
+    /// Pixels `j0..je` (under 16 of them) as dot products along `k`, through `pk` (room for
+    /// `PACK` floats) holding their inputs transposed. Safety: as [`run_avx2`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dot_tail(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, j0: usize, je: usize, pk: *mut f32) {
+        let (xp, xs, xoff) = xin;
+        let (m, wp, bp) = (bias.len(), w.as_ptr(), bias.as_ptr());
         let tail = je - j0;
-        if tail > 0 {
-            let pk = packed.as_mut_ptr() as *mut f32;
-            for t in 0..tail {
+        for t in 0..tail {
+            for i in 0..k {
+                *pk.add(t * k + i) = *xp.add(i * xs + j0 + t - xoff);
+            }
+        }
+        for r in 0..m {
+            let mut t = 0;
+            while t < tail {
+                let q = match tail - t {
+                    1 => dots::<1>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                    2 => dots::<2>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                    3 => dots::<3>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                    _ => dots::<4>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
+                };
+                t += q;
+            }
+        }
+    }
+
+    /// Pixels of the AVX-512 kernel's panels: two 16-lane vectors.
+    const NZ: usize = 32;
+
+    /// `R` rows (`R <= 8`) x `V` vectors of 16 pixels from a panel packed `[k][NZ]`: the AVX-512
+    /// form of [`block`]. 8 rows x 2 vectors is 16 accumulators; each step loads 2 vectors and
+    /// 8 broadcast weights (folded into the FMAs) for 16 FMAs, so the FMA units, not the loads,
+    /// set the pace. `MASK`: the panel ends early, only the lanes of `m0` / `m1` are stored.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_z<const R: usize, const V: usize, const MASK: bool>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize, masks: [__mmask16; 2]) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = [_mm512_set1_ps(*bias.add(r)); V];
+        }
+        for i in 0..k {
+            let x: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(panel.add(i * NZ + 16 * v)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*w.add(r * k + i));
+                for v in 0..V {
+                    a[v] = _mm512_fmadd_ps(wv, x[v], a[v]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (v, &mask) in masks.iter().enumerate().take(V) {
+                let o = out.add(r * p + j + 16 * v);
+                if MASK {
+                    _mm512_mask_storeu_ps(o, mask, post.apply_z(r, p, j + 16 * v, a[v], mask));
+                } else {
+                    _mm512_storeu_ps(o, post.apply_z(r, p, j + 16 * v, a[v], 0xffff));
+                }
+            }
+        }
+    }
+
+    /// Rows `R` over the packed panels of pixels `j0..j0 + px`, the last panel possibly partial.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_panels_z<const R: usize>(packed: *const f32, px: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j0: usize) {
+        let mut jb = 0;
+        while jb * NZ < px {
+            let (panel, j) = (packed.add(jb * k * NZ), j0 + jb * NZ);
+            match px - jb * NZ {
+                NZ.. => block_z::<R, 2, false>(panel, p, k, w, bias, post, out, j, [0xffff; 2]),
+                n @ 17.. => block_z::<R, 2, true>(panel, p, k, w, bias, post, out, j, panel_masks(n)),
+                n => block_z::<R, 1, true>(panel, p, k, w, bias, post, out, j, panel_masks(n)),
+            }
+            jb += 1;
+        }
+    }
+
+    /// The lanes of a panel's two vectors that hold its first `n` pixels.
+    #[inline(always)]
+    fn panel_masks(n: usize) -> [__mmask16; 2] {
+        let lanes = |n: usize| if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 };
+        [lanes(n), lanes(n.saturating_sub(16))]
+    }
+
+    /// [`run_avx2`] with 16-lane vectors: panels of 32 pixels, 8 output rows per register block,
+    /// and a map's last few pixels (8 to 31) as one masked panel instead of dot products. Same
+    /// contract; inputs deeper than a 32-pixel panel's packing allows go to [`run_avx2`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_avx512(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        const RZ: usize = 8;
+        if k * NZ > PACK {
+            return run_avx2(xin, p, k, w, bias, post, op, js, je);
+        }
+        let (xp, xs, xoff) = xin;
+        let m = bias.len();
+        let mut packed = [MaybeUninit::<f32>::uninit(); PACK];
+        let pk = packed.as_mut_ptr() as *mut f32;
+        let tile = ((PACK / k.max(1)) / NZ * NZ).max(NZ);
+        let (wp, bp) = (w.as_ptr(), bias.as_ptr());
+        // Whole panels, then the rest as one masked panel when it fills at least half a vector
+        // (fewer pixels are cheaper as dot products along `k`, below).
+        let rest = (je - js) % NZ;
+        let end = if rest >= 8 { je } else { je - rest };
+        let mut j0 = js;
+        while j0 < end {
+            // Tiles are whole panels: only the map's last tile can end in a partial one.
+            let j1 = (j0 + tile).min(end);
+            let px = j1 - j0;
+            for jb in 0..px.div_ceil(NZ) {
+                let [m0, m1] = panel_masks(px - jb * NZ);
                 for i in 0..k {
-                    *pk.add(t * k + i) = *xp.add(i * xs + j0 + t - xoff);
+                    let src = xp.add(i * xs + j0 + jb * NZ - xoff);
+                    let dst = pk.add((jb * k + i) * NZ);
+                    // Masked-off lanes are neither read nor left unwritten (zeroed).
+                    _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(m0, src));
+                    _mm512_storeu_ps(dst.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
                 }
             }
-            for r in 0..m {
-                let mut t = 0;
-                while t < tail {
-                    let q = match tail - t {
-                        1 => dots::<1>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
-                        2 => dots::<2>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
-                        3 => dots::<3>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
-                        _ => dots::<4>(pk, k, wp.add(r * k), *bp.add(r), post, r, p, op, j0, t),
-                    };
-                    t += q;
+            let mut r = 0;
+            while r < m {
+                let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
+                match m - r {
+                    1 => rows_panels_z::<1>(pk, px, p, k, wr, br, po, or, j0),
+                    2 => rows_panels_z::<2>(pk, px, p, k, wr, br, po, or, j0),
+                    3 => rows_panels_z::<3>(pk, px, p, k, wr, br, po, or, j0),
+                    4 => rows_panels_z::<4>(pk, px, p, k, wr, br, po, or, j0),
+                    5 => rows_panels_z::<5>(pk, px, p, k, wr, br, po, or, j0),
+                    6 => rows_panels_z::<6>(pk, px, p, k, wr, br, po, or, j0),
+                    7 => rows_panels_z::<7>(pk, px, p, k, wr, br, po, or, j0),
+                    _ => rows_panels_z::<RZ>(pk, px, p, k, wr, br, po, or, j0),
                 }
+                r += RZ;
             }
+            j0 = j1;
+        }
+        if end < je {
+            dot_tail(xin, p, k, w, bias, post, op, end, je, pk);
+        }
+    }
+
+    /// The fastest kernel this CPU has for [`run_avx2`]'s contract.
+    /// Safety: as [`run_avx2`] (AVX2 + FMA present).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        if super::has_avx512() {
+            run_avx512(xin, p, k, w, bias, post, op, js, je)
+        } else {
+            run_avx2(xin, p, k, w, bias, post, op, js, je)
         }
     }
 
@@ -1099,7 +1410,7 @@ mod pointwise {
         let parts = super::split_parts(m * k * p, p / NR, SPLIT_WORK);
         if parts <= 1 {
             // SAFETY: AVX2 + FMA are present; the sizes were checked above.
-            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
+            unsafe { kernel((x.as_ptr(), p, 0), p, k, w, bias, ptrs, op, 0, p) };
             return true;
         }
         // Each task takes a band of whole pixel panels across all the rows (the split stays even
@@ -1112,7 +1423,7 @@ mod pointwise {
             let (js, je) = band(t);
             // SAFETY: as above; tasks write disjoint pixel columns of `out`, which the `&mut`
             // borrow keeps alive and unaliased until `fork` returns.
-            unsafe { run_avx2((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
+            unsafe { kernel((x.as_ptr(), p, 0), p, k, w, bias, shared.0, shared.1, js, je) };
         });
         true
     }
@@ -1125,7 +1436,7 @@ mod pointwise {
         let blocks = m.div_ceil(MR);
         let parts = super::split_parts(m * k * p, blocks, SPLIT_WORK);
         if parts <= 1 {
-            run_avx2(xin, p, k, w, bias, ptrs, op, 0, p);
+            kernel(xin, p, k, w, bias, ptrs, op, 0, p);
             return;
         }
         let per = blocks.div_ceil(parts) * MR;
@@ -1138,9 +1449,51 @@ mod pointwise {
             if let (Some(wr), Some(br)) = (w.get(r0 * k..r1 * k), bias.get(r0..r1)) {
                 // SAFETY: as the caller's; rows `r0..r1` of the output (and of the residual and
                 // slopes, shifted by `at_row`) belong to this task alone, the input is only read.
-                unsafe { run_avx2((input.get() as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
+                unsafe { kernel((input.get() as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
             }
         });
+    }
+
+    /// `post(w x col)` for a map of `oh x ow` outputs whose `k x oh*ow` input matrix is made a
+    /// band of output rows at a time by `fill(oy0, rows, scratch)` (`k` rows of `rows * ow`
+    /// values, every one written): im2col in cache-sized pieces, bands shared over threads.
+    /// Writes every value of `out`; `false` (nothing written) when the sizes disagree or the
+    /// shape does not [`fits`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_banded(oh: usize, ow: usize, k: usize, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>], fill: &(dyn Fn(usize, usize, &mut [f32]) + Sync)) -> bool {
+        let (m, p) = (bias.len(), oh * ow);
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        if !fits(k, p) || ow == 0 || w.len() < m * k || out.len() != m * p || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+            return false;
+        }
+        // Bands of ~64 KiB of input matrix, whole 32-pixel panels where the row width allows.
+        let q = NZ / gcd(ow, NZ);
+        let mut band = (16384 / (k * ow)).max(1);
+        if band >= q {
+            band = band / q * q;
+        }
+        let band = band.min(oh);
+        let bands = oh.div_ceil(band);
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let shared = SendPost(ptrs, out.as_mut_ptr() as *mut f32);
+        let run_bands = |b0: usize, b1: usize| {
+            let shared = shared;
+            for bi in b0..b1 {
+                let (oy0, rows) = (bi * band, band.min(oh - bi * band));
+                let bpx = rows * ow;
+                super::with_scratch(k * bpx, |col| {
+                    fill(oy0, rows, col);
+                    // SAFETY: AVX2 + FMA are present (`fits`); `col` holds the band's `k` rows of
+                    // `bpx` pixels from pixel `oy0 * ow`; bands write disjoint output pixels.
+                    unsafe { kernel((col.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
+                });
+            }
+        };
+        let parts = super::split_parts(m * k * p, bands, SPLIT_WORK);
+        let per = bands.div_ceil(parts.max(1));
+        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands)));
+        true
     }
 
     /// A depthwise conv feeding the 1x1 conv: its weights and geometry.
@@ -1214,7 +1567,7 @@ mod pointwise {
                     dw_band(oy0, rows, scratch);
                     // SAFETY: AVX2 + FMA are present (`fits`); the scratch holds `k` rows of
                     // `bpx` pixels starting at pixel `oy0 * ow`; the sizes were checked above.
-                    unsafe { run_avx2((scratch.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
+                    unsafe { kernel((scratch.as_ptr(), bpx, oy0 * ow), p, k, w, bias, shared.0, shared.1, oy0 * ow, oy0 * ow + bpx) };
                 });
             }
         };
@@ -1246,6 +1599,73 @@ mod pointwise {
             a.max(1)
         } else {
             gcd(b, a % b)
+        }
+    }
+
+    #[cfg(test)]
+    mod kernel_tests {
+        use super::*;
+
+        fn vals(len: usize, seed: u64) -> Vec<f32> {
+            let mut st = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (0..len)
+                .map(|_| {
+                    st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((st >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        }
+
+        /// Both register kernels (8 and 16 lanes) against a plain loop, over pixel counts that
+        /// leave every kind of tail (dot products, a masked 1- or 2-vector panel, whole panels,
+        /// several L1 tiles), row counts with every remainder, inputs too deep for the 16-lane
+        /// packing, a sub-range of the pixels, and each post-op.
+        #[test]
+        fn register_kernels_match_a_plain_loop() {
+            if !super::super::has_avx2_fma() {
+                return;
+            }
+            let z = is_x86_feature_detected!("avx512f");
+            let mut case = 0u64;
+            for &k in &[1usize, 3, 27, 64, 300] {
+                for &m in &[1usize, 5, 8, 13, 16] {
+                    for &p in &[1usize, 7, 8, 9, 15, 16, 17, 31, 33, 40, 63, 100, 577] {
+                        case += 1;
+                        let (x, w, bias) = (vals(k * p, case), vals(m * k, case + 100), vals(m, case + 200));
+                        let (add, alpha) = (vals((m - m / 3) * p, case + 300), vals(m, case + 400));
+                        let (js, je) = if case % 3 == 0 { (p / 3, p) } else { (0, p) };
+                        let post = match case % 4 {
+                            0 => PostPtr { act: Activation::Identity, add: std::ptr::null(), add_rows: 0, alpha: std::ptr::null() },
+                            1 => PostPtr { act: Activation::HardSwish, add: std::ptr::null(), add_rows: 0, alpha: std::ptr::null() },
+                            2 => PostPtr { act: Activation::Relu6, add: add.as_ptr(), add_rows: m - m / 3, alpha: std::ptr::null() },
+                            _ => PostPtr { act: Activation::Identity, add: add.as_ptr(), add_rows: m - m / 3, alpha: alpha.as_ptr() },
+                        };
+                        let mut want = vec![0f32; m * p];
+                        for r in 0..m {
+                            for j in js..je {
+                                let v = (0..k).fold(bias[r], |a, i| a + w[r * k + i] * x[i * p + j]);
+                                // SAFETY: `r < m`, `j < p`, the post-op's buffers hold `m x p`.
+                                want[r * p + j] = unsafe { post.apply(r, p, j, v) };
+                            }
+                        }
+                        let runs: &[(&str, unsafe fn((*const f32, usize, usize), usize, usize, &[f32], &[f32], PostPtr, *mut f32, usize, usize))] =
+                            if z { &[("avx2", run_avx2), ("avx512", run_avx512)] } else { &[("avx2", run_avx2)] };
+                        for (name, run) in runs {
+                            let mut got = vec![f32::NAN; m * p];
+                            // SAFETY: the features were checked above; every buffer holds its shape.
+                            unsafe { run((x.as_ptr(), p, 0), p, k, &w, &bias, post, got.as_mut_ptr(), js, je) };
+                            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                                let (r, j) = (i / p, i % p);
+                                if j < js || j >= je {
+                                    assert!(g.is_nan(), "{name} k={k} m={m} p={p}: wrote outside {js}..{je} at ({r}, {j})");
+                                } else {
+                                    assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{name} k={k} m={m} p={p} ({r}, {j}): {g} vs {e}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1295,10 +1715,10 @@ impl DenseOp<'_> {
             let done = if self.pointwise() {
                 pointwise::run(img, plane_out, kdim, self.weight, self.bias, post, y)
             } else {
-                with_scratch(kdim * plane_out, |col| {
-                    self.im2col(img, col);
-                    pointwise::run(col, plane_out, kdim, self.weight, self.bias, post, y)
-                })
+                // im2col a band of output rows at a time, each band's columns still in cache
+                // when the kernel packs them (a whole stem's matrix is a megabyte written out
+                // and read back).
+                pointwise::run_banded(g.oh, g.ow, kdim, self.weight, self.bias, post, y, &|oy0, rows, col| self.im2col_rows(img, oy0, rows, col))
             };
             if !done {
                 bail!("conv2d: input / weight / residual sizes disagree");
@@ -1330,6 +1750,37 @@ impl DenseOp<'_> {
     }
 
     /// Fills `col` (`[c_in*kh*kw, oh*ow]`) from one image, zeros where the window leaves it.
+    /// Rows `oy0..oy0 + rows` of the im2col matrix of one image `x`: `col` holds `kdim` rows of
+    /// `rows * ow` values, every one written (zeros where a tap falls in the padding).
+    fn im2col_rows(&self, x: &[f32], oy0: usize, rows: usize, col: &mut [f32]) {
+        let g = self.g;
+        let (kk, bpx) = (g.kh * g.kw, rows * g.ow);
+        if bpx == 0 {
+            return;
+        }
+        for (r, dst) in col.chunks_exact_mut(bpx).enumerate() {
+            let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+            let (lo, hi) = g.col_range(kx);
+            let plane = x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]);
+            for (i, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+                let row = g.in_row(oy0 + i, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
+                match row {
+                    Some(row) if lo < hi => {
+                        drow[..lo].fill(0.0);
+                        drow[hi..].fill(0.0);
+                        let src = row.get(lo * g.stride + kx - g.pl..).unwrap_or(&[]);
+                        match g.stride {
+                            1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+                            2 => gather_stride2(&mut drow[lo..hi], src),
+                            s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
+                        }
+                    }
+                    _ => drow.fill(0.0),
+                }
+            }
+        }
+    }
+
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
         let g = self.g;
         let (plane_out, kk) = (g.oh * g.ow, g.kh * g.kw);
