@@ -804,6 +804,10 @@ fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: 
     if same3 && dw3x3_same_rows(plane, k, bias, act, g, oy0, out, simd) {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if simd && dw3s2_rows(plane, k, bias, act, g, oy0, out) {
+        return;
+    }
     let (prows, pw) = pad_phase_dims(g, rows);
     with_pad_scratch(g.stride * prows * pw, |pad| {
         fill_pad_phases(plane, g, oy0, rows, pad);
@@ -821,6 +825,118 @@ fn dw_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: 
             });
         }
     });
+}
+
+/// Whether [`dw3s2_rows_z`] takes the depthwise shape `g`: 3x3 at stride 2 with no padding at the
+/// top or left (TensorFlow's SAME on an even size: the odd pixel goes bottom / right), output rows
+/// at least one 16-lane vector wide, on a CPU with AVX-512F.
+fn dw3s2_direct(g: &Geom) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx512() && g.kh == 3 && g.kw == 3 && g.stride == 2 && g.pt == 0 && g.pl == 0 && g.ow >= 16;
+    #[cfg(not(target_arch = "x86_64"))]
+    return {
+        let _ = g;
+        false
+    };
+}
+
+/// Output rows `oy0..oy0 + out.len() / ow` of a 3x3 stride-2 depthwise plane ([`dw3s2_direct`]
+/// shapes) read in place: each source row's 16 even columns, 16 odd columns and the even columns
+/// one further are split out of 33 loaded columns by permutes, once for every output row that
+/// reads that source row (four output rows per pass). No column-phase copy of the plane (the
+/// row kernels' way) and no channel-interleaved copy (`dwcv`'s), which cost more than the
+/// multiply-adds on a 96x96 map. `false`, nothing written, when a size disagrees.
+#[cfg(target_arch = "x86_64")]
+fn dw3s2_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geom, oy0: usize, out: &mut [MaybeUninit<f32>]) -> bool {
+    let Some(k9) = k.get(..9).and_then(|k| <&[f32; 9]>::try_from(k).ok()) else { return false };
+    let rows = out.len() / g.ow.max(1);
+    if !dw3s2_direct(g) || plane.len() < g.h * g.w || oy0 + rows > g.oh || rows * g.ow != out.len() {
+        return false;
+    }
+    // SAFETY: AVX-512F is present (`dw3s2_direct`); every read is masked to the plane's rows
+    // and columns, every write to the `rows x ow` output.
+    unsafe {
+        match act {
+            Activation::Identity => dw3s2_rows_z::<0>(plane, k9, bias, g, oy0, rows, out.as_mut_ptr() as *mut f32),
+            Activation::Relu => dw3s2_rows_z::<1>(plane, k9, bias, g, oy0, rows, out.as_mut_ptr() as *mut f32),
+            Activation::Relu6 => dw3s2_rows_z::<2>(plane, k9, bias, g, oy0, rows, out.as_mut_ptr() as *mut f32),
+            Activation::HardSwish => dw3s2_rows_z::<3>(plane, k9, bias, g, oy0, rows, out.as_mut_ptr() as *mut f32),
+        }
+    }
+    true
+}
+
+/// See [`dw3s2_rows`]. Safety: AVX-512F present; `plane` holds `h x w`, `out` `rows x ow`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn dw3s2_rows_z<const A: u8>(plane: &[f32], k: &[f32; 9], bias: f32, g: &Geom, oy0: usize, rows: usize, out: *mut f32) {
+    let mut i = 0;
+    while i < rows {
+        let r = (rows - i).min(4);
+        let o = out.add(i * g.ow);
+        match r {
+            4 => dw3s2_group_z::<4, A>(plane, k, bias, g, oy0 + i, o),
+            3 => dw3s2_group_z::<3, A>(plane, k, bias, g, oy0 + i, o),
+            2 => dw3s2_group_z::<2, A>(plane, k, bias, g, oy0 + i, o),
+            _ => dw3s2_group_z::<1, A>(plane, k, bias, g, oy0 + i, o),
+        }
+        i += r;
+    }
+}
+
+/// `R` output rows from `oy` of [`dw3s2_rows_z`] into `out` (rows `ow` apart).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn dw3s2_group_z<const R: usize, const A: u8>(plane: &[f32], k: &[f32; 9], bias: f32, g: &Geom, oy: usize, out: *mut f32) {
+    use std::arch::x86_64::*;
+    let act = match A {
+        0 => Activation::Identity,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => Activation::HardSwish,
+    };
+    let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 } };
+    let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t]));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let next = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    let (w, ow) = (g.w, g.ow);
+    let src = plane.as_ptr();
+    let mut x = 0;
+    while x < ow {
+        let c = 2 * x;
+        let (ma, mb, mc) = (lanes(w.saturating_sub(c)), lanes(w.saturating_sub(c + 16)), lanes(w.saturating_sub(c + 32).min(1)));
+        let mut acc = [_mm512_set1_ps(bias); R];
+        // Source rows 2 * oy .. 2 * oy + 2R (rows past the plane are the bottom padding).
+        for sr in 0..2 * R + 1 {
+            let iy = 2 * oy + sr;
+            if iy >= g.h {
+                break;
+            }
+            let row = src.add(iy * w + c);
+            let a = _mm512_maskz_loadu_ps(ma, row);
+            let b = _mm512_maskz_loadu_ps(mb, row.add(16));
+            let cc = _mm512_maskz_loadu_ps(mc, row.add(32));
+            let e0 = _mm512_permutex2var_ps(a, even, b);
+            let o1 = _mm512_permutex2var_ps(a, odd, b);
+            let e1 = _mm512_permutex2var_ps(e0, next, cc);
+            for (q, a) in acc.iter_mut().enumerate() {
+                if sr >= 2 * q && sr - 2 * q < 3 {
+                    let ky = sr - 2 * q;
+                    *a = _mm512_fmadd_ps(e0, kv[3 * ky], *a);
+                    *a = _mm512_fmadd_ps(o1, kv[3 * ky + 1], *a);
+                    *a = _mm512_fmadd_ps(e1, kv[3 * ky + 2], *a);
+                }
+            }
+        }
+        let mo = lanes(ow - x);
+        for (q, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(q * ow + x), mo, act_z(act, *a));
+        }
+        x += 16;
+    }
 }
 
 /// 3x3, stride 1, one pixel of padding all round (most depthwise layers here), read in place:
@@ -2925,6 +3041,12 @@ mod tests {
             (4, 1, 9, 3, 1, Padding::Same),
             (2, 2, 3, 3, 1, Padding::Same),
             (3, 5, 24, 3, 1, Padding::Same),
+            // 3x3 stride 2 without top / left padding, 16+ outputs wide (read in place with
+            // AVX-512): whole vectors, a masked last vector, VALID, an odd number of rows.
+            (3, 34, 64, 3, 2, Padding::Same),
+            (2, 20, 50, 3, 2, Padding::Same),
+            (2, 9, 33, 3, 2, Padding::Valid),
+            (2, 19, 36, 3, 2, explicit(0, 0, 0, 1)),
         ];
         for (i, &(c, h, w, k, stride, padding)) in cases.iter().enumerate() {
             let (x, wt, b) = depthwise_case(1, c, h, w, k, 3100 + i as u64 * 10)?;
@@ -2984,7 +3106,8 @@ mod tests {
             let (x, wt, b) = depthwise_case(2, c, h, w, k, seed)?;
             let conv = Conv2d::from_tensors(wt.clone(), Some(b.clone()), stride, padding, true)?;
             let g = conv.geometry(&x)?;
-            assert!(dwcv::takes(&g) || !has_avx2_fma(), "case {i} should take the channel-vector kernel");
+            // (A wide stride-2 map with no top / left padding goes to the in-place AVX-512 kernel.)
+            assert!(dwcv::takes(&g) || dw3s2_direct(&g) || !has_avx2_fma(), "case {i} should take the channel-vector kernel");
             for act in ACTS {
                 let want = naive_conv(&x, &wt, Some(&b), stride, padding.pads(h, w, k, k, stride), true, act)?;
                 let got = conv.clone().with_activation(act).forward(&x)?;

@@ -30,6 +30,8 @@ pub(super) fn takes(g: &Geom) -> bool {
         && g.kh == g.kw
         && matches!(g.kh, 3 | 5)
         && (g.stride == 2 || (g.stride == 1 && g.ow <= MAX_STRIDE1_WIDTH))
+        // Wide stride-2 maps read in place by the AVX-512 kernel, where it takes them.
+        && !super::dw3s2_direct(g)
         && g.oh > 0
         && g.ow > 0
 }
