@@ -1582,13 +1582,7 @@ mod pointwise {
         if !fits(k, p) || ow == 0 || w.len() < m * k || out.len() != m * p || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
             return false;
         }
-        // Bands of ~64 KiB of input matrix, whole 32-pixel panels where the row width allows.
-        let q = NZ / gcd(ow, NZ);
-        let mut band = (16384 / (k * ow)).max(1);
-        if band >= q {
-            band = band / q * q;
-        }
-        let band = band.min(oh);
+        let band = band_rows(oh, ow, k, NZ, m * k * p);
         let bands = oh.div_ceil(band);
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
@@ -1606,9 +1600,9 @@ mod pointwise {
                 });
             }
         };
-        let parts = super::split_parts(m * k * p, bands, SPLIT_WORK);
-        let per = bands.div_ceil(parts.max(1));
-        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands)));
+        // One part per band (taken in turn by whichever thread is free).
+        let parts = if super::split_parts(m * k * p, bands, SPLIT_WORK) > 1 { bands } else { 1 };
+        super::fork(parts, &|t| if parts == 1 { run_bands(0, bands) } else { run_bands(t, t + 1) });
         true
     }
 
@@ -1636,14 +1630,8 @@ mod pointwise {
         if !fits(k, p) || ow == 0 || !sizes || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
             return false;
         }
-        // Bands of ~64 KiB of depthwise output (L2), a whole number of 16-pixel panels where the
-        // row width allows.
-        let q = NR / gcd(ow, NR);
-        let mut band = (16384 / (k * ow)).max(1);
-        if band >= q {
-            band = band / q * q;
-        }
-        let band = band.min(oh);
+        // A small map (6x6, 3x3) is one band: see below.
+        let band = if p < 4 * NR { oh } else { band_rows(oh, ow, k, NR, (m + kk) * k * p) };
         let bands = oh.div_ceil(band);
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
@@ -1704,10 +1692,27 @@ mod pointwise {
             run_bands(0, bands, shared);
             return true;
         }
-        let per = bands.div_ceil(parts);
-        // Tasks write disjoint output pixels.
-        super::fork(parts, &|t| run_bands((t * per).min(bands), ((t + 1) * per).min(bands), shared));
+        // One part per band (taken in turn by whichever thread is free: a fixed share of 10
+        // bands per part left one thread 3 bands to the other's 2); parts write disjoint pixels.
+        super::fork(bands, &|t| run_bands(t, t + 1, shared));
         true
+    }
+
+    /// Output rows per band of [`run_dw`] / [`run_banded`]: about 64 KiB of band input (`k` rows
+    /// of `band * ow` values), a whole number of `panel`-pixel panels where the row width allows,
+    /// and, when a layer of `work` multiply-adds is split over threads, at least about as many
+    /// bands as parts, so that the threads' shares come out even.
+    fn band_rows(oh: usize, ow: usize, k: usize, panel: usize, work: usize) -> usize {
+        let q = panel / gcd(ow, panel);
+        let mut band = (16384 / (k * ow).max(1)).max(1);
+        let parts = super::split_parts(work, usize::MAX, SPLIT_WORK);
+        if parts > 1 {
+            band = band.min(oh.div_ceil(parts));
+        }
+        if band >= q {
+            band = band / q * q;
+        }
+        band.clamp(1, oh.max(1))
     }
 
     fn gcd(a: usize, b: usize) -> usize {
