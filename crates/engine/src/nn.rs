@@ -3741,35 +3741,62 @@ mod team {
     use std::any::Any;
     use std::cell::Cell;
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    /// One posted job: `f(0..n)`, its lifetime erased; each thread takes the next part from
-    /// `next` until none is left, so a helper slowed down mid-layer costs at most its one part.
+    /// One posted job: `f(0..n)`, its lifetime erased. The poster takes parts from the front and
+    /// the helper from the back until they meet, so a helper slowed down mid-layer costs at most
+    /// its one part, and consecutive layers split alike give each thread the same end of the map:
+    /// the rows a thread wrote are still in its own cache when the next layer reads them (parts
+    /// taken in turn from one counter landed on either core at random).
     struct Slot {
         f: *const (dyn Fn(usize) + Sync + 'static),
         n: usize,
-        next: AtomicUsize,
+        /// The next front part (high 32 bits) and one past the next back part (low 32 bits).
+        ends: AtomicU64,
         /// The helper took the slot and has finished with it.
         left: AtomicBool,
         panic: Mutex<Option<Box<dyn Any + Send>>>,
     }
 
     impl Slot {
-        /// Runs parts until none is left (or one panics: the payload is kept for the poster).
-        fn work(&self) {
+        fn new(f: *const (dyn Fn(usize) + Sync + 'static), n: usize) -> Self {
+            // More parts than 32 bits can count are never posted (a layer splits into at most a
+            // few hundred); clamp rather than wrap.
+            let n = n.min(u32::MAX as usize);
+            Slot { f, n, ends: AtomicU64::new(n as u64), left: AtomicBool::new(false), panic: Mutex::new(None) }
+        }
+
+        /// The next part from the front (`back: false`) or the back, `None` when none is left.
+        fn take(&self, back: bool) -> Option<usize> {
+            let mut s = self.ends.load(Ordering::Acquire);
+            loop {
+                let (f, b) = (s >> 32, s & 0xffff_ffff);
+                if f >= b {
+                    return None;
+                }
+                let (next, part) = if back { ((f << 32) | (b - 1), b - 1) } else { (((f + 1) << 32) | b, f) };
+                match self.ends.compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(part as usize),
+                    Err(now) => s = now,
+                }
+            }
+        }
+
+        /// Runs parts from one end until none is left (or one panics: the payload is kept for
+        /// the poster).
+        fn work(&self, back: bool) {
             // SAFETY: the poster keeps `f` and its borrows alive until the slot is taken back or
             // the helper has `left` it (see `run`).
             let f = unsafe { &*self.f };
-            let r = catch_unwind(AssertUnwindSafe(|| loop {
-                let i = self.next.fetch_add(1, Ordering::AcqRel);
-                if i >= self.n {
-                    break;
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                while let Some(i) = self.take(back) {
+                    f(i);
                 }
-                f(i);
             }));
             if let Err(e) = r {
-                self.next.store(self.n, Ordering::Release);
+                // No part left for either thread.
+                self.ends.store((self.n as u64) << 32, Ordering::Release);
                 if let Ok(mut g) = self.panic.lock() {
                     *g = Some(e);
                 }
@@ -3807,7 +3834,7 @@ mod team {
                 // SAFETY: the poster keeps the slot alive until it sees `left` (it cannot take
                 // it back: the swap above took it); the slot is not used after that.
                 let slot = unsafe { &*p };
-                slot.work();
+                slot.work(true);
                 slot.left.store(true, Ordering::Release);
                 continue;
             }
@@ -3866,19 +3893,19 @@ mod team {
         // SAFETY: only the lifetime is erased; this function returns only after the slot was
         // taken back untouched or the helper has left it, so `f` outlives every use.
         let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-        let slot = Slot { f, n, next: AtomicUsize::new(0), left: AtomicBool::new(false), panic: Mutex::new(None) };
+        let slot = Slot::new(f, n);
         let sp = &slot as *const Slot as *mut Slot;
         // Posted only into an empty mailbox: a slot still waiting there is an outer part of this
         // pass (the heads' join around a head's layers) and must stay findable, or taking it back
         // below would fail as if the helper had it, and wait for a helper that never came.
         if POSTED.compare_exchange(std::ptr::null_mut(), sp, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            slot.work();
+            slot.work(false);
             if let Some(e) = slot.panic.lock().ok().and_then(|mut g| g.take()) {
                 resume_unwind(e);
             }
             return;
         }
-        slot.work();
+        slot.work(false);
         if POSTED.compare_exchange(sp, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire).is_err() {
             // The helper joined in: wait for its last part.
             let mut spins = 0u32;
