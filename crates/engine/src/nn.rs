@@ -1586,6 +1586,19 @@ mod pointwise {
         let bands = oh.div_ceil(band);
         let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
         let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        if p < 2 * NR {
+            // A map of a few pixels (the face mesh's 3x3 -> 1x1 output convs): its whole matrix,
+            // then the product split by blocks of output rows, as for a 1x1 conv on such a map
+            // (its weights, 1.6 MB for the 1404 mesh outputs, are what takes the time: each
+            // thread streams half of them).
+            super::with_scratch(k * p, |col| {
+                fill(0, oh, col);
+                // SAFETY: AVX2 + FMA are present (`fits`); `col` holds the `k x p` matrix; the
+                // sizes were checked above.
+                unsafe { run_row_split((col.as_ptr(), p, 0), p, k, w, bias, ptrs, out.as_mut_ptr() as *mut f32) };
+            });
+            return true;
+        }
         let shared = SendPost(ptrs, out.as_mut_ptr() as *mut f32);
         let run_bands = |b0: usize, b1: usize| {
             let shared = shared;
