@@ -1401,6 +1401,16 @@ mod pointwise {
         if k * NZ > PACK {
             return run_avx2(xin, p, k, w, bias, post, op, js, je);
         }
+        // Input rows a multiple of 4 KiB apart (or nearly) share L1 sets: read in place, a
+        // block's k rows would evict each other, so those are packed as below.
+        let skew = (xin.1 * 4) % 4096;
+        if (512..=4096 - 512).contains(&skew) {
+            match bias.len() {
+                16 => return run_rows_z::<16>(xin, p, k, w, bias, post, op, js, je),
+                8 => return run_rows_z::<8>(xin, p, k, w, bias, post, op, js, je),
+                _ => {}
+            }
+        }
         let (xp, xs, xoff) = xin;
         let m = bias.len();
         let mut packed = [MaybeUninit::<f32>::uninit(); PACK];
@@ -1445,6 +1455,33 @@ mod pointwise {
         }
         if end < je {
             dot_tail(xin, p, k, w, bias, post, op, end, je, pk);
+        }
+    }
+
+    /// All `R` output rows (a layer with at most 16 outputs) x 16 pixels per register block,
+    /// straight from the input rows without packing: each input vector is loaded once for all
+    /// the rows, where 8-row blocks over packed panels spent as much on the packing as on the
+    /// product. 17 loads (16 of them broadcasts folded into the FMAs) per 16 FMAs.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_rows_z<const R: usize>(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        let (xp, xs, xoff) = xin;
+        let (wp, bp) = (w.as_ptr(), bias.as_ptr());
+        let mut j = js;
+        while j < je {
+            let mask = panel_masks(je - j)[0];
+            let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*bp.add(r)));
+            let x = xp.add(j - xoff);
+            for i in 0..k {
+                let v = _mm512_maskz_loadu_ps(mask, x.add(i * xs));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(r * k + i)), v, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(op.add(r * p + j), mask, post.apply_z(r, p, j, *a, mask));
+            }
+            j += 16;
         }
     }
 
@@ -1568,6 +1605,81 @@ mod pointwise {
                 unsafe { kernel((input.get() as *const f32, xs, xoff), p, k, wr, br, shared.0.at_row(r0, p), shared.1.add(r0 * p), 0, p) };
             }
         });
+    }
+
+    /// A 3x3 stride-2 conv with 16 outputs and no top / left padding (the face mesh's and the
+    /// selfie segmenter's stems: TensorFlow SAME on an even size) on AVX-512: the taps of 16
+    /// output pixels are split out of the input rows by permutes (even, odd and next-even
+    /// columns) straight into the FMAs, no im2col matrix. `false` (nothing written) for any other
+    /// shape or CPU, or when the sizes disagree.
+    pub(super) fn run_stem(x: &[f32], g: &super::Geom, w: &[f32], bias: &[f32], post: Post, out: &mut [MaybeUninit<f32>]) -> bool {
+        let (m, p, k) = (bias.len(), g.oh * g.ow, g.c_in * 9);
+        let shape = g.kh == 3 && g.kw == 3 && g.stride == 2 && g.pt == 0 && g.pl == 0 && m == 16 && g.c_out == 16 && g.ow > 0;
+        let add_ok = post.add.is_none_or(|(a, rows)| rows <= m && a.len() >= rows * p);
+        if !super::has_avx512() || !shape || x.len() != g.c_in * g.h * g.w || w.len() < m * k || out.len() != m * p || !add_ok || post.alpha.is_some_and(|a| a.len() < m) {
+            return false;
+        }
+        let (add, add_rows) = post.add.map_or((std::ptr::null(), 0), |(a, rows)| (a.as_ptr(), rows));
+        let ptrs = PostPtr { act: post.act, add, add_rows, alpha: post.alpha.map_or(std::ptr::null(), |a| a.as_ptr()) };
+        let shared = SendPost(ptrs, out.as_mut_ptr() as *mut f32);
+        let parts = super::split_parts(m * k * p, g.oh, SPLIT_WORK).max(1);
+        let rows = g.oh.div_ceil(parts);
+        super::fork(parts, &|t| {
+            let shared = shared;
+            let (r0, r1) = ((t * rows).min(g.oh), ((t + 1) * rows).min(g.oh));
+            // SAFETY: AVX-512F is present; `x` holds the `c_in x h x w` image and `out` the
+            // `16 x oh*ow` output (checked above); parts write disjoint output rows.
+            unsafe { stem_rows_z(x, g, w, bias, shared.0, shared.1, r0, r1) };
+        });
+        true
+    }
+
+    /// Output rows `r0..r1` of [`run_stem`]. Safety: AVX-512F present, sizes as checked there.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn stem_rows_z(x: &[f32], g: &super::Geom, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, r0: usize, r1: usize) {
+        const R: usize = 16;
+        let (p, k, ow, iw) = (g.oh * g.ow, g.c_in * 9, g.ow, g.w);
+        let lanes = |n: usize| panel_masks(n)[0];
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let next = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+        let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
+        for oy in r0..r1 {
+            let mut ox = 0;
+            while ox < ow {
+                let c = 2 * ox;
+                let (ma, mb, mc) = (lanes(iw.saturating_sub(c)), lanes(iw.saturating_sub(c + 16)), lanes(iw.saturating_sub(c + 32).min(1)));
+                let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*bp.add(r)));
+                for ci in 0..g.c_in {
+                    for ky in 0..3 {
+                        let iy = 2 * oy + ky;
+                        if iy >= g.h {
+                            // The bottom padding row.
+                            continue;
+                        }
+                        let row = xp.add((ci * g.h + iy) * iw + c);
+                        let a = _mm512_maskz_loadu_ps(ma, row);
+                        let b = _mm512_maskz_loadu_ps(mb, row.add(16));
+                        let e0 = _mm512_permutex2var_ps(a, even, b);
+                        let o1 = _mm512_permutex2var_ps(a, odd, b);
+                        let e1 = _mm512_permutex2var_ps(e0, next, _mm512_maskz_loadu_ps(mc, row.add(32)));
+                        let t = ci * 9 + ky * 3;
+                        for (kx, v) in [e0, o1, e1].into_iter().enumerate() {
+                            for (r, a) in acc.iter_mut().enumerate() {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(r * k + t + kx)), v, *a);
+                            }
+                        }
+                    }
+                }
+                let mo = lanes(ow - ox);
+                let j = oy * ow + ox;
+                for (r, a) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(op.add(r * p + j), mo, post.apply_z(r, p, j, *a, mo));
+                }
+                ox += 16;
+            }
+        }
     }
 
     /// `post(w x col)` for a map of `oh x ow` outputs whose `k x oh*ow` input matrix is made a
@@ -1852,7 +1964,8 @@ impl DenseOp<'_> {
                 // im2col a band of output rows at a time, each band's columns still in cache
                 // when the kernel packs them (a whole stem's matrix is a megabyte written out
                 // and read back).
-                pointwise::run_banded(g.oh, g.ow, kdim, self.weight, self.bias, post, y, &|oy0, rows, col| self.im2col_rows(img, oy0, rows, col))
+                pointwise::run_stem(img, &g, self.weight, self.bias, post, y)
+                    || pointwise::run_banded(g.oh, g.ow, kdim, self.weight, self.bias, post, y, &|oy0, rows, col| self.im2col_rows(img, oy0, rows, col))
             };
             if !done {
                 bail!("conv2d: input / weight / residual sizes disagree");
@@ -2846,6 +2959,11 @@ mod tests {
             (1, 32, 40, 3, 3, 3, 3, Padding::Valid, false),
             (2, 4, 6, 7, 10, 3, 1, explicit(0, 2, 3, 0), false),
             (1, 6, 8, 1, 1, 1, 1, Padding::Valid, false),
+            // 3x3 stride-2 stems with 16 outputs (the AVX-512 stem kernel): a masked last
+            // vector, VALID, the odd padding row at the bottom.
+            (2, 3, 16, 40, 66, 3, 2, Padding::Same, false),
+            (1, 4, 16, 21, 37, 3, 2, Padding::Valid, false),
+            (1, 3, 16, 33, 32, 3, 2, explicit(0, 1, 0, 1), false),
         ];
         for (i, &(n, ci, co, h, w, k, stride, padding, dw)) in cases.iter().enumerate() {
             let seed = i as u64 * 10;
@@ -2962,6 +3080,7 @@ mod tests {
             (2, 9, 14, 9, 13, 11, 1, 1),
             (1, 28, 32, 28, 9, 7, 1, 1),
             (1, 3, 16, 0, 33, 31, 3, 2),
+            (1, 3, 16, 16, 64, 96, 3, 2),
             (2, 32, 32, 32, 6, 6, 1, 1),
             // Maps under 16 pixels (the dot-product tail): face-mesh heads, squeeze-excite gates.
             (1, 128, 128, 128, 3, 3, 1, 1),
