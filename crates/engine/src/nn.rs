@@ -953,7 +953,19 @@ fn dw3x3_same_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geo
     let end = oy0 + rows;
     // Interior columns of the rows with both neighbours inside the image, straight from the plane.
     let (a, b) = (oy0.max(1), end.min(h - 1));
-    if a < b {
+    #[cfg(target_arch = "x86_64")]
+    let whole = simd && a < b && has_avx512() && w >= 16;
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = false;
+    #[cfg(target_arch = "x86_64")]
+    if whole {
+        // Every column of those rows, the edge columns' missing taps masked off.
+        let Some(o) = out.get_mut((a - oy0) * w..(b - oy0) * w) else { return false };
+        // SAFETY: AVX-512F is present; rows `a - 1..b + 1` are inside the plane (`1 <= a`,
+        // `b <= h - 1`, `plane.len() >= h * w`) and `o` holds rows `a..b`.
+        unsafe { dw3x3_rows_z(plane.as_ptr(), w, a, b, k9, bias, act, o.as_mut_ptr() as *mut f32) };
+    }
+    if a < b && !whole {
         let offs: [usize; 9] = std::array::from_fn(|t| (a + t / 3 - 1) * w + t % 3);
         let Some(o) = out.get_mut((a - oy0) * w + 1..) else { return false };
         if !dw_rows_taps::<9>(plane, &offs, w, b - a, w - 2, k9, bias, act, o, w, simd) {
@@ -980,9 +992,12 @@ fn dw3x3_same_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geo
             return false;
         }
     }
-    // The first and last column of every row.
+    // The first and last column of every row (but those done whole above).
     for (i, orow) in out.chunks_exact_mut(w).enumerate() {
         let oy = oy0 + i;
+        if whole && (a..b).contains(&oy) {
+            continue;
+        }
         let (mut l, mut r) = (bias, bias);
         for ky in 0..3 {
             if let Some(rw) = row((oy + ky).checked_sub(1)) {
@@ -994,6 +1009,75 @@ fn dw3x3_same_rows(plane: &[f32], k: &[f32], bias: f32, act: Activation, g: &Geo
         orow[w - 1].write(act.apply(r));
     }
     true
+}
+
+/// Rows `a..b` of a 3x3 stride-1 depthwise plane `w` wide with one column of zero padding each
+/// side, all `w` columns (rows `a - 1..b + 1` must be inside the plane): 32 columns x 4 rows per
+/// step as in [`dw3_rows4_z`], the taps that fall left of column 0 or right of column `w - 1`
+/// masked off, so the edge columns need no scalar pass. `out` holds rows `a..b`.
+/// Safety: AVX-512F present; bounds as stated.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn dw3x3_rows_z(plane: *const f32, w: usize, a: usize, b: usize, k: &[f32; 9], bias: f32, act: Activation, out: *mut f32) {
+    let mut y = a;
+    while y < b {
+        let r = (b - y).min(4);
+        let o = out.add((y - a) * w);
+        match r {
+            4 => dw3x3_group_z::<4>(plane, w, y, k, bias, act, o),
+            3 => dw3x3_group_z::<3>(plane, w, y, k, bias, act, o),
+            2 => dw3x3_group_z::<2>(plane, w, y, k, bias, act, o),
+            _ => dw3x3_group_z::<1>(plane, w, y, k, bias, act, o),
+        }
+        y += r;
+    }
+}
+
+/// `R` rows from `y` of [`dw3x3_rows_z`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn dw3x3_group_z<const R: usize>(plane: *const f32, w: usize, y: usize, k: &[f32; 9], bias: f32, act: Activation, out: *mut f32) {
+    use std::arch::x86_64::*;
+    let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 } };
+    let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t]));
+    let b = _mm512_set1_ps(bias);
+    let mut x = 0;
+    while x < w {
+        // Per vector v (columns x + 16v ..): the output lanes, and for taps kx = 0 / 2 the lanes
+        // whose source column x + 16v + i + kx - 1 is inside the row.
+        let mut m = [[0 as __mmask16; 3]; 2];
+        for (v, mv) in m.iter_mut().enumerate() {
+            let c = x + 16 * v;
+            let n = lanes(w.saturating_sub(c));
+            *mv = [if c == 0 { n & !1 } else { n }, n, n & lanes((w - 1).saturating_sub(c))];
+        }
+        let mut acc = [[b; 2]; R];
+        for r in 0..R + 2 {
+            let row = plane.add((y + r - 1) * w + x);
+            for kx in 0..3 {
+                // Lane i reads column x + i + kx - 1 (masked off where that is outside the row,
+                // so the address one before the row's start is never read).
+                let src = row.wrapping_add(kx).wrapping_sub(1);
+                let v0 = _mm512_maskz_loadu_ps(m[0][kx], src);
+                let v1 = _mm512_maskz_loadu_ps(m[1][kx], src.wrapping_add(16));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    if r >= q && r - q < 3 {
+                        let wv = kv[(r - q) * 3 + kx];
+                        a[0] = _mm512_fmadd_ps(v0, wv, a[0]);
+                        a[1] = _mm512_fmadd_ps(v1, wv, a[1]);
+                    }
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let o = out.add(q * w + x);
+            _mm512_mask_storeu_ps(o, m[0][1], act_z(act, a[0]));
+            _mm512_mask_storeu_ps(o.add(16), m[1][1], act_z(act, a[1]));
+        }
+        x += 32;
+    }
 }
 
 /// `&mut [f32]` as the uninitialised-output form the depthwise kernels take (they only write).
@@ -1403,8 +1487,11 @@ mod pointwise {
         }
         // Input rows a multiple of 4 KiB apart (or nearly) share L1 sets: read in place, a
         // block's k rows would evict each other, so those are packed as below.
-        let skew = (xin.1 * 4) % 4096;
-        if (512..=4096 - 512).contains(&skew) {
+        let aliased = (1..k.min(64)).any(|i| {
+            let o = (i * xin.1 * 4) % 4096;
+            o < 256 || o > 4096 - 256
+        });
+        if !aliased {
             match bias.len() {
                 16 => return run_rows_z::<16>(xin, p, k, w, bias, post, op, js, je),
                 8 => return run_rows_z::<8>(xin, p, k, w, bias, post, op, js, je),
