@@ -2557,15 +2557,42 @@ impl CustomOp1 for MaxPoolOp {
         let g = self.g;
         let x = cpu_slice(storage, layout, self.name())?;
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-        let mut out = vec![f32::NEG_INFINITY; g.n * g.c_in * plane_out];
         // 2x2 stride 2 inside the image (the blocks' pooled skips): two rows in, pairwise maxima.
         let pairs = g.kh == 2 && g.kw == 2 && g.stride == 2 && g.pt == 0 && g.pl == 0 && 2 * g.oh <= g.h && 2 * g.ow <= g.w;
+        let planes = g.n * g.c_in;
+        if pairs && x.len() >= planes * plane_in && g.ow > 0 {
+            // Split by bands of rows across all the channels (not by channels): the layers
+            // around it are split by rows, so each thread pools the rows it wrote and the
+            // fused layer after it reads the rows it pools, all in its own cache.
+            let len = planes * plane_out;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            let base = SendMut(out.as_mut_ptr());
+            let parts = split_parts(len * 4, g.oh, 1 << 18);
+            let rows = g.oh.div_ceil(parts.max(1));
+            fork(parts, &|t| {
+                let (r0, r1) = ((t * rows).min(g.oh), ((t + 1) * rows).min(g.oh));
+                for p in 0..planes {
+                    for oy in r0..r1 {
+                        let i = (p * plane_in + 2 * oy * g.w)..(p * plane_in + (2 * oy + 2) * g.w);
+                        let (top, bottom) = x[i].split_at(g.w);
+                        // SAFETY: `out` holds `planes * plane_out` values; output row `oy` of plane
+                        // `p` belongs to this part alone, and `out` outlives `fork`.
+                        let orow = unsafe { std::slice::from_raw_parts_mut(base.get().add(p * plane_out + oy * g.ow) as *mut MaybeUninit<f32>, g.ow) };
+                        max_pool_pairs(orow, top, bottom);
+                    }
+                }
+            });
+            // SAFETY: every output row of every plane was written by exactly one part.
+            unsafe { out.set_len(len) };
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.oh, g.ow))));
+        }
+        let mut out = vec![f32::NEG_INFINITY; planes * plane_out];
         for_chunks(&mut out, plane_out, g.n * g.c_in * plane_out * g.kh * g.kw, |p, o| {
             let plane = x.get(p * plane_in..(p + 1) * plane_in).unwrap_or(&[]);
             if pairs {
                 for (orow, rows) in o.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
                     let (r0, r1) = rows.split_at(g.w);
-                    max_pool_pairs(orow, r0, r1);
+                    max_pool_pairs(as_uninit(orow), r0, r1);
                 }
                 return;
             }
@@ -2590,7 +2617,7 @@ impl CustomOp1 for MaxPoolOp {
 /// `out[i] = max(r0[2i], r0[2i + 1], r1[2i], r1[2i + 1])` (a 2x2 stride-2 pool of two rows), 8
 /// outputs per step with AVX2 (the stride-2 skips of BlazeFace and the face mesh), as far as the
 /// rows reach.
-fn max_pool_pairs(out: &mut [f32], r0: &[f32], r1: &[f32]) {
+fn max_pool_pairs(out: &mut [MaybeUninit<f32>], r0: &[f32], r1: &[f32]) {
     let n = out.len().min(r0.len() / 2).min(r1.len() / 2);
     #[allow(unused_mut)]
     let mut i = 0;
@@ -2598,17 +2625,17 @@ fn max_pool_pairs(out: &mut [f32], r0: &[f32], r1: &[f32]) {
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 (checked at run time); the body reads `r*[2i..2i + 16]` and
         // writes `out[i..i + 8]` only while `i + 8 <= n`.
-        i = unsafe { max_pool_pairs_avx2(out, r0, r1, n) };
+        i = unsafe { max_pool_pairs_avx2(out.as_mut_ptr() as *mut f32, r0, r1, n) };
     }
     for j in i..n {
-        out[j] = r0[2 * j].max(r0[2 * j + 1]).max(r1[2 * j].max(r1[2 * j + 1]));
+        out[j].write(r0[2 * j].max(r0[2 * j + 1]).max(r1[2 * j].max(r1[2 * j + 1])));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(unsafe_op_in_unsafe_fn)]
-unsafe fn max_pool_pairs_avx2(out: &mut [f32], r0: &[f32], r1: &[f32], n: usize) -> usize {
+unsafe fn max_pool_pairs_avx2(out: *mut f32, r0: &[f32], r1: &[f32], n: usize) -> usize {
     use std::arch::x86_64::*;
     let mut i = 0;
     while i + 8 <= n {
@@ -2618,7 +2645,7 @@ unsafe fn max_pool_pairs_avx2(out: &mut [f32], r0: &[f32], r1: &[f32], n: usize)
         // their maximum, then 64-bit pieces 0, 2, 1, 3 for the order.
         let m = _mm256_max_ps(_mm256_shuffle_ps::<0x88>(a, b), _mm256_shuffle_ps::<0xDD>(a, b));
         let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(m)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), m);
+        _mm256_storeu_ps(out.add(i), m);
         i += 8;
     }
     i
