@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -29,7 +30,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import convert_models  # noqa: E402  (pinned upstream list and fetch())
 
-THREADS = 2
+# The same thread count as our side (rayon's RAYON_NUM_THREADS, 2 unless set): both sides of a
+# one-thread comparison are then one thread.
+THREADS = int(os.environ.get("RAYON_NUM_THREADS") or 2)
 
 
 def upstream_file(model_id: str, upstream: pathlib.Path | None) -> pathlib.Path:

@@ -163,7 +163,8 @@ fn main() {
     };
 
     println!(
-        "\n== model forward, median wall ms, mean CPU ms per call and fastest call (candle CPU vs reference, 2 threads; {} round{}, medians over rounds) ==",
+        "\n== model forward, median wall ms, mean CPU ms per call and fastest call (candle CPU vs reference, {} thread(s) each; {} round{}, medians over rounds) ==",
+        rayon::current_num_threads(),
         ours_rounds.len(),
         if ours_rounds.len() == 1 { "" } else { "s" }
     );
