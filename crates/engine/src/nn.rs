@@ -31,7 +31,9 @@
 //! * depthwise 3x3 / 5x5 on maps up to 32 wide and at stride 2 (`dwcv`): the channels are the
 //!   vector lanes instead, over a zero-padded channel-interleaved copy of the band's rows, 8
 //!   pixels x 8 channels per register block (on a 12x12 or 6x6 map a row is too short for the
-//!   row kernels, and each of 128 planes pays its own setup: 2-15 GFLOPS there before);
+//!   row kernels, and each of 128 planes pays its own setup: 2-15 GFLOPS there before). With
+//!   AVX-512 the row kernels keep 3x3 stride-1 maps over 16 wide and stride-2 maps 16+ wide with
+//!   no top / left padding (read in place, columns split by permutes);
 //! * depthwise (stride 1 or 2) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
 //!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
 //!   into the 1x1 kernel, so no feature map between them is written out or read back (a small
