@@ -340,9 +340,9 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// AVX-512F as well (the 1x1 kernel's 16-lane form): twice the multiply-adds per instruction and
-/// 32 registers, on Intel twice the FMA throughput of AVX2. `LIKENESS_NN_AVX512=0` keeps the
-/// AVX2 kernel (for side-by-side benchmarks).
+/// AVX-512F as well (the 16-lane 1x1, depthwise and stem kernels): twice the multiply-adds per
+/// instruction and 32 registers, on Intel twice the FMA throughput of AVX2. `LIKENESS_NN_AVX512=0`
+/// keeps the AVX2 kernels (for side-by-side benchmarks).
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     use std::sync::OnceLock;
@@ -520,6 +520,49 @@ unsafe fn act_avx2(act: Activation, v: std::arch::x86_64::__m256) -> std::arch::
     }
 }
 
+/// The first `n` of 16 lanes (all of them from 16 on): a row's or a panel's last vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes16(n: usize) -> std::arch::x86_64::__mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+    }
+}
+
+/// A depthwise row kernel's activation, a const parameter (`A`) so that its `match` folds away
+/// instead of running per vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+const fn const_act(a: u8) -> Activation {
+    match a {
+        0 => Activation::Identity,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => Activation::HardSwish,
+    }
+}
+
+/// The three taps `(kx = 0, 1, 2)` of a 3x3 stride-2 window for 16 outputs from `row` (the
+/// image row at their first input column), `avail` input columns left from there: the even,
+/// the odd and the next even columns, split out of 33 loaded columns by permutes. Columns past
+/// `avail` are zeros (the right padding) and never read.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_op_in_unsafe_fn)]
+unsafe fn stride2_taps(row: *const f32, avail: usize) -> [std::arch::x86_64::__m512; 3] {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let next = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    let a = _mm512_maskz_loadu_ps(lanes16(avail), row);
+    let b = _mm512_maskz_loadu_ps(lanes16(avail.saturating_sub(16)), row.add(16));
+    let c = _mm512_maskz_loadu_ps(lanes16(avail.saturating_sub(32).min(1)), row.add(32));
+    let e0 = _mm512_permutex2var_ps(a, even, b);
+    [e0, _mm512_permutex2var_ps(a, odd, b), _mm512_permutex2var_ps(e0, next, c)]
+}
+
 /// `act(v)` on 16 lanes (AVX-512F; inlined into its callers).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -576,7 +619,7 @@ unsafe fn dw3_rows4_z<const S: usize>(src: *const f32, cols: [usize; 3], rs: usi
         }
         while x < n {
             // Lanes past `n` are neither read nor written.
-            let mask: __mmask16 = if n - x >= 16 { 0xffff } else { ((1u32 << (n - x)) - 1) as __mmask16 };
+            let mask = lanes16(n - x);
             let mut acc = [b; 4];
             for r in 0..3 * S + 3 {
                 for kx in 0..3 {
@@ -606,12 +649,7 @@ unsafe fn dw3_rows4_z<const S: usize>(src: *const f32, cols: [usize; 3], rs: usi
 #[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
 unsafe fn dw_rows_avx512<const T: usize, const A: u8>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, out: *mut f32, ostride: usize) {
     use std::arch::x86_64::*;
-    let act = match A {
-        0 => Activation::Identity,
-        1 => Activation::Relu,
-        2 => Activation::Relu6,
-        _ => Activation::HardSwish,
-    };
+    let act = const_act(A);
     let b = _mm512_set1_ps(bias);
     let mut first = 0;
     // 3x3 whose kernel rows are source rows `rs` apart and whose output rows are 1 or 2 source
@@ -619,8 +657,8 @@ unsafe fn dw_rows_avx512<const T: usize, const A: u8>(src: *const f32, offs: &[u
     if T == 9 && rows >= 4 {
         let rs = offs[3].wrapping_sub(offs[0]);
         let tiled = rs > 0 && (0..9).all(|t| offs[t] == offs[t % 3] + (t / 3) * rs);
-        let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t % 9]));
-        let cols = [offs[0], offs[1 % T], offs[2 % T]];
+        let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t]));
+        let cols = [offs[0], offs[1], offs[2]];
         if tiled && stride == rs {
             first = dw3_rows4_z::<1>(src, cols, rs, rows, n, &kv, b, act, out, ostride);
         } else if tiled && stride == 2 * rs {
@@ -644,7 +682,7 @@ unsafe fn dw_rows_avx512<const T: usize, const A: u8>(src: *const f32, offs: &[u
         }
         while x < n {
             // Lanes past `n` are neither read nor written.
-            let mask: __mmask16 = if n - x >= 16 { 0xffff } else { ((1u32 << (n - x)) - 1) as __mmask16 };
+            let mask = lanes16(n - x);
             let mut a0 = b;
             for t in 0..T {
                 a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, ptrs[t].add(x)), _mm512_set1_ps(k[t]), a0);
@@ -665,13 +703,7 @@ unsafe fn dw_rows_avx512<const T: usize, const A: u8>(src: *const f32, offs: &[u
 #[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
 unsafe fn dw_rows_avx2<const T: usize, const A: u8>(src: *const f32, offs: &[usize; T], stride: usize, rows: usize, n: usize, k: &[f32; T], bias: f32, out: *mut f32, ostride: usize) {
     use std::arch::x86_64::*;
-    // The activation as a constant: its `match` folds away instead of running per 16 outputs.
-    let act = match A {
-        0 => Activation::Identity,
-        1 => Activation::Relu,
-        2 => Activation::Relu6,
-        _ => Activation::HardSwish,
-    };
+    let act = const_act(A);
     let b = _mm256_set1_ps(bias);
     for i in 0..rows {
         let ptrs: [*const f32; T] = std::array::from_fn(|t| src.add(offs[t] + i * stride));
@@ -893,23 +925,13 @@ unsafe fn dw3s2_rows_z<const A: u8>(plane: &[f32], k: &[f32; 9], bias: f32, g: &
 #[allow(unsafe_op_in_unsafe_fn)]
 unsafe fn dw3s2_group_z<const R: usize, const A: u8>(plane: &[f32], k: &[f32; 9], bias: f32, g: &Geom, oy: usize, out: *mut f32) {
     use std::arch::x86_64::*;
-    let act = match A {
-        0 => Activation::Identity,
-        1 => Activation::Relu,
-        2 => Activation::Relu6,
-        _ => Activation::HardSwish,
-    };
-    let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 } };
+    let act = const_act(A);
     let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t]));
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let next = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
     let (w, ow) = (g.w, g.ow);
     let src = plane.as_ptr();
     let mut x = 0;
     while x < ow {
         let c = 2 * x;
-        let (ma, mb, mc) = (lanes(w.saturating_sub(c)), lanes(w.saturating_sub(c + 16)), lanes(w.saturating_sub(c + 32).min(1)));
         let mut acc = [_mm512_set1_ps(bias); R];
         // Source rows 2 * oy .. 2 * oy + 2R (rows past the plane are the bottom padding).
         for sr in 0..2 * R + 1 {
@@ -917,23 +939,17 @@ unsafe fn dw3s2_group_z<const R: usize, const A: u8>(plane: &[f32], k: &[f32; 9]
             if iy >= g.h {
                 break;
             }
-            let row = src.add(iy * w + c);
-            let a = _mm512_maskz_loadu_ps(ma, row);
-            let b = _mm512_maskz_loadu_ps(mb, row.add(16));
-            let cc = _mm512_maskz_loadu_ps(mc, row.add(32));
-            let e0 = _mm512_permutex2var_ps(a, even, b);
-            let o1 = _mm512_permutex2var_ps(a, odd, b);
-            let e1 = _mm512_permutex2var_ps(e0, next, cc);
+            let taps = stride2_taps(src.add(iy * w + c), w.saturating_sub(c));
             for (q, a) in acc.iter_mut().enumerate() {
                 if sr >= 2 * q && sr - 2 * q < 3 {
                     let ky = sr - 2 * q;
-                    *a = _mm512_fmadd_ps(e0, kv[3 * ky], *a);
-                    *a = _mm512_fmadd_ps(o1, kv[3 * ky + 1], *a);
-                    *a = _mm512_fmadd_ps(e1, kv[3 * ky + 2], *a);
+                    for (kx, &v) in taps.iter().enumerate() {
+                        *a = _mm512_fmadd_ps(v, kv[3 * ky + kx], *a);
+                    }
                 }
             }
         }
-        let mo = lanes(ow - x);
+        let mo = lanes16(ow - x);
         for (q, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add(q * ow + x), mo, act_z(act, *a));
         }
@@ -1042,7 +1058,6 @@ unsafe fn dw3x3_rows_z(plane: *const f32, w: usize, a: usize, b: usize, k: &[f32
 #[allow(unsafe_op_in_unsafe_fn)]
 unsafe fn dw3x3_group_z<const R: usize>(plane: *const f32, w: usize, y: usize, k: &[f32; 9], bias: f32, act: Activation, out: *mut f32) {
     use std::arch::x86_64::*;
-    let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 } };
     let kv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(k[t]));
     let b = _mm512_set1_ps(bias);
     let mut x = 0;
@@ -1052,8 +1067,8 @@ unsafe fn dw3x3_group_z<const R: usize>(plane: *const f32, w: usize, y: usize, k
         let mut m = [[0 as __mmask16; 3]; 2];
         for (v, mv) in m.iter_mut().enumerate() {
             let c = x + 16 * v;
-            let n = lanes(w.saturating_sub(c));
-            *mv = [if c == 0 { n & !1 } else { n }, n, n & lanes((w - 1).saturating_sub(c))];
+            let n = lanes16(w.saturating_sub(c));
+            *mv = [if c == 0 { n & !1 } else { n }, n, n & lanes16((w - 1).saturating_sub(c))];
         }
         let mut acc = [[b; 2]; R];
         for r in 0..R + 2 {
@@ -1473,8 +1488,7 @@ mod pointwise {
     /// The lanes of a panel's two vectors that hold its first `n` pixels.
     #[inline(always)]
     fn panel_masks(n: usize) -> [__mmask16; 2] {
-        let lanes = |n: usize| if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 };
-        [lanes(n), lanes(n.saturating_sub(16))]
+        [super::lanes16(n), super::lanes16(n.saturating_sub(16))]
     }
 
     /// [`run_avx2`] with 16-lane vectors: panels of 32 pixels, 8 output rows per register block,
@@ -1558,7 +1572,7 @@ mod pointwise {
         let (wp, bp) = (w.as_ptr(), bias.as_ptr());
         let mut j = js;
         while j < je {
-            let mask = panel_masks(je - j)[0];
+            let mask = super::lanes16(je - j);
             let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*bp.add(r)));
             let x = xp.add(j - xoff);
             for i in 0..k {
@@ -1729,16 +1743,11 @@ mod pointwise {
     unsafe fn stem_rows_z(x: &[f32], g: &super::Geom, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, r0: usize, r1: usize) {
         const R: usize = 16;
         let (p, k, ow, iw) = (g.oh * g.ow, g.c_in * 9, g.ow, g.w);
-        let lanes = |n: usize| panel_masks(n)[0];
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let next = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
         let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
         for oy in r0..r1 {
             let mut ox = 0;
             while ox < ow {
                 let c = 2 * ox;
-                let (ma, mb, mc) = (lanes(iw.saturating_sub(c)), lanes(iw.saturating_sub(c + 16)), lanes(iw.saturating_sub(c + 32).min(1)));
                 let mut acc: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*bp.add(r)));
                 for ci in 0..g.c_in {
                     for ky in 0..3 {
@@ -1747,21 +1756,16 @@ mod pointwise {
                             // The bottom padding row.
                             continue;
                         }
-                        let row = xp.add((ci * g.h + iy) * iw + c);
-                        let a = _mm512_maskz_loadu_ps(ma, row);
-                        let b = _mm512_maskz_loadu_ps(mb, row.add(16));
-                        let e0 = _mm512_permutex2var_ps(a, even, b);
-                        let o1 = _mm512_permutex2var_ps(a, odd, b);
-                        let e1 = _mm512_permutex2var_ps(e0, next, _mm512_maskz_loadu_ps(mc, row.add(32)));
+                        let taps = super::stride2_taps(xp.add((ci * g.h + iy) * iw + c), iw.saturating_sub(c));
                         let t = ci * 9 + ky * 3;
-                        for (kx, v) in [e0, o1, e1].into_iter().enumerate() {
+                        for (kx, v) in taps.into_iter().enumerate() {
                             for (r, a) in acc.iter_mut().enumerate() {
                                 *a = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(r * k + t + kx)), v, *a);
                             }
                         }
                     }
                 }
-                let mo = lanes(ow - ox);
+                let mo = super::lanes16(ow - ox);
                 let j = oy * ow + ox;
                 for (r, a) in acc.iter().enumerate() {
                     _mm512_mask_storeu_ps(op.add(r * p + j), mo, post.apply_z(r, p, j, *a, mo));
@@ -1814,9 +1818,12 @@ mod pointwise {
                 });
             }
         };
+        if super::split_parts(m * k * p, bands, SPLIT_WORK) <= 1 {
+            run_bands(0, bands);
+            return true;
+        }
         // One part per band (taken in turn by whichever thread is free).
-        let parts = if super::split_parts(m * k * p, bands, SPLIT_WORK) > 1 { bands } else { 1 };
-        super::fork(parts, &|t| if parts == 1 { run_bands(0, bands) } else { run_bands(t, t + 1) });
+        super::fork(bands, &|t| run_bands(t, t + 1));
         true
     }
 
@@ -2050,9 +2057,9 @@ impl DenseOp<'_> {
             let done = if self.pointwise() {
                 pointwise::run(img, plane_out, kdim, self.weight, self.bias, post, y)
             } else {
-                // im2col a band of output rows at a time, each band's columns still in cache
-                // when the kernel packs them (a whole stem's matrix is a megabyte written out
-                // and read back).
+                // A 3x3 stride-2 stem straight from the image where the CPU allows; else im2col a
+                // band of output rows at a time, each band's columns still in cache when the
+                // kernel packs them (a whole stem's matrix is a megabyte written out and read back).
                 pointwise::run_stem(img, &g, self.weight, self.bias, post, y)
                     || pointwise::run_banded(g.oh, g.ow, kdim, self.weight, self.bias, post, y, &|oy0, rows, col| self.im2col_rows(img, oy0, rows, col))
             };
@@ -2085,38 +2092,46 @@ impl DenseOp<'_> {
         g.kh == 1 && g.kw == 1 && g.stride == 1 && g.oh == g.h && g.ow == g.w
     }
 
-    /// Fills `col` (`[c_in*kh*kw, oh*ow]`) from one image, zeros where the window leaves it.
-    /// Rows `oy0..oy0 + rows` of the im2col matrix of one image `x`: `col` holds `kdim` rows of
-    /// `rows * ow` values, every one written (zeros where a tap falls in the padding).
-    fn im2col_rows(&self, x: &[f32], oy0: usize, rows: usize, col: &mut [f32]) {
+    /// Row `r` (tap `(ci, ky, kx)`) of one image's im2col matrix for output rows `oy0..` (as many
+    /// as `dst` holds, `ow` values each), every value written (zeros where the tap falls in the
+    /// padding).
+    fn im2col_row(&self, x: &[f32], r: usize, oy0: usize, dst: &mut [f32]) {
         let g = self.g;
-        let (kk, bpx) = (g.kh * g.kw, rows * g.ow);
-        if bpx == 0 {
-            return;
-        }
-        for (r, dst) in col.chunks_exact_mut(bpx).enumerate() {
-            let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
-            let (lo, hi) = g.col_range(kx);
-            let plane = x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]);
-            for (i, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
-                let row = g.in_row(oy0 + i, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
-                match row {
-                    Some(row) if lo < hi => {
-                        drow[..lo].fill(0.0);
-                        drow[hi..].fill(0.0);
-                        let src = row.get(lo * g.stride + kx - g.pl..).unwrap_or(&[]);
-                        match g.stride {
-                            1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
-                            2 => gather_stride2(&mut drow[lo..hi], src),
-                            s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
-                        }
+        let kk = g.kh * g.kw;
+        let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+        let (lo, hi) = g.col_range(kx);
+        let plane = x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]);
+        for (i, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
+            let row = g.in_row(oy0 + i, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
+            match row {
+                Some(row) if lo < hi => {
+                    drow[..lo].fill(0.0);
+                    drow[hi..].fill(0.0);
+                    let src = row.get(lo * g.stride + kx - g.pl..).unwrap_or(&[]);
+                    match g.stride {
+                        1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+                        2 => gather_stride2(&mut drow[lo..hi], src),
+                        s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
                     }
-                    _ => drow.fill(0.0),
                 }
+                _ => drow.fill(0.0),
             }
         }
     }
 
+    /// Rows `oy0..oy0 + rows` of the im2col matrix of one image `x`: `col` holds `kdim` rows of
+    /// `rows * ow` values, every one written.
+    fn im2col_rows(&self, x: &[f32], oy0: usize, rows: usize, col: &mut [f32]) {
+        let bpx = rows * self.g.ow;
+        if bpx == 0 {
+            return;
+        }
+        for (r, dst) in col.chunks_exact_mut(bpx).enumerate() {
+            self.im2col_row(x, r, oy0, dst);
+        }
+    }
+
+    /// Fills `col` (`[c_in*kh*kw, oh*ow]`) from one image, zeros where the window leaves it.
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
         let g = self.g;
         let (plane_out, kk) = (g.oh * g.ow, g.kh * g.kw);
@@ -2144,28 +2159,7 @@ impl DenseOp<'_> {
                 });
             });
         }
-        for_chunks(col, plane_out, col.len(), |r, dst| {
-            let (ci, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
-            let (lo, hi) = g.col_range(kx);
-            let plane = x.get(ci * g.h * g.w..(ci + 1) * g.h * g.w).unwrap_or(&[]);
-            for (oy, drow) in dst.chunks_exact_mut(g.ow).enumerate() {
-                let row = g.in_row(oy, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w));
-                match row {
-                    Some(row) if lo < hi => {
-                        drow[..lo].fill(0.0);
-                        drow[hi..].fill(0.0);
-                        let start = lo * g.stride + kx - g.pl;
-                        let src = row.get(start..).unwrap_or(&[]);
-                        match g.stride {
-                            1 => drow[lo..hi].iter_mut().zip(src).for_each(|(d, &v)| *d = v),
-                            2 => gather_stride2(&mut drow[lo..hi], src),
-                            s => drow[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
-                        }
-                    }
-                    _ => drow.fill(0.0),
-                }
-            }
-        });
+        for_chunks(col, plane_out, col.len(), |r, dst| self.im2col_row(x, r, 0, dst));
     }
 }
 
@@ -2591,13 +2585,6 @@ impl CustomOp1 for MaxPoolOp {
         let mut out = vec![f32::NEG_INFINITY; planes * plane_out];
         for_chunks(&mut out, plane_out, g.n * g.c_in * plane_out * g.kh * g.kw, |p, o| {
             let plane = x.get(p * plane_in..(p + 1) * plane_in).unwrap_or(&[]);
-            if pairs {
-                for (orow, rows) in o.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
-                    let (r0, r1) = rows.split_at(g.w);
-                    max_pool_pairs(as_uninit(orow), r0, r1);
-                }
-                return;
-            }
             for (oy, orow) in o.chunks_exact_mut(g.ow).enumerate() {
                 for ky in 0..g.kh {
                     let Some(row) = g.in_row(oy, ky).and_then(|iy| plane.get(iy * g.w..(iy + 1) * g.w)) else { continue };
