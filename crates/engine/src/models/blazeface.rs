@@ -128,8 +128,10 @@ impl Module for BlazeBlock {
                 return self.dw.forward_dw_fused(&self.pw, x, r, FusedActivation::Relu);
             }
             if self.cfg.stride == 2 && h % 2 == 0 && w % 2 == 0 {
-                let r = if self.cfg.residual { Some(max_pool2d(x, 2, 2, Padding::Valid)?) } else { None };
-                return self.dw.forward_dw_fused(&self.pw, x, r.as_ref(), FusedActivation::Relu);
+                if self.cfg.residual {
+                    return self.dw.forward_dw_fused_pooled(&self.pw, x, FusedActivation::Relu);
+                }
+                return self.dw.forward_dw_fused(&self.pw, x, None, FusedActivation::Relu);
             }
         }
         let h = self.dw.forward(x)?;

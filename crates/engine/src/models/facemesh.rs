@@ -118,8 +118,7 @@ impl Module for ResBlock {
                 return self.dw.forward_dw_fused(&self.pw, x, Some(x), FusedActivation::PRelu(&self.act));
             }
             if self.stride == 2 && h % 2 == 0 && w % 2 == 0 {
-                let skip = max_pool2d(x, 2, 2, Padding::Valid)?;
-                return self.dw.forward_dw_fused(&self.pw, x, Some(&skip), FusedActivation::PRelu(&self.act));
+                return self.dw.forward_dw_fused_pooled(&self.pw, x, FusedActivation::PRelu(&self.act));
             }
         }
         let d = self.dw.forward(x)?;

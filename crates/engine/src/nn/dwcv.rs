@@ -9,6 +9,10 @@
 //! [channel]`, 8x8 register transposes), each tap of 8 output pixels is then one 8-channel load
 //! per pixel with the tap's weights in a register, and the 8x8 results are transposed back and
 //! stored as 8-pixel runs of the planar output. No edge cases per plane, no per-row setup.
+//!
+//! With AVX-512 the 3x3 shapes of the face mesh and BlazeFace go elsewhere (stride 1 SAME up to
+//! 24 wide: `dwflat`; stride 2 without top / left padding: `dw3s2_rows_z`), both reading the
+//! planes in place; this kernel keeps 5x5, other paddings, and CPUs with AVX2 only.
 
 use std::arch::x86_64::*;
 
@@ -35,6 +39,8 @@ pub(super) fn takes(g: &Geom) -> bool {
         && (g.stride == 2 || (g.stride == 1 && g.ow <= if g.kh == 3 && super::has_avx512() { MAX_STRIDE1_WIDTH_Z } else { MAX_STRIDE1_WIDTH }))
         // Wide stride-2 maps read in place by the AVX-512 kernel, where it takes them.
         && !super::dw3s2_direct(g)
+        // Small stride-1 3x3 maps read flat by the AVX-512 kernel.
+        && !super::dwflat::takes(g)
         && g.oh > 0
         && g.ow > 0
 }
