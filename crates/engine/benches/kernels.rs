@@ -1,7 +1,7 @@
 //! The small nets' layer kernels one at a time, on the face mesh's block shapes: the 1x1 conv
 //! (residual + PReLU in its store), the depthwise 3x3 conv alone and both fused, median wall time
-//! and GFLOPS (2 flops per multiply-add; this machine's peak is about 117 per core). Run with
-//! `RAYON_NUM_THREADS=1` for one core's speed:
+//! and GFLOPS (2 flops per multiply-add). Run with `RAYON_NUM_THREADS=1` for one core's speed,
+//! without it for the pass's team of two, as the models run:
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench -p likeness-engine --bench kernels
 //!
@@ -10,10 +10,15 @@
 use std::time::Instant;
 
 use candle_core::{Device, Module, Result, Tensor};
-use likeness_engine::nn::{max_pool2d, Conv2d, FusedActivation, PRelu, Padding};
+use likeness_engine::nn::{max_pool2d, on_pool, Conv2d, FusedActivation, PRelu, Padding};
 
-/// Median seconds of `n` calls after 20 warm-up calls.
-fn median<F: FnMut() -> Result<()>>(mut f: F, n: usize) -> Result<f64> {
+/// Median seconds of `n` calls after 20 warm-up calls, all inside one [`on_pool`] pass: with
+/// more than one rayon thread the layers split over the pass's team, as in the models.
+fn median<F: FnMut() -> Result<()> + Send>(f: F, n: usize) -> Result<f64> {
+    on_pool(|| median_here(f, n))
+}
+
+fn median_here<F: FnMut() -> Result<()>>(mut f: F, n: usize) -> Result<f64> {
     for _ in 0..20 {
         f()?;
     }

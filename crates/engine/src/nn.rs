@@ -1276,6 +1276,9 @@ mod pointwise {
     const NR: usize = 16;
     /// Floats of the packed input tile (32 KiB: the L1 data cache).
     const PACK: usize = 8192;
+    /// Largest output map (pixels) of a depthwise + 1x1 pair split over threads by channels
+    /// (see [`run_dw`]).
+    const SMALL_MAP: usize = 144;
     /// Multiply-adds of a layer before splitting it over threads pays: a hand-off costs tens of
     /// microseconds on a busy machine, as much as ~2M multiply-adds on one core.
     const SPLIT_WORK: usize = 1 << 21;
@@ -1482,13 +1485,22 @@ mod pointwise {
     /// set the pace. `MASK`: the panel ends early, only the lanes of `m0` / `m1` are stored.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_z<const R: usize, const V: usize, const MASK: bool>(panel: *const f32, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize, masks: [__mmask16; 2]) {
+    unsafe fn block_z<const R: usize, const V: usize, const MASK: bool>(panel: *const f32, rs: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize, masks: [__mmask16; 2]) {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for (r, a) in acc.iter_mut().enumerate() {
             *a = [_mm512_set1_ps(*bias.add(r)); V];
         }
         for i in 0..k {
-            let x: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(panel.add(i * NZ + 16 * v)));
+            // Input row `i` of the panel `rs` apart (a packed panel's, or the map's own rows);
+            // a partial panel read in place is masked to its pixels.
+            let x: [__m512; V] = std::array::from_fn(|v| {
+                let src = panel.add(i * rs + 16 * v);
+                if MASK {
+                    _mm512_maskz_loadu_ps(masks[v], src)
+                } else {
+                    _mm512_loadu_ps(src)
+                }
+            });
             for (r, a) in acc.iter_mut().enumerate() {
                 let wv = _mm512_set1_ps(*w.add(r * k + i));
                 for v in 0..V {
@@ -1511,14 +1523,14 @@ mod pointwise {
     /// Rows `R` over the packed panels of pixels `j0..j0 + px`, the last panel possibly partial.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_panels_z<const R: usize>(packed: *const f32, px: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j0: usize) {
+    unsafe fn rows_panels_z<const R: usize>(src: *const f32, (rs, step): (usize, usize), px: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j0: usize) {
         let mut jb = 0;
         while jb * NZ < px {
-            let (panel, j) = (packed.add(jb * k * NZ), j0 + jb * NZ);
+            let (panel, j) = (src.add(jb * step), j0 + jb * NZ);
             match px - jb * NZ {
-                NZ.. => block_z::<R, 2, false>(panel, p, k, w, bias, post, out, j, [0xffff; 2]),
-                n @ 17.. => block_z::<R, 2, true>(panel, p, k, w, bias, post, out, j, panel_masks(n)),
-                n => block_z::<R, 1, true>(panel, p, k, w, bias, post, out, j, panel_masks(n)),
+                NZ.. => block_z::<R, 2, false>(panel, rs, p, k, w, bias, post, out, j, [0xffff; 2]),
+                n @ 17.. => block_z::<R, 2, true>(panel, rs, p, k, w, bias, post, out, j, panel_masks(n)),
+                n => block_z::<R, 1, true>(panel, rs, p, k, w, bias, post, out, j, panel_masks(n)),
             }
             jb += 1;
         }
@@ -1537,6 +1549,9 @@ mod pointwise {
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_avx512(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
         const RZ: usize = 8;
+        if (8..=48).contains(&(je - js)) {
+            return run_small_z(xin, p, k, w, bias, post, op, js, je);
+        }
         if k * NZ > PACK {
             return run_avx2(xin, p, k, w, bias, post, op, js, je);
         }
@@ -1555,10 +1570,46 @@ mod pointwise {
         }
         let (xp, xs, xoff) = xin;
         let m = bias.len();
-        let mut packed = [MaybeUninit::<f32>::uninit(); PACK];
-        let pk = packed.as_mut_ptr() as *mut f32;
         let tile = ((PACK / k.max(1)) / NZ * NZ).max(NZ);
         let (wp, bp) = (w.as_ptr(), bias.as_ptr());
+        // Read in place unless many of the k rows land on one L1 set (a row spacing near a
+        // multiple of 4 KiB: the 96x96 and 48x48 maps); a small contiguous matrix, whose rows
+        // only now and then fall 4 KiB apart, needs no packing (96x96 16 -> 32 1x1: 29 -> 25 us,
+        // the 5x5 stem 223 -> 199 us on one core).
+        let few = (1..k)
+            .filter(|&i| {
+                let o = (i * xs * 4) % 4096;
+                o < 128 || o > 4096 - 128
+            })
+            .count()
+            < 8;
+        if few {
+            let mut j0 = js;
+            while j0 < je {
+                let j1 = (j0 + tile).min(je);
+                let px = j1 - j0;
+                let mut r = 0;
+                while r < m {
+                    let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
+                    let src = xp.add(j0 - xoff);
+                    match m - r {
+                        1 => rows_panels_z::<1>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        2 => rows_panels_z::<2>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        3 => rows_panels_z::<3>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        4 => rows_panels_z::<4>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        5 => rows_panels_z::<5>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        6 => rows_panels_z::<6>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        7 => rows_panels_z::<7>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                        _ => rows_panels_z::<RZ>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
+                    }
+                    r += RZ;
+                }
+                j0 = j1;
+            }
+            return;
+        }
+        let mut packed = [MaybeUninit::<f32>::uninit(); PACK];
+        let pk = packed.as_mut_ptr() as *mut f32;
         // Whole panels, then the rest as one masked panel when it fills at least half a vector
         // (fewer pixels are cheaper as dot products along `k`, below).
         let rest = (je - js) % NZ;
@@ -1582,14 +1633,14 @@ mod pointwise {
             while r < m {
                 let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
                 match m - r {
-                    1 => rows_panels_z::<1>(pk, px, p, k, wr, br, po, or, j0),
-                    2 => rows_panels_z::<2>(pk, px, p, k, wr, br, po, or, j0),
-                    3 => rows_panels_z::<3>(pk, px, p, k, wr, br, po, or, j0),
-                    4 => rows_panels_z::<4>(pk, px, p, k, wr, br, po, or, j0),
-                    5 => rows_panels_z::<5>(pk, px, p, k, wr, br, po, or, j0),
-                    6 => rows_panels_z::<6>(pk, px, p, k, wr, br, po, or, j0),
-                    7 => rows_panels_z::<7>(pk, px, p, k, wr, br, po, or, j0),
-                    _ => rows_panels_z::<RZ>(pk, px, p, k, wr, br, po, or, j0),
+                    1 => rows_panels_z::<1>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    2 => rows_panels_z::<2>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    3 => rows_panels_z::<3>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    4 => rows_panels_z::<4>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    5 => rows_panels_z::<5>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    6 => rows_panels_z::<6>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    7 => rows_panels_z::<7>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
+                    _ => rows_panels_z::<RZ>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
                 }
                 r += RZ;
             }
@@ -1597,6 +1648,66 @@ mod pointwise {
         }
         if end < je {
             dot_tail(xin, p, k, w, bias, post, op, end, je, pk);
+        }
+    }
+
+    /// Pixels `js..je`, 8 to 48 of them (a 6x6 or 3x3 map, a band of a 12x12 one), every output
+    /// row, read in place: 8 rows x up to 3 vectors (the last masked) per register block, each
+    /// input vector loaded once per block. Packing such a sliver into 32-pixel panels (each part
+    /// of a row split packing it again) and its last few pixels as dot products cost as much as
+    /// the product: 6x6x128 -> 128 took 10.6 us on one core.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_small_z(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
+        let n = je - js;
+        let masks = [super::lanes16(n), super::lanes16(n.saturating_sub(16)), super::lanes16(n.saturating_sub(32))];
+        let x = xin.0.add(js - xin.2);
+        let (m, wp, bp) = (bias.len(), w.as_ptr(), bias.as_ptr());
+        let mut r = 0;
+        while r < m {
+            let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p + js), post.at_row(r, p));
+            let rows = (m - r).min(8);
+            match n.div_ceil(16) {
+                1 => small_rows_z::<1>(rows, x, xin.1, k, wr, br, po, or, p, js, masks),
+                2 => small_rows_z::<2>(rows, x, xin.1, k, wr, br, po, or, p, js, masks),
+                _ => small_rows_z::<3>(rows, x, xin.1, k, wr, br, po, or, p, js, masks),
+            }
+            r += 8;
+        }
+    }
+
+    /// `rows` (1-8) output rows of [`run_small_z`] over its `V` vectors.
+    #[inline(always)]
+    unsafe fn small_rows_z<const V: usize>(rows: usize, x: *const f32, xs: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, p: usize, j: usize, masks: [__mmask16; 3]) {
+        match rows {
+            1 => small_block_z::<1, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            2 => small_block_z::<2, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            3 => small_block_z::<3, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            4 => small_block_z::<4, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            5 => small_block_z::<5, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            6 => small_block_z::<6, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            7 => small_block_z::<7, V>(x, xs, k, w, bias, post, out, p, j, masks),
+            _ => small_block_z::<8, V>(x, xs, k, w, bias, post, out, p, j, masks),
+        }
+    }
+
+    /// `R` rows x `V` vectors: input row `i` of the pixels at `x + i * xs`, output row `r` at
+    /// `out + r * p`, pixel `j` the first (for the post-op), `masks` the vectors' lanes.
+    #[inline(always)]
+    unsafe fn small_block_z<const R: usize, const V: usize>(x: *const f32, xs: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, p: usize, j: usize, masks: [__mmask16; 3]) {
+        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(*bias.add(r)); V]);
+        for i in 0..k {
+            let xv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], x.add(i * xs + 16 * v)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*w.add(r * k + i));
+                for v in 0..V {
+                    a[v] = _mm512_fmadd_ps(wv, xv[v], a[v]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for v in 0..V {
+                _mm512_mask_storeu_ps(out.add(r * p + 16 * v), masks[v], post.apply_z(r, p, j + 16 * v, a[v], masks[v]));
+            }
         }
     }
 
@@ -1728,13 +1839,16 @@ mod pointwise {
     /// to share by pixels. Safety: as [`run_avx2`], over all of `0..p`.
     unsafe fn run_row_split(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], ptrs: PostPtr, op: *mut f32) {
         let m = bias.len();
-        let blocks = m.div_ceil(MR);
+        // Parts of whole register blocks (8 rows with AVX-512): an 18-row part ran a 2-row
+        // block, a quarter of the FMA chains in flight.
+        let mr = if super::has_avx512() { 8 } else { MR };
+        let blocks = m.div_ceil(mr);
         let parts = super::split_parts(m * k * p, blocks, SPLIT_WORK);
         if parts <= 1 {
             kernel(xin, p, k, w, bias, ptrs, op, 0, p);
             return;
         }
-        let per = blocks.div_ceil(parts) * MR;
+        let per = blocks.div_ceil(parts) * mr;
         let shared = SendPost(ptrs, op);
         let input = super::SendMut(xin.0 as *mut f32);
         let (xs, xoff) = (xin.1, xin.2);
@@ -1911,15 +2025,10 @@ mod pointwise {
                 return;
             }
             let pool = pool;
-            for (c, plane) in x.chunks_exact(g.h * g.w).enumerate().take(k) {
-                for oy in oy0..oy0 + rows {
-                    let (top, bottom) = plane[2 * oy * g.w..(2 * oy + 2) * g.w].split_at(g.w);
-                    // SAFETY: `pooled` holds `k x p` values; row `oy` of channel `c` belongs to
-                    // this band alone, and `pooled` outlives every band.
-                    let orow = unsafe { std::slice::from_raw_parts_mut(pool.get().add(c * p + oy * ow) as *mut MaybeUninit<f32>, ow) };
-                    super::max_pool_pairs(orow, top, bottom);
-                }
-            }
+            // SAFETY: `x` holds `k` planes of `h x w = 2oh x 2ow` (checked above); `pooled` holds
+            // `k x p` values, rows `oy0..oy0 + rows` of each channel belong to this band alone,
+            // and `pooled` outlives every band.
+            unsafe { super::max_pool_band(x, k, g.w, ow, oy0, rows, pool.get(), p) };
         };
         let op = out.as_mut_ptr() as *mut f32;
         let flat = super::dwflat::takes(g);
@@ -1969,6 +2078,52 @@ mod pointwise {
         };
         let parts = super::split_parts((m + kk) * k * p, bands, SPLIT_WORK);
         let shared = SendPost(ptrs, op);
+        if !cv && p <= SMALL_MAP && (g.stride > 1 || p < 4 * NR) && super::split_parts(2 * kk * k * p, 2, SPLIT_WORK) > 1 {
+            // A small stride-2 output (12x12, 6x6) or a map of one band, shared by channels
+            // instead of rows: each thread takes groups of 8 channels of the depthwise conv (and
+            // of the pooled skip) over the whole map, then blocks of the 1x1's output rows. Bands
+            // of a 12x12 stride-2 output are a row or two, each re-reading every weight for 12-24
+            // pixels (face mesh 24 -> 12 block: 36 -> 30 us on two threads, 12 -> 6: 23 -> 20);
+            // a small map of one band ran its depthwise conv on one thread. Stride-1 12x12 and
+            // larger maps stay in row bands: there the depthwise output and the next layer's
+            // input stay in the core that wrote them, where this split sends every channel
+            // across (12x12x128 30 -> 45 us this way).
+            let mut mid: Vec<f32> = Vec::with_capacity(k * p);
+            let midp = super::SendMut(mid.as_mut_ptr());
+            let groups = k.div_ceil(8);
+            let dparts = super::split_parts(kk * k * p, groups, SPLIT_WORK).clamp(2, groups.max(2));
+            let per = groups.div_ceil(dparts) * 8;
+            let plane = g.h * g.w;
+            super::fork(dparts, &|t| {
+                let (c0, c1) = ((t * per).min(k), ((t + 1) * per).min(k));
+                if c0 >= c1 {
+                    return;
+                }
+                let midp = midp;
+                // SAFETY: `mid` holds `k x p` values; channels `c0..c1` belong to this part.
+                let dst = unsafe { std::slice::from_raw_parts_mut(midp.get().add(c0 * p), (c1 - c0) * p) };
+                let xs = &x[c0 * plane..c1 * plane];
+                let sub = super::Geom { c_in: c1 - c0, c_out: c1 - c0, ..*g };
+                // SAFETY: `dst` holds the `c1 - c0` channels' `p` outputs, `p` apart.
+                let done = (flat && unsafe { super::dwflat::band(xs, &sub, &dw.weight[c0 * kk..c1 * kk], &dw.bias[c0..c1], dw.act, 0, oh, dst.as_mut_ptr(), p) })
+                    || dst.chunks_exact_mut(p).zip(xs.chunks_exact(plane)).zip(dw.weight[c0 * kk..c1 * kk].chunks_exact(kk)).zip(&dw.bias[c0..c1]).all(|(((o, pl), kw), &b)| {
+                        super::dw_rows(pl, kw, b, dw.act, g, 0, super::as_uninit(o), true);
+                        true
+                    });
+                if !done {
+                    dst.fill(f32::NAN);
+                }
+                if dw.pool_skip {
+                    let pool = pool;
+                    // SAFETY: as for `pool_band`, for channels `c0..c1` (all of their rows).
+                    unsafe { super::max_pool_band(xs, c1 - c0, g.w, ow, 0, oh, pool.get().add(c0 * p), p) };
+                }
+            });
+            // SAFETY: AVX2 + FMA are present (`fits`); every value of `mid` was written above;
+            // the sizes were checked above.
+            unsafe { run_row_split((mid.as_ptr(), p, 0), p, k, w, bias, ptrs, op) };
+            return true;
+        }
         if bands == 1 && p < 4 * NR {
             // One band of a small map (6x6, 3x3): the depthwise output once, then the 1x1
             // product shared by blocks of output rows.
@@ -2000,7 +2155,8 @@ mod pointwise {
         let mut band = (16384 / (k * ow).max(1)).max(1);
         let parts = super::split_parts(work, usize::MAX, SPLIT_WORK);
         if parts > 1 {
-            band = band.min(oh.div_ceil(parts));
+            let min_px: usize = std::env::var("MINPX").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            band = band.min(oh.div_ceil(parts).max(min_px.div_ceil(ow.max(1))));
         }
         if band >= q {
             band = band / q * q;
@@ -2042,8 +2198,10 @@ mod pointwise {
             let z = is_x86_feature_detected!("avx512f");
             let mut case = 0u64;
             for &k in &[1usize, 3, 27, 64, 300] {
-                for &m in &[1usize, 5, 8, 13, 16] {
-                    for &p in &[1usize, 7, 8, 9, 15, 16, 17, 31, 33, 40, 63, 100, 577] {
+                // Pixel counts: the small-map kernel's 8-48, rows read in place (63, 100, 577)
+                // and packed (1024: rows 4 KiB apart).
+                for &m in &[1usize, 5, 8, 13, 16, 40] {
+                    for &p in &[1usize, 7, 8, 9, 15, 16, 17, 31, 33, 40, 63, 100, 577, 1024] {
                         case += 1;
                         let (x, w, bias) = (vals(k * p, case), vals(m * k, case + 100), vals(m, case + 200));
                         let (add, alpha) = (vals((m - m / 3) * p, case + 300), vals(m, case + 400));
@@ -2702,11 +2860,49 @@ fn max_pool_pairs(out: &mut [MaybeUninit<f32>], r0: &[f32], r1: &[f32]) {
     }
 }
 
+/// Output rows `oy0..oy0 + rows` of the 2x2 stride-2 max pool of `c` planes of `2 * ow` wide
+/// (`2 * oh` high, `oh >= oy0 + rows`) in `x`: channel `ch`'s rows at `out + ch * ostride + oy *
+/// ow`. One call for all the rows and channels (a call per row cost more than its pooling on
+/// the 3-12 wide maps).
+/// Safety: `x` holds the `c` planes' rows up to `2 * (oy0 + rows)`; `out` as described is writable.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn max_pool_band(x: &[f32], c: usize, w: usize, ow: usize, oy0: usize, rows: usize, out: *mut f32, ostride: usize) {
+    let plane = x.len() / c.max(1);
+    if has_avx512() {
+        // SAFETY: AVX-512F is present; bounds as the caller's.
+        unsafe { max_pool_band_z(x.as_ptr(), c, plane, w, ow, oy0, rows, out, ostride) };
+        return;
+    }
+    for ch in 0..c {
+        for oy in oy0..oy0 + rows {
+            let (top, bottom) = x[ch * plane + 2 * oy * w..ch * plane + (2 * oy + 2) * w].split_at(w);
+            // SAFETY: as the caller's.
+            let orow = unsafe { std::slice::from_raw_parts_mut(out.add(ch * ostride + oy * ow) as *mut MaybeUninit<f32>, ow) };
+            max_pool_pairs(orow, top, bottom);
+        }
+    }
+}
+
+/// See [`max_pool_band`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(unsafe_op_in_unsafe_fn, clippy::too_many_arguments)]
+unsafe fn max_pool_band_z(x: *const f32, c: usize, plane: usize, w: usize, ow: usize, oy0: usize, rows: usize, out: *mut f32, ostride: usize) {
+    for ch in 0..c {
+        for oy in oy0..oy0 + rows {
+            let r0 = x.add(ch * plane + 2 * oy * w);
+            max_pool_pairs_z(out.add(ch * ostride + oy * ow), r0, r0.add(w), ow);
+        }
+    }
+}
+
 /// [`max_pool_pairs`] on 16 lanes, all `n` outputs (the last vector masked: rows of the small
 /// maps, 3-12 outputs, are one step). Safety: AVX-512F present; `r0`, `r1` hold `2n` values,
 /// `out` `n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
 #[allow(unsafe_op_in_unsafe_fn)]
 unsafe fn max_pool_pairs_z(out: *mut f32, r0: *const f32, r1: *const f32, n: usize) {
     use std::arch::x86_64::*;
@@ -3353,6 +3549,10 @@ mod tests {
             let residual = (rc > 0).then_some(&r);
             let relu = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::Relu)?;
             assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu");
+            // On a pass's team of two (row bands, or channel groups on small maps).
+            let team = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(candle_core::Error::wrap)?;
+            let relu = team.install(|| on_pool(|| dw.forward_dw_fused(&pw, &x, residual, FusedActivation::Relu)))?;
+            assert!(rel(&relu, &summed.relu()?)? < 1e-5, "case {i} relu, two threads");
             let pr = dw.forward_dw_fused(&pw, &x, residual, FusedActivation::PRelu(&prelu))?;
             let want = (summed.relu()? + summed.minimum(0f32)?.broadcast_mul(&prelu.alpha)?)?;
             assert!(rel(&pr, &want)? < 1e-5, "case {i} prelu");
