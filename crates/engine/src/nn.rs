@@ -26,18 +26,22 @@
 //!   threads take bands of pixels (maps under two panels: blocks of output rows); maps under
 //!   16 pixels (heads, squeeze-excite gates) as dot products along the input channels. With
 //!   AVX-512F (Intel: twice AVX2's multiply-adds per cycle), 8 rows x 32 pixels, a map's last
-//!   8-31 pixels as one masked panel. Without AVX2, one `gemm` call per image (`[out, in] x
-//!   [in, h*w]`) and one bias+activation pass;
+//!   pixels as one masked panel, the input rows read in place unless many fall on one L1 set
+//!   (then packed), 8-48 pixels (6x6, 3x3 maps) by an in-place kernel of up to 3 vectors. Without
+//!   AVX2, one `gemm` call per image (`[out, in] x [in, h*w]`) and one bias+activation pass;
 //! * depthwise 3x3 / 5x5 on maps up to 32 wide and at stride 2 (`dwcv`): the channels are the
 //!   vector lanes instead, over a zero-padded channel-interleaved copy of the band's rows, 8
 //!   pixels x 8 channels per register block (on a 12x12 or 6x6 map a row is too short for the
 //!   row kernels, and each of 128 planes pays its own setup: 2-15 GFLOPS there before). With
-//!   AVX-512 the row kernels keep 3x3 stride-1 maps over 16 wide and stride-2 maps 16+ wide with
-//!   no top / left padding (read in place, columns split by permutes);
+//!   AVX-512 the 3x3 shapes go elsewhere, read in place: stride-1 SAME maps up to 24 wide to
+//!   `dwflat` (each plane one flat run of pixels, padding taps masked), wider ones to the row
+//!   kernels, stride 2 with no top / left padding to `dw3s2_rows_z` (columns split by permutes);
 //! * depthwise (stride 1 or 2) then 1x1 ([`Conv2d::forward_dw_fused`], BlazeFace / face-mesh blocks):
 //!   band of rows by band, the depthwise output kept in a cache-sized scratch and fed straight
 //!   into the 1x1 kernel, so no feature map between them is written out or read back (a small
-//!   map's single band: the depthwise output once, the 1x1 shared by blocks of output rows);
+//!   map's single band: the depthwise output once, the 1x1 shared by blocks of output rows); a
+//!   stride-2 block's max-pooled skip ([`Conv2d::forward_dw_fused_pooled`]) pooled band by band
+//!   next to the product;
 //! * 3x3 dense, stride 1, "same" padding, 32+ channels over 64+ output tiles of 2x2 (the UNet's
 //!   and VAE's layers; the direct kernel's shapes go to it first): Winograd F(2x2, 3x3)
 //!   ([`winograd`]), 16 `gemm` products on transformed tiles, 2.25x fewer multiply-adds;
@@ -55,6 +59,8 @@
 //! whole forward pass through [`on_pool`] on a pool thread with a team of two (`team`, at the
 //! end): the pass's rayon sibling spins while the pass lasts and takes parts of every layer of
 //! 64k+ multiply-adds (2-8 parts from an atomic counter), without rayon's wake-up per layer.
+//! Fused blocks split into bands of at least ~96 pixels; small stride-2 outputs (12x12, 6x6)
+//! split by channels for the depthwise conv, then by output rows for the 1x1.
 //! Tensors on CUDA / Metal (or of another dtype) take candle's own ops, chosen by `x.device()`.
 
 use std::cell::RefCell;
