@@ -1580,10 +1580,10 @@ mod pointwise {
         let m = bias.len();
         let tile = ((PACK / k.max(1)) / NZ * NZ).max(NZ);
         let (wp, bp) = (w.as_ptr(), bias.as_ptr());
-        // Read in place unless many of the k rows land on one L1 set (a row spacing near a
-        // multiple of 4 KiB: the 96x96 and 48x48 maps); a small contiguous matrix, whose rows
-        // only now and then fall 4 KiB apart, needs no packing (96x96 16 -> 32 1x1: 29 -> 25 us,
-        // the 5x5 stem 223 -> 199 us on one core).
+        // Read in place unless many of the k rows land on one L1 set (rows a multiple of 4 KiB
+        // apart: the 96x96 maps); where only every few rows fall 4 KiB apart (48x48: every
+        // fourth) or a small contiguous matrix, packing costs more than it saves (the 96 -> 48
+        // block's 48x48 16 -> 32 1x1: 29 -> 25 us, the 5x5 stem 223 -> 199 us on one core).
         let few = (1..k)
             .filter(|&i| {
                 let o = (i * xs * 4) % 4096;
