@@ -2089,13 +2089,14 @@ mod pointwise {
         if !cv && p <= SMALL_MAP && (g.stride > 1 || p < 4 * NR) && super::split_parts(2 * kk * k * p, 2, SPLIT_WORK) > 1 {
             // A small stride-2 output (12x12, 6x6) or a map of one band, shared by channels
             // instead of rows: each thread takes groups of 8 channels of the depthwise conv (and
-            // of the pooled skip) over the whole map, then blocks of the 1x1's output rows. Bands
-            // of a 12x12 stride-2 output are a row or two, each re-reading every weight for 12-24
-            // pixels (face mesh 24 -> 12 block: 36 -> 30 us on two threads, 12 -> 6: 23 -> 20);
-            // a small map of one band ran its depthwise conv on one thread. Stride-1 12x12 and
-            // larger maps stay in row bands: there the depthwise output and the next layer's
-            // input stay in the core that wrote them, where this split sends every channel
-            // across (12x12x128 30 -> 45 us this way).
+            // of the pooled skip) over the whole map, then blocks of the 1x1's output rows. A
+            // stride-2 band re-reads its input rows' neighbours and every weight for a few rows
+            // of output, and a small map of one band ran its depthwise conv on one thread (face
+            // mesh on two threads, medians of 4 alternating runs against bands of 96+ pixels:
+            // 24 -> 12 block 31 -> 27 us, 12 -> 6 23 -> 18 us, 6x6 blocks 17 -> 15 us). Stride-1
+            // 12x12 and larger maps stay in row bands: there the depthwise output and the next
+            // layer's input stay in the core that wrote them, where this split sends every
+            // channel across (12x12x128 30 -> 45 us this way).
             let mut mid: Vec<f32> = Vec::with_capacity(k * p);
             let midp = super::SendMut(mid.as_mut_ptr());
             let groups = k.div_ceil(8);
