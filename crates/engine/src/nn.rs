@@ -1180,15 +1180,16 @@ impl CustomOp1 for DepthwiseOp<'_> {
     }
 }
 
-/// A whole depthwise layer through [`dwcv::band`]: each image in bands of output rows (about
-/// 64 KiB of output each), the bands shared over rayon's threads when the layer is big enough.
+/// A whole depthwise layer in bands of `rows` output rows per image, the bands shared over
+/// rayon's threads when the layer is big enough: `band(image, oy0, rows, out)` writes one band,
+/// `out` at its first pixel of channel 0 (channels `oh * ow` apart), `false` when sizes disagree.
 #[cfg(target_arch = "x86_64")]
-fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+fn depthwise_bands(x: &[f32], g: &Geom, out: &mut [MaybeUninit<f32>], rows: usize, band: &(dyn Fn(&[f32], usize, usize, *mut f32) -> bool + Sync)) -> Result<()> {
     let (c, p, img) = (g.c_in, g.oh * g.ow, g.c_in * g.h * g.w);
-    if out.len() != g.n * c * p || c == 0 || p == 0 {
+    if out.len() != g.n * c * p || x.len() != g.n * img || c == 0 || p == 0 {
         bail!("depthwise conv: output size disagrees");
     }
-    let rows = (16384 / (dwcv::lanes(c) * g.ow)).clamp(1, g.oh);
+    let rows = rows.clamp(1, g.oh);
     let bands = g.oh.div_ceil(rows);
     let jobs = g.n * bands;
     let base = SendMut(out.as_mut_ptr());
@@ -1197,14 +1198,10 @@ fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [
         let (b, oy0) = (j / bands, (j % bands) * rows);
         let r = rows.min(g.oh - oy0);
         let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
-        // SAFETY: image `b`'s output is the `c * p` values from `b * c * p` (`out` holds `n * c * p`,
-        // checked by the caller), and the band's `(c - 1) * p + r * ow` values from its first pixel
-        // end inside it; this job writes only its own band's pixels of each channel row, disjoint
-        // from every other job's, and `out` outlives the jobs.
-        let done = with_pad_scratch(dwcv::input_len(g, r), |buf| unsafe {
-            dwcv::band(xi, g, packed, act, oy0, r, buf, base.get().add(b * c * p + oy0 * g.ow) as *mut f32, (c - 1) * p + r * g.ow, p)
-        });
-        if !done {
+        // Image `b`'s output is the `c * p` values from `b * c * p` (`out` holds `n * c * p`,
+        // checked above); the job writes only its own band's pixels of each channel row,
+        // disjoint from every other job's, and `out` outlives the jobs.
+        if !band(xi, oy0, r, base.get().wrapping_add(b * c * p + oy0 * g.ow) as *mut f32) {
             ok.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     };
@@ -1217,35 +1214,28 @@ fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [
     Ok(())
 }
 
-/// A whole depthwise layer through [`dwflat::band`]: each image in bands of output rows, the
-/// bands shared over threads when the layer is big enough.
+/// A whole depthwise layer through [`dwcv::band`], in bands of about 64 KiB of output.
+#[cfg(target_arch = "x86_64")]
+fn dwcv_planes(x: &[f32], g: &Geom, packed: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+    let (c, p) = (g.c_in, g.oh * g.ow);
+    let rows = 16384 / (dwcv::lanes(c) * g.ow).max(1);
+    depthwise_bands(x, g, out, rows, &|xi, oy0, r, o| {
+        // SAFETY: the band's `(c - 1) * p + r * ow` values from `o` are its own (see
+        // `depthwise_bands`).
+        with_pad_scratch(dwcv::input_len(g, r), |buf| unsafe { dwcv::band(xi, g, packed, act, oy0, r, buf, o, (c - 1) * p + r * g.ow, p) })
+    })
+}
+
+/// A whole depthwise layer through [`dwflat::band`], in as many bands as the layer splits into.
 #[cfg(target_arch = "x86_64")]
 fn dwflat_planes(x: &[f32], g: &Geom, weight: &[f32], bias: &[f32], act: Activation, out: &mut [MaybeUninit<f32>]) -> Result<()> {
-    let (c, p, img) = (g.c_in, g.oh * g.ow, g.c_in * g.h * g.w);
-    if out.len() != g.n * c * p || x.len() != g.n * img || c == 0 || p == 0 {
-        bail!("depthwise conv: output size disagrees");
-    }
-    let parts = split_parts(g.n * c * p * 9, g.n * g.oh, 1 << 18).max(1);
-    let bands = parts.div_ceil(g.n).max(1);
-    let rows = g.oh.div_ceil(bands);
-    let bands = g.oh.div_ceil(rows);
-    let base = SendMut(out.as_mut_ptr());
-    let ok = std::sync::atomic::AtomicBool::new(true);
-    fork(g.n * bands, &|j| {
-        let (b, oy0) = (j / bands, (j % bands) * rows);
-        let r = rows.min(g.oh - oy0);
-        let xi = x.get(b * img..(b + 1) * img).unwrap_or(&[]);
-        // SAFETY: image `b`'s output is the `c * p` values from `b * c * p`; this job writes rows
-        // `oy0..oy0 + r` of each of its channels (`p` apart), disjoint from every other job's,
-        // and `out` outlives the jobs.
-        if !unsafe { dwflat::band(xi, g, weight, bias, act, oy0, r, base.get().add(b * c * p + oy0 * g.ow) as *mut f32, p) } {
-            ok.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    if !ok.load(std::sync::atomic::Ordering::Relaxed) {
-        bail!("depthwise conv: input / weight sizes disagree");
-    }
-    Ok(())
+    let parts = split_parts(g.n * g.c_in * g.oh * g.ow * 9, g.n * g.oh, 1 << 18).max(1);
+    let rows = g.oh.div_ceil(parts.div_ceil(g.n).max(1));
+    depthwise_bands(x, g, out, rows, &|xi, oy0, r, o| {
+        // SAFETY: rows `oy0..oy0 + r` of each channel from `o` (`oh * ow` apart) are this band's
+        // own (see `depthwise_bands`).
+        unsafe { dwflat::band(xi, g, weight, bias, act, oy0, r, o, g.oh * g.ow) }
+    })
 }
 
 /// A buffer pointer shared by parallel jobs that write disjoint parts of it (or only read it).
@@ -1493,7 +1483,7 @@ mod pointwise {
     /// set the pace. `MASK`: the panel ends early, only the lanes of `m0` / `m1` are stored.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_z<const R: usize, const V: usize, const MASK: bool>(panel: *const f32, rs: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize, masks: [__mmask16; 2]) {
+    unsafe fn block_z<const R: usize, const V: usize, const MASK: bool>(panel: *const f32, rs: usize, p: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, j: usize, masks: [__mmask16; 3]) {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for (r, a) in acc.iter_mut().enumerate() {
             *a = [_mm512_set1_ps(*bias.add(r)); V];
@@ -1536,7 +1526,7 @@ mod pointwise {
         while jb * NZ < px {
             let (panel, j) = (src.add(jb * step), j0 + jb * NZ);
             match px - jb * NZ {
-                NZ.. => block_z::<R, 2, false>(panel, rs, p, k, w, bias, post, out, j, [0xffff; 2]),
+                NZ.. => block_z::<R, 2, false>(panel, rs, p, k, w, bias, post, out, j, [0xffff; 3]),
                 n @ 17.. => block_z::<R, 2, true>(panel, rs, p, k, w, bias, post, out, j, panel_masks(n)),
                 n => block_z::<R, 1, true>(panel, rs, p, k, w, bias, post, out, j, panel_masks(n)),
             }
@@ -1544,10 +1534,44 @@ mod pointwise {
         }
     }
 
-    /// The lanes of a panel's two vectors that hold its first `n` pixels.
+    /// How many of input `rows` (`xs` floats apart) start within `within` bytes of a multiple of
+    /// 4 KiB from row 0: rows that compete with it for the same L1 sets.
+    fn rows_near_4k(xs: usize, rows: std::ops::Range<usize>, within: usize) -> usize {
+        rows.filter(|&i| {
+            let o = (i * xs * 4) % 4096;
+            o < within || o > 4096 - within
+        })
+        .count()
+    }
+
+    /// Every output row (`bias.len()`, 8 per register block) over the panels of pixels `j0..j0
+    /// + px` at `src` (rows `rs` apart, panels `step` apart: packed or the map's own rows).
     #[inline(always)]
-    fn panel_masks(n: usize) -> [__mmask16; 2] {
-        [super::lanes16(n), super::lanes16(n.saturating_sub(16))]
+    unsafe fn all_rows_z(src: *const f32, (rs, step): (usize, usize), px: usize, p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, j0: usize) {
+        const RZ: usize = 8;
+        let (m, wp, bp) = (bias.len(), w.as_ptr(), bias.as_ptr());
+        let mut r = 0;
+        while r < m {
+            let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
+            let pan = (rs, step);
+            match m - r {
+                1 => rows_panels_z::<1>(src, pan, px, p, k, wr, br, po, or, j0),
+                2 => rows_panels_z::<2>(src, pan, px, p, k, wr, br, po, or, j0),
+                3 => rows_panels_z::<3>(src, pan, px, p, k, wr, br, po, or, j0),
+                4 => rows_panels_z::<4>(src, pan, px, p, k, wr, br, po, or, j0),
+                5 => rows_panels_z::<5>(src, pan, px, p, k, wr, br, po, or, j0),
+                6 => rows_panels_z::<6>(src, pan, px, p, k, wr, br, po, or, j0),
+                7 => rows_panels_z::<7>(src, pan, px, p, k, wr, br, po, or, j0),
+                _ => rows_panels_z::<RZ>(src, pan, px, p, k, wr, br, po, or, j0),
+            }
+            r += RZ;
+        }
+    }
+
+    /// The lanes of a panel's vectors that hold its first `n` pixels.
+    #[inline(always)]
+    fn panel_masks(n: usize) -> [__mmask16; 3] {
+        [super::lanes16(n), super::lanes16(n.saturating_sub(16)), super::lanes16(n.saturating_sub(32))]
     }
 
     /// [`run_avx2`] with 16-lane vectors: panels of 32 pixels, 8 output rows per register block,
@@ -1556,7 +1580,6 @@ mod pointwise {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_avx512(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
-        const RZ: usize = 8;
         if (8..=48).contains(&(je - js)) {
             return run_small_z(xin, p, k, w, bias, post, op, js, je);
         }
@@ -1565,11 +1588,7 @@ mod pointwise {
         }
         // Input rows a multiple of 4 KiB apart (or nearly) share L1 sets: read in place, a
         // block's k rows would evict each other, so those are packed as below.
-        let aliased = (1..k.min(64)).any(|i| {
-            let o = (i * xin.1 * 4) % 4096;
-            o < 256 || o > 4096 - 256
-        });
-        if !aliased {
+        if rows_near_4k(xin.1, 1..k.min(64), 256) == 0 {
             match bias.len() {
                 16 => return run_rows_z::<16>(xin, p, k, w, bias, post, op, js, je),
                 8 => return run_rows_z::<8>(xin, p, k, w, bias, post, op, js, je),
@@ -1577,41 +1596,16 @@ mod pointwise {
             }
         }
         let (xp, xs, xoff) = xin;
-        let m = bias.len();
         let tile = ((PACK / k.max(1)) / NZ * NZ).max(NZ);
-        let (wp, bp) = (w.as_ptr(), bias.as_ptr());
         // Read in place unless many of the k rows land on one L1 set (rows a multiple of 4 KiB
         // apart: the 96x96 maps); where only every few rows fall 4 KiB apart (48x48: every
         // fourth) or a small contiguous matrix, packing costs more than it saves (the 96 -> 48
         // block's 48x48 16 -> 32 1x1: 29 -> 25 us, the 5x5 stem 223 -> 199 us on one core).
-        let few = (1..k)
-            .filter(|&i| {
-                let o = (i * xs * 4) % 4096;
-                o < 128 || o > 4096 - 128
-            })
-            .count()
-            < 8;
-        if few {
+        if rows_near_4k(xs, 1..k, 128) < 8 {
             let mut j0 = js;
             while j0 < je {
                 let j1 = (j0 + tile).min(je);
-                let px = j1 - j0;
-                let mut r = 0;
-                while r < m {
-                    let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
-                    let src = xp.add(j0 - xoff);
-                    match m - r {
-                        1 => rows_panels_z::<1>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        2 => rows_panels_z::<2>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        3 => rows_panels_z::<3>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        4 => rows_panels_z::<4>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        5 => rows_panels_z::<5>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        6 => rows_panels_z::<6>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        7 => rows_panels_z::<7>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                        _ => rows_panels_z::<RZ>(src, (xs, NZ), px, p, k, wr, br, po, or, j0),
-                    }
-                    r += RZ;
-                }
+                all_rows_z(xp.add(j0 - xoff), (xs, NZ), j1 - j0, p, k, w, bias, post, op, j0);
                 j0 = j1;
             }
             return;
@@ -1628,7 +1622,7 @@ mod pointwise {
             let j1 = (j0 + tile).min(end);
             let px = j1 - j0;
             for jb in 0..px.div_ceil(NZ) {
-                let [m0, m1] = panel_masks(px - jb * NZ);
+                let [m0, m1, _] = panel_masks(px - jb * NZ);
                 for i in 0..k {
                     let src = xp.add(i * xs + j0 + jb * NZ - xoff);
                     let dst = pk.add((jb * k + i) * NZ);
@@ -1637,21 +1631,7 @@ mod pointwise {
                     _mm512_storeu_ps(dst.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
                 }
             }
-            let mut r = 0;
-            while r < m {
-                let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
-                match m - r {
-                    1 => rows_panels_z::<1>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    2 => rows_panels_z::<2>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    3 => rows_panels_z::<3>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    4 => rows_panels_z::<4>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    5 => rows_panels_z::<5>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    6 => rows_panels_z::<6>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    7 => rows_panels_z::<7>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                    _ => rows_panels_z::<RZ>(pk, (NZ, k * NZ), px, p, k, wr, br, po, or, j0),
-                }
-                r += RZ;
-            }
+            all_rows_z(pk, (NZ, k * NZ), px, p, k, w, bias, post, op, j0);
             j0 = j1;
         }
         if end < je {
@@ -1667,12 +1647,12 @@ mod pointwise {
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn run_small_z(xin: (*const f32, usize, usize), p: usize, k: usize, w: &[f32], bias: &[f32], post: PostPtr, op: *mut f32, js: usize, je: usize) {
         let n = je - js;
-        let masks = [super::lanes16(n), super::lanes16(n.saturating_sub(16)), super::lanes16(n.saturating_sub(32))];
+        let masks = panel_masks(n);
         let x = xin.0.add(js - xin.2);
         let (m, wp, bp) = (bias.len(), w.as_ptr(), bias.as_ptr());
         let mut r = 0;
         while r < m {
-            let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p + js), post.at_row(r, p));
+            let (wr, br, or, po) = (wp.add(r * k), bp.add(r), op.add(r * p), post.at_row(r, p));
             let rows = (m - r).min(8);
             match n.div_ceil(16) {
                 1 => small_rows_z::<1>(rows, x, xin.1, k, wr, br, po, or, p, js, masks),
@@ -1683,39 +1663,19 @@ mod pointwise {
         }
     }
 
-    /// `rows` (1-8) output rows of [`run_small_z`] over its `V` vectors.
+    /// `rows` (1-8) output rows of [`run_small_z`]: [`block_z`] over its `V` masked vectors read
+    /// in place (`x` at pixel `j`, rows `xs` apart; `out` at the block's first output row).
     #[inline(always)]
     unsafe fn small_rows_z<const V: usize>(rows: usize, x: *const f32, xs: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, p: usize, j: usize, masks: [__mmask16; 3]) {
         match rows {
-            1 => small_block_z::<1, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            2 => small_block_z::<2, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            3 => small_block_z::<3, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            4 => small_block_z::<4, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            5 => small_block_z::<5, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            6 => small_block_z::<6, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            7 => small_block_z::<7, V>(x, xs, k, w, bias, post, out, p, j, masks),
-            _ => small_block_z::<8, V>(x, xs, k, w, bias, post, out, p, j, masks),
-        }
-    }
-
-    /// `R` rows x `V` vectors: input row `i` of the pixels at `x + i * xs`, output row `r` at
-    /// `out + r * p`, pixel `j` the first (for the post-op), `masks` the vectors' lanes.
-    #[inline(always)]
-    unsafe fn small_block_z<const R: usize, const V: usize>(x: *const f32, xs: usize, k: usize, w: *const f32, bias: *const f32, post: PostPtr, out: *mut f32, p: usize, j: usize, masks: [__mmask16; 3]) {
-        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(*bias.add(r)); V]);
-        for i in 0..k {
-            let xv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], x.add(i * xs + 16 * v)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let wv = _mm512_set1_ps(*w.add(r * k + i));
-                for v in 0..V {
-                    a[v] = _mm512_fmadd_ps(wv, xv[v], a[v]);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for v in 0..V {
-                _mm512_mask_storeu_ps(out.add(r * p + 16 * v), masks[v], post.apply_z(r, p, j + 16 * v, a[v], masks[v]));
-            }
+            1 => block_z::<1, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            2 => block_z::<2, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            3 => block_z::<3, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            4 => block_z::<4, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            5 => block_z::<5, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            6 => block_z::<6, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            7 => block_z::<7, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
+            _ => block_z::<8, V, true>(x, xs, p, k, w, bias, post, out, j, masks),
         }
     }
 
@@ -2040,7 +2000,8 @@ mod pointwise {
         };
         let op = out.as_mut_ptr() as *mut f32;
         let flat = super::dwflat::takes(g);
-        let cv = !flat && !dw.packed.is_empty() && super::dwcv::takes(g);
+        // (`dwcv::takes` leaves the flat kernel's shapes to it.)
+        let cv = !dw.packed.is_empty() && super::dwcv::takes(g);
         // The depthwise output of rows `oy0..oy0 + rows` into `scratch` (`k` rows of
         // `rows * ow` values): the flat small-map kernel, the channel-vector kernel or the row
         // kernels.
@@ -2811,18 +2772,13 @@ impl CustomOp1 for MaxPoolOp {
             let base = SendMut(out.as_mut_ptr());
             let parts = split_parts(len * 4, g.oh, 1 << 18);
             let rows = g.oh.div_ceil(parts.max(1));
+            let x = &x[..planes * plane_in];
             fork(parts, &|t| {
                 let (r0, r1) = ((t * rows).min(g.oh), ((t + 1) * rows).min(g.oh));
-                for p in 0..planes {
-                    for oy in r0..r1 {
-                        let i = (p * plane_in + 2 * oy * g.w)..(p * plane_in + (2 * oy + 2) * g.w);
-                        let (top, bottom) = x[i].split_at(g.w);
-                        // SAFETY: `out` holds `planes * plane_out` values; output row `oy` of plane
-                        // `p` belongs to this part alone, and `out` outlives `fork`.
-                        let orow = unsafe { std::slice::from_raw_parts_mut(base.get().add(p * plane_out + oy * g.ow) as *mut MaybeUninit<f32>, g.ow) };
-                        max_pool_pairs(orow, top, bottom);
-                    }
-                }
+                // SAFETY: `x` holds the planes' rows up to `2 * oh <= h`; `out` holds `planes *
+                // plane_out` values, output rows `r0..r1` of every plane belong to this part alone,
+                // and `out` outlives `fork`.
+                unsafe { max_pool_band(x, planes, g.w, g.ow, r0, r1 - r0, base.get(), plane_out) };
             });
             // SAFETY: every output row of every plane was written by exactly one part.
             unsafe { out.set_len(len) };
@@ -2878,10 +2834,10 @@ fn max_pool_pairs(out: &mut [MaybeUninit<f32>], r0: &[f32], r1: &[f32]) {
 /// ow`. One call for all the rows and channels (a call per row cost more than its pooling on
 /// the 3-12 wide maps).
 /// Safety: `x` holds the `c` planes' rows up to `2 * (oy0 + rows)`; `out` as described is writable.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn max_pool_band(x: &[f32], c: usize, w: usize, ow: usize, oy0: usize, rows: usize, out: *mut f32, ostride: usize) {
     let plane = x.len() / c.max(1);
+    #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F is present; bounds as the caller's.
         unsafe { max_pool_band_z(x.as_ptr(), c, plane, w, ow, oy0, rows, out, ostride) };

@@ -21,7 +21,8 @@ use super::{Activation, Geom};
 /// Widest output map this kernel takes at stride 1 (wider rows are the row kernels' best case).
 const MAX_STRIDE1_WIDTH: usize = 32;
 /// The same for 3x3 with AVX-512, whose row kernel takes whole 3x3 rows four at a time: a 24x24x64 layer
-/// 36 -> 17.5 us there on one core; a 12x12 one is still faster here (19 against 34 us).
+/// 36 -> 17.5 us there on one core; a 12x12 one was faster here (19 against 34 us). Only paddings
+/// other than one pixel all round reach this now (`dwflat` takes those maps up to 24 wide).
 const MAX_STRIDE1_WIDTH_Z: usize = 16;
 
 /// Channels rounded up to a whole number of 8-lane blocks.
